@@ -1,0 +1,150 @@
+"""Run configurations (pydantic). The same models back the CLI, the Prefect flow parameters and YAML files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+def parse_hw(value: Any) -> tuple[int, int]:
+    """224 -> (224, 224); '224x336' / [224, 336] -> (224, 336) as (height, width)."""
+    if isinstance(value, int):
+        return (value, value)
+    if isinstance(value, str):
+        parts = value.lower().replace(",", "x").split("x")
+        try:
+            nums = [int(p) for p in parts]
+        except ValueError:
+            raise ValueError(f"image size must be N or HxW, got {value!r}") from None
+        return parse_hw(nums[0] if len(nums) == 1 else nums)
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        return (int(value[0]), int(value[1]))
+    raise ValueError(f"image size must be N or HxW, got {value!r}")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TeacherConfig(_Strict):
+    name: str = Field(description="registry name, e.g. dinov2_vits14_reg (see `distillkit teachers`)")
+    checkpoint: str | None = Field(
+        default=None, description="local path, fsspec URL or hf-hub:<repo>; None = random init (loudly recorded)")
+    seed: int = Field(default=0, description="seed of the random init when no checkpoint is given")
+    overrides: dict[str, int | float | str | bool] = Field(
+        default_factory=dict, description="architecture overrides, e.g. {depth: 2} for small test configs")
+    dtype: Literal["float16", "float32"] = "float16"
+
+
+class CacheConfig(_Strict):
+    """Parameters of `distillkit cache` and the `cache-teachers` flow."""
+
+    source: str = Field(description="folder, glob, fsspec URL of either, or a manifest file (.txt/.csv/.jsonl)")
+    store: str = Field(description="output Zarr v3 store: local path or fsspec URL (s3://bucket/prefix)")
+    teachers: list[TeacherConfig] = Field(min_length=1)
+    student_patch: int = Field(default=14, ge=1, description="student patch size: targets land on its token grid")
+    image_size: tuple[int, int] = Field(default=(224, 224), description="student input size (H, W)")
+    shard_size: int = Field(default=64, ge=1, description="samples per shard (one storage object per shard)")
+    batch_size: int = Field(default=32, ge=1, description="teacher forward batch size")
+    num_workers: int = Field(default=4, ge=0, description="image decoding threads")
+    device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N")
+    val_fraction: float = Field(default=0.05, ge=0.0, lt=1.0, description="held-out fraction (hash of sample id)")
+    codec: Literal["none", "zstd", "lz4"] = Field(
+        default="none", description="compressor for feature arrays (fp16 features compress ~1.08x; see README)")
+    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for source and store")
+    shards: list[int] | None = Field(default=None, description="only cache these shard ids (scale-out)")
+
+    @field_validator("teachers", mode="before")
+    @classmethod
+    def _teachers(cls, v: Any) -> Any:
+        if isinstance(v, (str, dict)):
+            v = [v]
+        return [{"name": t} if isinstance(t, str) else t for t in v]
+
+    @field_validator("image_size", mode="before")
+    @classmethod
+    def _hw(cls, v: Any) -> tuple[int, int]:
+        return parse_hw(v)
+
+    @model_validator(mode="after")
+    def _check(self) -> "CacheConfig":
+        h, w = self.image_size
+        if h % self.student_patch or w % self.student_patch:
+            raise ValueError(f"image_size {h}x{w} must be a multiple of student_patch {self.student_patch}")
+        names = [t.name for t in self.teachers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"each teacher may appear once, got {names}")
+        return self
+
+
+class StudentConfig(_Strict):
+    """DUNE-style ViT student (timm VisionTransformer with registers)."""
+
+    preset: Literal["vit_tiny", "vit_small", "vit_base", "custom"] = "vit_small"
+    embed_dim: int | None = None
+    depth: int | None = None
+    num_heads: int | None = None
+    num_registers: int = 4
+    layerscale_init: float = 1e-4
+
+    def dims(self) -> tuple[int, int, int]:
+        presets = {"vit_tiny": (192, 12, 3), "vit_small": (384, 12, 6), "vit_base": (768, 12, 12)}
+        dim, depth, heads = presets.get(self.preset, (384, 12, 6))
+        return (self.embed_dim or dim, self.depth or depth, self.num_heads or heads)
+
+
+class TrainConfig(_Strict):
+    """Parameters of `distillkit train` and the `train-student` flow."""
+
+    stores: list[str] = Field(min_length=1, description="teacher stores to stream (zipped by sample id)")
+    out_dir: str = Field(description="where checkpoints, metrics.json and loss_curve.png go")
+    teachers: list[str] | None = Field(default=None, description="subset of teachers; None = all in the stores")
+    student: StudentConfig = Field(default_factory=StudentConfig)
+    projector: Literal["tp", "mlp"] = Field(default="tp", description="tp = transformer projector, mlp = 2-layer MLP")
+    batch_size: int = Field(default=32, ge=1)
+    epochs: float = Field(default=1.0, gt=0, description="passes over the training split (fractions allowed)")
+    max_steps: int | None = Field(default=None, ge=1, description="stop after this many steps (overrides epochs)")
+    lr: float = Field(default=3e-4, gt=0, description="peak learning rate (DUNE: 3e-4 x batch/256)")
+    min_lr: float = Field(default=1e-6, ge=0)
+    weight_decay: float = 0.03
+    warmup_fraction: float = Field(default=0.1, ge=0, le=1)
+    grad_clip: float = Field(default=1.0, ge=0, description="0 disables")
+    seed: int = 0
+    shuffle_shards: int = Field(default=2, ge=1, description="shards mixed in one shuffle block")
+    num_workers: int = Field(default=2, ge=0, description="DataLoader workers for the streaming reader")
+    device: str = "auto"
+    eval_every: int = Field(default=0, ge=0, description="evaluate every N steps (0 = at the end only)")
+    ckpt_every: int = Field(default=50, ge=1, description="checkpoint every N steps (and at the end)")
+    max_eval_samples: int = Field(default=256, ge=1)
+    resume: bool = Field(default=True, description="continue from out_dir/checkpoint-last.pt if present")
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("stores", mode="before")
+    @classmethod
+    def _stores(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+
+def load_config(model: type[BaseModel], path: str | Path | None = None, **overrides: Any) -> BaseModel:
+    """Build a config from an optional YAML file plus overrides; errors name the file and the field."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path) as f:
+                data = yaml.safe_load(f) or {}
+        except OSError as e:
+            raise ValueError(f"cannot read config file {path}: {e.strerror}") from None
+        except yaml.YAMLError as e:
+            raise ValueError(f"config file {path} is not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"config file {path} must hold a mapping, got {type(data).__name__}")
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        where = f"config file {path}" if path else "config"
+        msgs = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in e.errors())
+        raise ValueError(f"{where}: {msgs}") from None

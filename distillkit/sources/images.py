@@ -1,0 +1,124 @@
+"""Turn a user's `--source` into a sorted, de-duplicated sample table (id, uri)."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import posixpath
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec
+from fsspec.core import url_to_fs
+
+log = logging.getLogger("distillkit")
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".pnm")
+MANIFEST_EXTENSIONS = (".txt", ".csv", ".jsonl", ".lst")
+
+
+@dataclass(frozen=True)
+class SampleRef:
+    id: str
+    uri: str
+
+
+def _is_url(s: str) -> bool:
+    return "://" in s
+
+
+def _join(fs, root: str, path: str) -> str:
+    """The URI a reader opens: protocol-qualified for remote filesystems, absolute for local files."""
+    return fs.unstrip_protocol(path) if _is_url(root) else path
+
+
+def _has_glob(s: str) -> bool:
+    return any(c in s for c in "*?[")
+
+
+def _from_manifest(fs, path: str, source: str) -> list[SampleRef]:
+    base = posixpath.dirname(path)
+    with fs.open(path, "r") as f:
+        text = f.read()
+    rows: list[tuple[str | None, str]] = []
+    if path.endswith(".jsonl"):
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                rows.append((rec.get("id"), rec["uri"]))
+            except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+                raise ValueError(f"manifest {source}, line {n}: expected a JSON object with 'uri' (and 'id')") from None
+    elif path.endswith(".csv"):
+        reader = csv.DictReader(text.splitlines())
+        if not reader.fieldnames or "uri" not in reader.fieldnames:
+            raise ValueError(f"manifest {source}: CSV needs a header with a 'uri' column (and optionally 'id')")
+        rows = [(r.get("id") or None, r["uri"]) for r in reader]
+    else:
+        rows = [(None, ln.strip()) for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    out = []
+    for sid, uri in rows:
+        full = uri if (_is_url(uri) or posixpath.isabs(uri)) else posixpath.join(base, uri)
+        if _is_url(source) and not _is_url(full):
+            full = fs.unstrip_protocol(full)
+        out.append(SampleRef(id=sid or uri, uri=full))
+    return out
+
+
+def list_source(source: str, storage_options: dict[str, Any] | None = None) -> list[SampleRef]:
+    """List the images of a source. Ids are paths relative to the source root (stable across machines)."""
+    fs, path = url_to_fs(source, **(storage_options or {}))
+    if _has_glob(path):
+        matches = sorted(fs.glob(path))
+        root = path.split("*")[0].split("?")[0].split("[")[0].rsplit("/", 1)[0]
+        files = [m for m in matches if fs.isfile(m)]
+    elif fs.isdir(path):
+        root = path.rstrip("/")
+        files = sorted(fs.find(path))
+    elif fs.isfile(path) and path.lower().endswith(MANIFEST_EXTENSIONS):
+        refs = _from_manifest(fs, path, source)
+        return _check(refs, source)
+    elif fs.isfile(path):
+        root, files = posixpath.dirname(path), [path]
+    else:
+        raise ValueError(f"source {source!r} does not exist (expected a folder, glob, URL or manifest file)")
+    images = [f for f in files if f.lower().endswith(IMAGE_EXTENSIONS)]
+    skipped = len(files) - len(images)
+    if skipped:
+        log.info("source %s: ignoring %d file(s) without an image extension", source, skipped)
+    refs = [SampleRef(id=posixpath.relpath(f, root) if root else f, uri=_join(fs, source, f)) for f in images]
+    return _check(refs, source)
+
+
+def _check(refs: list[SampleRef], source: str) -> list[SampleRef]:
+    if not refs:
+        raise ValueError(f"source {source!r} holds no images (extensions: {', '.join(IMAGE_EXTENSIONS)})")
+    seen: dict[str, str] = {}
+    for r in refs:
+        if r.id in seen:
+            raise ValueError(f"source {source!r}: sample id {r.id!r} appears twice ({seen[r.id]} and {r.uri})")
+        seen[r.id] = r.uri
+    return sorted(refs, key=lambda r: r.id)
+
+
+def source_fingerprint(refs: list[SampleRef]) -> str:
+    h = hashlib.sha256()
+    for r in refs:
+        h.update(r.id.encode() + b"\0" + r.uri.encode() + b"\n")
+    return h.hexdigest()
+
+
+def split_of(sample_id: str, val_fraction: float) -> int:
+    """0 = train, 1 = val. A hash of the id, so adding images never moves existing ones between splits."""
+    if val_fraction <= 0:
+        return 0
+    x = int.from_bytes(hashlib.sha256(sample_id.encode()).digest()[:8], "big") / 2**64
+    return int(x < val_fraction)
+
+
+def read_bytes(uri: str, storage_options: dict[str, Any] | None = None) -> bytes:
+    with fsspec.open(uri, "rb", **(storage_options or {})) as f:
+        return f.read()

@@ -1,0 +1,48 @@
+"""What every teacher offers to the caching pipeline."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from storage_schemas import TeacherProvenance
+
+
+@dataclass
+class TeacherOutput:
+    cls: torch.Tensor | None  # [B, C] or None when the teacher has no summary token
+    patch: torch.Tensor  # [B, h, w, C]
+
+
+class Teacher:
+    """A loaded, frozen teacher. Subclasses set `provenance` and implement `forward`."""
+
+    provenance: TeacherProvenance
+    module: torch.nn.Module
+    device: torch.device
+
+    @property
+    def input_hw(self) -> tuple[int, int]:
+        return tuple(self.provenance.input_hw)
+
+    def normalize(self, images_uint8: torch.Tensor) -> torch.Tensor:
+        """[B, H, W, 3] uint8 -> [B, 3, H, W] float normalised with the teacher's mean/std."""
+        x = images_uint8.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+        mean = torch.tensor(self.provenance.mean, device=self.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.provenance.std, device=self.device).view(1, 3, 1, 1)
+        return (x - mean) / std
+
+    @torch.inference_mode()
+    def __call__(self, images_uint8: torch.Tensor) -> TeacherOutput:
+        x = self.normalize(images_uint8)
+        if self.device.type == "cuda":
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                out = self.forward(x)
+        else:
+            out = self.forward(x)
+        cls = None if out.cls is None else out.cls.float()
+        return TeacherOutput(cls=cls, patch=out.patch.float())
+
+    def forward(self, x: torch.Tensor) -> TeacherOutput:  # pragma: no cover - abstract
+        raise NotImplementedError

@@ -1,0 +1,56 @@
+"""Teacher registry: names users type -> loaders. Teachers are loaded once per process and reused."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import torch
+
+from ..config import TeacherConfig
+from .base import Teacher
+from .dinov2 import SPECS as DINO_SPECS
+from .dinov2 import DinoV2Teacher
+
+_LOADED: dict[str, Teacher] = {}
+_LOCK = threading.Lock()
+
+
+def teacher_names() -> list[str]:
+    return sorted(DINO_SPECS)
+
+
+def teacher_patch_size(name: str) -> int:
+    if name in DINO_SPECS:
+        return DINO_SPECS[name].patch_size
+    raise ValueError(f"unknown teacher {name!r}; known teachers: {', '.join(teacher_names())}")
+
+
+def teacher_input_hw(name: str, image_hw: tuple[int, int], student_patch: int) -> tuple[int, int]:
+    """Teacher input size that puts its tokens on the student's grid (DUNE: resize by teacher/student patch)."""
+    tp = teacher_patch_size(name)
+    h, w = image_hw
+    gh, gw = h // student_patch, w // student_patch
+    return (gh * tp, gw * tp)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available")
+    return dev
+
+
+def load_teacher(cfg: TeacherConfig, image_hw: tuple[int, int], student_patch: int, device: str = "auto",
+                 storage_options: dict | None = None) -> Teacher:
+    """Load (or reuse) a teacher. The cache key covers everything that changes its weights or input size."""
+    input_hw = teacher_input_hw(cfg.name, image_hw, student_patch)
+    dev = resolve_device(device)
+    key = json.dumps([cfg.model_dump(mode="json"), input_hw, str(dev)], sort_keys=True)
+    with _LOCK:
+        if key not in _LOADED:
+            _LOADED[key] = DinoV2Teacher(cfg.name, input_hw, cfg.checkpoint, cfg.seed, cfg.overrides, cfg.dtype, dev,
+                                         storage_options)
+        return _LOADED[key]

@@ -1,0 +1,44 @@
+"""View planning: which part of a source image the student and the teachers see.
+
+A view is a crop box in source pixel coordinates plus a flip flag. It is stored per sample (samples/view), so the
+exact input of every cached target can be replayed from the source image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+
+@dataclass(frozen=True)
+class View:
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+    flip: bool = False
+
+    def as_array(self) -> np.ndarray:
+        return np.array([self.x0, self.y0, self.x1, self.y1, float(self.flip)], dtype=np.float32)
+
+
+def center_view(source_hw: tuple[int, int], target_hw: tuple[int, int]) -> View:
+    """The largest centred crop with the target's aspect ratio (resize shorter side, centre crop)."""
+    sh, sw = source_hw
+    th, tw = target_hw
+    scale = max(th / sh, tw / sw)
+    ch, cw = th / scale, tw / scale
+    y0, x0 = (sh - ch) / 2.0, (sw - cw) / 2.0
+    return View(x0=x0, y0=y0, x1=x0 + cw, y1=y0 + ch)
+
+
+def render(image: np.ndarray, view: View, out_hw: tuple[int, int]) -> np.ndarray:
+    """Crop `view` out of an HxWx3 uint8 image and resize it to out_hw (bicubic, antialiased)."""
+    pil = Image.fromarray(image)
+    out = pil.resize((out_hw[1], out_hw[0]), resample=Image.Resampling.BICUBIC,
+                     box=(view.x0, view.y0, view.x1, view.y1))
+    if view.flip:
+        out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return np.asarray(out, dtype=np.uint8)
