@@ -30,8 +30,8 @@ def center_view(source_hw: tuple[int, int], target_hw: tuple[int, int]) -> View:
     th, tw = target_hw
     scale = max(th / sh, tw / sw)
     ch, cw = th / scale, tw / scale
-    y0, x0 = (sh - ch) / 2.0, (sw - cw) / 2.0
-    return View(x0=x0, y0=y0, x1=x0 + cw, y1=y0 + ch)
+    y0, x0 = max((sh - ch) / 2.0, 0.0), max((sw - cw) / 2.0, 0.0)
+    return View(x0=x0, y0=y0, x1=min(x0 + cw, float(sw)), y1=min(y0 + ch, float(sh)))
 
 
 def render(image: np.ndarray, view: View, out_hw: tuple[int, int]) -> np.ndarray:

@@ -1,0 +1,280 @@
+"""The caching pipeline: plan the sample table, create the store once, cache shards, finalize.
+
+Each step is a plain function so the CLI, the Prefect flow and the tests run the same code.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+import zarr
+from tqdm.auto import tqdm
+
+from storage_schemas import Manifest, TeacherProvenance
+
+from . import __version__
+from .config import CacheConfig
+from .sources import BadImage, SampleRef, list_source, load_rgb, source_fingerprint
+from .sources.images import split_of
+from .store import layout, stats
+from .store.writer import AsyncShardWriter, ShardResult, TeacherShard
+from .teachers import Teacher, load_teacher
+from .views import center_view, render
+
+log = logging.getLogger("distillkit")
+
+
+@dataclass
+class Plan:
+    refs: list[SampleRef]
+    splits: np.ndarray
+    fingerprint: str
+
+
+@dataclass
+class Prepared:
+    group: zarr.Group
+    manifest: Manifest
+    pending: list[int]
+    teachers: dict[str, Teacher]
+
+
+def plan_samples(cfg: CacheConfig) -> Plan:
+    refs = list_source(cfg.source, cfg.storage_options)
+    splits = np.array([split_of(r.id, cfg.val_fraction) for r in refs], dtype=np.uint8)
+    return Plan(refs=refs, splits=splits, fingerprint=source_fingerprint(refs))
+
+
+def load_teachers(cfg: CacheConfig) -> dict[str, Teacher]:
+    out = {}
+    for t in cfg.teachers:
+        teacher = load_teacher(t, cfg.image_size, cfg.student_patch, cfg.device, cfg.storage_options)
+        teacher.provenance.distillkit_version = __version__
+        out[t.name] = teacher
+    return out
+
+
+def build_manifest(cfg: CacheConfig, plan: Plan) -> Manifest:
+    return Manifest(
+        distillkit_version=__version__, source=cfg.source, source_fingerprint=plan.fingerprint,
+        n_samples=len(plan.refs), shard_size=cfg.shard_size, image_hw=cfg.image_size,
+        student_patch=cfg.student_patch, val_fraction=cfg.val_fraction, teachers=[t.name for t in cfg.teachers],
+    )
+
+
+def prepare_store(cfg: CacheConfig) -> Prepared:
+    """Plan, then create the store (first run) or check that it matches (later runs). Returns the pending shards."""
+    plan = plan_samples(cfg)
+    teachers = load_teachers(cfg)
+    provs = {n: t.provenance for n, t in teachers.items()}
+    want = build_manifest(cfg, plan)
+    group = layout.try_open(cfg.store, cfg.storage_options)
+    if group is not None and layout.MANIFEST_ATTR in group.attrs:
+        manifest = layout.check_compatible(group, want, provs, cfg.store)
+    else:
+        if group is not None and not group.attrs.get(layout.CREATING_ATTR, False):
+            raise layout.StoreMismatch(
+                f"{cfg.store} exists and is not a distillkit store; refusing to overwrite it")
+        log.info("creating store %s: %d samples, %d shards of %d, teachers %s", cfg.store, want.n_samples,
+                 want.n_shards, cfg.shard_size, ", ".join(want.teachers))
+        group = layout.create_store(cfg.store, want, provs, [r.id for r in plan.refs], [r.uri for r in plan.refs],
+                                    plan.splits, cfg.codec, cfg.storage_options)
+        manifest = want
+    done = group["progress/shard_done"][:]
+    wanted = range(manifest.n_shards) if cfg.shards is None else cfg.shards
+    bad = [s for s in wanted if not 0 <= s < manifest.n_shards]
+    if bad:
+        raise ValueError(f"shards {bad} out of range: the store has {manifest.n_shards} shards")
+    pending = [s for s in wanted if not done[s]]
+    return Prepared(group=group, manifest=manifest, pending=pending, teachers=teachers)
+
+
+@dataclass
+class DecodedSample:
+    ok: bool
+    error: str
+    source_hw: tuple[int, int]
+    view: np.ndarray
+    image: np.ndarray | None  # student view, uint8 HxWx3
+    teacher_inputs: dict[tuple[int, int], np.ndarray]
+
+
+def decode_sample(uri: str, image_hw: tuple[int, int], teacher_hws: set[tuple[int, int]],
+                  storage_options: dict) -> DecodedSample:
+    try:
+        rgb = load_rgb(uri, storage_options)
+    except BadImage as e:
+        return DecodedSample(False, str(e), (0, 0), np.full(5, np.nan, np.float32), None, {})
+    view = center_view(rgb.shape[:2], image_hw)
+    try:
+        student = render(rgb, view, image_hw)
+        inputs = {hw: (student if hw == tuple(image_hw) else render(rgb, view, hw)) for hw in teacher_hws}
+    except (ValueError, OSError) as e:
+        return DecodedSample(False, f"cannot render view: {e}", rgb.shape[:2], view.as_array(), None, {})
+    return DecodedSample(True, "", rgb.shape[:2], view.as_array(), student, inputs)
+
+
+def _prefetched(pool: ThreadPoolExecutor, fn: Callable, items: Iterable, window: int) -> Iterator:
+    """Map fn over items on a thread pool, yielding results in order with `window` jobs in flight."""
+    inflight: deque = deque()
+    for item in items:
+        inflight.append(pool.submit(fn, item))
+        if len(inflight) >= window:
+            yield inflight.popleft().result()
+    while inflight:
+        yield inflight.popleft().result()
+
+
+def _run_teachers(teachers: dict[str, Teacher], decoded: list[DecodedSample], rows: list[int],
+                  out: dict[str, TeacherShard], valid: np.ndarray, errors: list[str], batch_size: int) -> None:
+    """Forward the valid rows of one shard in fixed batches (same batches on every run: same bytes)."""
+    for i in range(0, len(rows), batch_size):
+        batch = rows[i:i + batch_size]
+        for name, teacher in teachers.items():
+            hw = tuple(teacher.input_hw)
+            x = torch.from_numpy(np.stack([decoded[r].teacher_inputs[hw] for r in batch]))
+            y = teacher(x)
+            dt = np.dtype(teacher.provenance.dtype)
+            patch = y.patch.cpu().numpy().astype(dt)
+            cls = (y.cls if y.cls is not None else y.patch.mean(dim=(1, 2))).cpu().numpy().astype(dt)
+            for j, r in enumerate(batch):
+                if not (np.isfinite(patch[j]).all() and np.isfinite(cls[j]).all()):
+                    valid[r], errors[r] = 0, (f"teacher {name}: output not finite in {dt.name} "
+                                             "(NaN/Inf or beyond the dtype's range; try dtype float32)")
+                    continue
+                out[name].patch[r] = patch[j]
+                out[name].cls[r] = cls[j]
+    for name in teachers:  # a sample rejected by any teacher is rejected for all: alignment stays exact
+        out[name].patch[valid == 0] = np.nan
+        out[name].cls[valid == 0] = np.nan
+
+
+def cache_shards(cfg: CacheConfig, prepared: Prepared, shards: list[int] | None = None,
+                 on_shard: Callable[[int, int], None] | None = None, show_progress: bool = True) -> dict:
+    """Compute and write the given shards (default: all pending). Decoding, compute and writing overlap."""
+    shards = prepared.pending if shards is None else shards
+    m = prepared.manifest
+    teachers = prepared.teachers
+    teacher_hws = {tuple(t.input_hw) for t in teachers.values()}
+    uris = prepared.group["samples/uri"][:]
+    ids = prepared.group["samples/id"][:]
+    h, w = m.image_hw
+    written = {"shards": 0, "samples": 0, "rejected": []}
+    t0 = time.perf_counter()
+
+    def rows_of(s: int) -> range:
+        return range(s * m.shard_size, min((s + 1) * m.shard_size, m.n_samples))
+
+    all_rows = [r for s in shards for r in rows_of(s)]
+
+    def on_written(res: ShardResult) -> None:
+        written["shards"] += 1
+        if on_shard:
+            on_shard(written["shards"], len(shards))
+
+    decode = lambda r: decode_sample(str(uris[r]), (h, w), teacher_hws, cfg.storage_options)  # noqa: E731
+    bar = tqdm(total=len(all_rows), unit="img", desc="caching", disable=not show_progress)
+    writer = AsyncShardWriter(prepared.group, on_written=on_written)
+    try:
+        with ThreadPoolExecutor(max(cfg.num_workers, 1), thread_name_prefix="distillkit-decode") as pool:
+            stream = _prefetched(pool, decode, all_rows, window=max(2 * cfg.batch_size, 4 * cfg.num_workers))
+            for s in shards:
+                rows = rows_of(s)
+                n = len(rows)
+                decoded = [next(stream) for _ in rows]
+                valid = np.array([d.ok for d in decoded], dtype=np.uint8)
+                errors = [d.error for d in decoded]
+                out = {name: TeacherShard(
+                    patch=np.full((n, *t.provenance.grid_hw, t.provenance.embed_dim), np.nan, t.provenance.dtype),
+                    cls=np.full((n, t.provenance.embed_dim), np.nan, t.provenance.dtype))
+                    for name, t in teachers.items()}
+                _run_teachers(teachers, decoded, [i for i in range(n) if valid[i]], out, valid, errors,
+                              cfg.batch_size)
+                image = np.zeros((n, h, w, 3), np.uint8)
+                for i, d in enumerate(decoded):
+                    if valid[i]:
+                        image[i] = d.image
+                    else:
+                        written["rejected"].append({"id": str(ids[rows[i]]), "uri": str(uris[rows[i]]),
+                                                    "reason": errors[i]})
+                        log.warning("skipping %s: %s", uris[rows[i]], errors[i])
+                writer.submit(ShardResult(
+                    shard=s, start=rows.start, stop=rows.stop, valid=valid, error=errors,
+                    source_hw=np.array([d.source_hw for d in decoded], np.int32),
+                    view=np.stack([d.view for d in decoded]), image=image, teachers=out))
+                written["samples"] += n
+                bar.update(n)
+    finally:
+        bar.close()
+        writer.close()
+    written["wall_s"] = time.perf_counter() - t0
+    return written
+
+
+def finalize_store(cfg: CacheConfig | str, storage_options: dict | None = None) -> dict:
+    """Merge statistics and mark the store complete once every shard is done. Idempotent."""
+    url = cfg if isinstance(cfg, str) else cfg.store
+    so = storage_options if isinstance(cfg, str) else cfg.storage_options
+    group = layout.open_group(url, "r+", so)
+    manifest = Manifest.model_validate(group.attrs[layout.MANIFEST_ATTR])
+    done = group["progress/shard_done"][:]
+    if not done.all():
+        missing = np.flatnonzero(done == 0)
+        log.info("store %s: %d/%d shards done; not finalizing yet", url, int(done.sum()), len(done))
+        return {"status": "in_progress", "missing_shards": missing.tolist()}
+    if manifest.status == "complete":
+        return {"status": "complete", "changed": False, **_counts(manifest)}
+    valid = group["samples/valid"][:]
+    for name in manifest.teachers:
+        base = f"teachers/{name}/stats"
+        counts = group[f"{base}/shard_count"][:]
+        tokens = int(np.prod(group[f"teachers/{name}/patch"].shape[1:3]))
+        for tok, mult in (("patch", tokens), ("cls", 1)):
+            means, m2s = group[f"{base}/shard_{tok}_mean"][:], group[f"{base}/shard_{tok}_m2"][:]
+            n, mean, m2 = stats.merge([(int(c) * mult, means[i], m2s[i]) for i, c in enumerate(counts)])
+            group[f"{base}/{tok}_mean"][:] = mean.astype(np.float32)
+            group[f"{base}/{tok}_std"][:] = stats.std_from(n, m2).astype(np.float32)
+        group[f"{base}/count"][...] = int(counts.sum())
+    manifest.status = "complete"
+    manifest.finished = _now()
+    manifest.n_valid = int(valid.sum())
+    manifest.n_rejected = int(len(valid) - valid.sum())
+    manifest.version += 1
+    group.attrs[layout.MANIFEST_ATTR] = manifest.model_dump(mode="json")
+    zarr.consolidate_metadata(group.store)
+    log.info("store %s complete: %d valid, %d rejected", url, manifest.n_valid, manifest.n_rejected)
+    return {"status": "complete", "changed": True, **_counts(manifest)}
+
+
+def _counts(m: Manifest) -> dict:
+    return {"n_samples": m.n_samples, "n_valid": m.n_valid, "n_rejected": m.n_rejected, "version": m.version}
+
+
+def _now() -> str:
+    from storage_schemas.v1 import utcnow
+
+    return utcnow()
+
+
+def run_cache(cfg: CacheConfig, show_progress: bool = True, on_shard=None) -> dict:
+    """Everything `distillkit cache` does: prepare, cache pending shards, finalize."""
+    t0 = time.perf_counter()
+    prepared = prepare_store(cfg)
+    if not prepared.pending:
+        log.info("store %s: all %d requested shards are already done; nothing to do", cfg.store,
+                 prepared.manifest.n_shards if cfg.shards is None else len(cfg.shards))
+        result = {"shards": 0, "samples": 0, "rejected": [], "nothing_to_do": True}
+    else:
+        result = cache_shards(cfg, prepared, on_shard=on_shard, show_progress=show_progress)
+        result["nothing_to_do"] = False
+    result["finalize"] = finalize_store(cfg)
+    result["store"] = cfg.store
+    result["wall_s"] = time.perf_counter() - t0
+    return result

@@ -1,0 +1,108 @@
+"""Create and open stores: every array's metadata is created once, serially, before any shard is written."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec, ZstdCodec
+
+from storage_schemas import MANIFEST_ATTR, PROVENANCE_ATTR, VIEW_PARAMS, Manifest, TeacherProvenance, expected_arrays
+from storage_schemas.validate import read_manifest, read_provenance
+
+log = logging.getLogger("distillkit")
+
+CREATING_ATTR = "distillkit_creating"  # set while arrays are being created; a store without a manifest is unfinished
+
+
+class StoreMismatch(ValueError):
+    """Reopening a store with a different configuration than it was created with."""
+
+
+def is_url(path: str) -> bool:
+    return "://" in path
+
+
+def open_group(url: str, mode: str = "r", storage_options: dict[str, Any] | None = None,
+               consolidated: bool | None = None) -> zarr.Group:
+    """Open a Zarr v3 group on a local path or an fsspec URL."""
+    kwargs: dict[str, Any] = {"zarr_format": 3}
+    if mode == "r":
+        kwargs["use_consolidated"] = consolidated
+    if is_url(url):
+        store = zarr.storage.FsspecStore.from_url(url, storage_options=storage_options or {}, read_only=mode == "r")
+        return zarr.open_group(store=store, mode=mode, **kwargs)
+    return zarr.open_group(store=url, mode=mode, **kwargs)
+
+
+def try_open(url: str, storage_options: dict[str, Any] | None = None) -> zarr.Group | None:
+    try:
+        return open_group(url, "r+", storage_options)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError):
+        return None
+
+
+def _compressors(codec: str, dtype: str):
+    if codec == "none":
+        return None
+    if codec == "zstd":
+        return ZstdCodec(level=1)
+    return BloscCodec(cname="lz4", clevel=5, shuffle="shuffle", typesize=np.dtype(dtype).itemsize)
+
+
+def create_store(url: str, manifest: Manifest, provenances: dict[str, TeacherProvenance], ids: list[str],
+                 uris: list[str], splits: np.ndarray, codec: str = "none",
+                 storage_options: dict[str, Any] | None = None) -> zarr.Group:
+    """Create all arrays and write the sample table. The manifest is written last: it marks a usable store."""
+    group = open_group(url, "w", storage_options)
+    group.attrs[CREATING_ATTR] = True
+    for spec in expected_arrays(manifest, provenances):
+        is_feature = spec.path.startswith("teachers/") and spec.path.rsplit("/", 1)[-1] in ("patch", "cls")
+        if spec.dtype == "str":
+            fill, compressors = "", None
+        elif spec.dtype.startswith("float"):
+            fill = np.nan  # unwritten samples read back as NaN: missing data is detectable without listing
+            compressors = _compressors(codec, spec.dtype) if is_feature else ZstdCodec(level=1)
+        else:
+            fill, compressors = 0, ZstdCodec(level=1) if spec.path == "samples/image" else None
+        arr = group.create_array(
+            spec.path, shape=spec.shape, dtype=str if spec.dtype == "str" else spec.dtype,
+            chunks=spec.chunks, shards=spec.shards, fill_value=fill,
+            compressors=compressors, dimension_names=spec.dims if spec.shape else None,
+            config={"write_empty_chunks": True},
+        )
+        if spec.path == "samples/view":
+            arr.attrs["columns"] = list(VIEW_PARAMS)
+    for name, prov in provenances.items():
+        group[f"teachers/{name}"].attrs[PROVENANCE_ATTR] = prov.model_dump(mode="json")
+    group["samples/id"][:] = np.array(ids, dtype=object).astype(str)
+    group["samples/uri"][:] = np.array(uris, dtype=object).astype(str)
+    group["samples/split"][:] = splits.astype(np.uint8)
+    group.attrs.update({MANIFEST_ATTR: manifest.model_dump(mode="json"), CREATING_ATTR: False})
+    return group
+
+
+def check_compatible(group: zarr.Group, want: Manifest, provenances: dict[str, TeacherProvenance],
+                     url: str) -> Manifest:
+    """Refuse to mix: the existing store must have the same sample table, layout and teacher provenance."""
+    have = read_manifest(group)
+    problems = []
+    for field in ("source_fingerprint", "n_samples", "shard_size", "image_hw", "student_patch", "val_fraction"):
+        a, b = getattr(have, field), getattr(want, field)
+        if a != b:
+            problems.append(f"{field}: store has {a!r}, this run has {b!r}")
+    if sorted(have.teachers) != sorted(want.teachers):
+        problems.append(f"teachers: store has {have.teachers}, this run has {want.teachers}")
+    else:
+        for name, prov in provenances.items():
+            stored = read_provenance(group, name).identity()
+            for key, value in prov.identity().items():
+                if stored[key] != value:
+                    problems.append(f"teacher {name}.{key}: store has {stored[key]!r}, this run has {value!r}")
+    if problems:
+        raise StoreMismatch(
+            f"store {url} was created with a different configuration; refusing to mix features:\n  - "
+            + "\n  - ".join(problems) + "\nUse a new --store path (or delete this one) to cache with these settings.")
+    return have

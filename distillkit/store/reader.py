@@ -1,0 +1,261 @@
+"""Streaming reader: shard-aware shuffling, worker/rank split, teachers zipped by sample id, exact resume.
+
+Order of an epoch (pure index arithmetic, no data read):
+  1. shards are permuted with a seed derived from (seed, epoch);
+  2. rank r of `world` takes every world-th shard of that permutation (disjoint across ranks);
+  3. a rank's shards are cut into blocks of `shuffle_shards` shards; logical worker w of W takes every W-th block;
+  4. the usable rows (valid, wanted split) of a block are permuted; a worker's rows are its blocks' rows in order;
+  5. each worker cuts its rows into batches; the DataLoader interleaves workers round-robin.
+Data is read a whole shard per call (one request per shard and array), a block at a time, the next block
+prefetched on a thread, so zarr's per-call overhead is paid once per shard rather than once per sample.
+
+Resume: position = batches consumed in the epoch. The per-worker counts and the worker whose turn is next follow
+from the round-robin; on resume each worker skips its consumed batches and the worker roles are rotated so that the
+DataLoader's first request lands on the worker whose turn it was. The continued sequence equals the uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from storage_schemas import Manifest, TeacherProvenance
+from storage_schemas.validate import read_manifest, read_provenance
+
+from .layout import open_group
+
+Split = Literal["train", "val", "all"]
+
+
+class StoreSource:
+    """One store's arrays, opened lazily in each process (fsspec async clients do not survive fork)."""
+
+    def __init__(self, url: str, teachers: list[str] | None = None, storage_options: dict[str, Any] | None = None):
+        self.url = url
+        self.storage_options = storage_options or {}
+        group = open_group(url, "r", self.storage_options)
+        self.manifest: Manifest = read_manifest(group)
+        if self.manifest.status != "complete":
+            raise ValueError(f"store {url} is not complete (status {self.manifest.status}); finish caching first")
+        self.teachers = list(teachers) if teachers is not None else list(self.manifest.teachers)
+        unknown = sorted(set(self.teachers) - set(self.manifest.teachers))
+        if unknown:
+            raise ValueError(f"store {url} has no teacher(s) {unknown}; it has {self.manifest.teachers}")
+        self.provenance: dict[str, TeacherProvenance] = {t: read_provenance(group, t) for t in self.teachers}
+        self.ids = np.array(group["samples/id"][:].tolist(), dtype=object)
+        self.valid = group["samples/valid"][:].astype(bool)
+        self.split = group["samples/split"][:]
+        self._arrays: dict[str, Any] | None = None
+        self._pid: int | None = None
+
+    def array_names(self, with_image: bool) -> list[str]:
+        names = [f"teachers/{t}/{k}" for t in self.teachers for k in ("patch", "cls")]
+        return (["samples/image"] if with_image else []) + names
+
+    def stats(self, teacher: str) -> dict[str, np.ndarray]:
+        g = open_group(self.url, "r", self.storage_options)
+        base = f"teachers/{teacher}/stats"
+        return {k: g[f"{base}/{k}"][:] for k in ("patch_mean", "patch_std", "cls_mean", "cls_std")}
+
+    def _open(self) -> dict[str, Any]:
+        if self._arrays is None or self._pid != os.getpid():
+            g = open_group(self.url, "r", self.storage_options)
+            self._arrays = {n: g[n] for n in self.array_names(True)}
+            self._pid = os.getpid()
+        return self._arrays
+
+    def read(self, name: str, start: int, stop: int) -> np.ndarray:
+        return self._open()[name][start:stop]
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_arrays": None, "_pid": None}
+
+
+class MemmapSource(StoreSource):
+    """The same arrays from raw `.npy` files (memory-mapped): the baseline of `distillkit bench loader`."""
+
+    def __init__(self, like: StoreSource, folder: str):
+        self.__dict__.update(like.__getstate__())
+        self.folder = folder
+
+    def _open(self) -> dict[str, Any]:
+        if self._arrays is None or self._pid != os.getpid():
+            self._arrays = {n: np.load(os.path.join(self.folder, n.replace("/", "__") + ".npy"), mmap_mode="r")
+                            for n in self.array_names(True)}
+            self._pid = os.getpid()
+        return self._arrays
+
+    def read(self, name: str, start: int, stop: int) -> np.ndarray:
+        return np.array(self._open()[name][start:stop])
+
+
+def zip_sources(sources: list[StoreSource]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Check that every store has the same sample table; return (ids, valid in all, split)."""
+    first = sources[0]
+    seen: dict[str, str] = {}
+    for s in sources:
+        if s.manifest.shard_size != first.manifest.shard_size or len(s.ids) != len(first.ids):
+            raise ValueError(f"stores {first.url} and {s.url} have different sample tables or shard sizes")
+        mismatch = np.flatnonzero(s.ids != first.ids)
+        if mismatch.size:
+            i = int(mismatch[0])
+            raise ValueError(f"stores {first.url} and {s.url} are not aligned: sample {i} is {first.ids[i]!r} in "
+                             f"one and {s.ids[i]!r} in the other ({mismatch.size} rows differ)")
+        for t in s.teachers:
+            if t in seen:
+                raise ValueError(f"teacher {t!r} appears in both {seen[t]} and {s.url}; select one with teachers=")
+            seen[t] = s.url
+    valid = np.logical_and.reduce([s.valid for s in sources])
+    return first.ids, valid, first.split
+
+
+class ShardStream(IterableDataset):
+    """Yields whole batches (dicts of tensors). Use with DataLoader(batch_size=None)."""
+
+    def __init__(self, sources: list[StoreSource], batch_size: int, split: Split = "train", seed: int = 0,
+                 shuffle: bool = True, shuffle_shards: int = 2, rank: int | None = None, world: int | None = None,
+                 with_image: bool = True, max_samples: int | None = None):
+        self.sources = sources
+        self.ids, valid, split_arr = zip_sources(sources)
+        wanted = {"train": split_arr == 0, "val": split_arr == 1, "all": np.ones_like(valid)}[split]
+        self.usable = valid & wanted
+        if max_samples is not None:
+            keep = np.flatnonzero(self.usable)[max_samples:]
+            self.usable[keep] = False
+        self.batch_size = batch_size
+        self.seed, self.shuffle, self.shuffle_shards = seed, shuffle, shuffle_shards
+        if rank is None or world is None:
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+            else:
+                rank, world = 0, 1
+        self.rank, self.world = rank, world
+        self.with_image = with_image
+        self.shard_size = sources[0].manifest.shard_size
+        self.n_shards = math.ceil(len(self.ids) / self.shard_size)
+        self.epoch = 0
+        self.start_batch = 0
+        self.num_workers = 1  # set by make_loader; the plan depends on it
+
+    # ---- planning (cheap, deterministic) -------------------------------------------------------------------
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def _blocks(self, epoch: int) -> list[list[int]]:
+        rng = np.random.default_rng([self.seed, epoch])
+        shards = rng.permutation(self.n_shards) if self.shuffle else np.arange(self.n_shards)
+        mine = shards[self.rank::self.world].tolist()
+        k = self.shuffle_shards if self.shuffle else max(len(mine), 1)
+        return [mine[i:i + k] for i in range(0, len(mine), k)]
+
+    def _block_rows(self, epoch: int, block_id: int, shards: list[int]) -> np.ndarray:
+        rows = np.concatenate([np.arange(s * self.shard_size, min((s + 1) * self.shard_size, len(self.ids)))
+                               for s in shards]) if shards else np.zeros(0, np.int64)
+        rows = rows[self.usable[rows]]
+        if self.shuffle:
+            rows = np.random.default_rng([self.seed, epoch, self.rank, block_id]).permutation(rows)
+        return rows
+
+    def worker_plan(self, epoch: int, worker: int, num_workers: int) -> list[tuple[list[int], np.ndarray]]:
+        blocks = self._blocks(epoch)
+        return [(blocks[b], self._block_rows(epoch, b, blocks[b])) for b in range(worker, len(blocks), num_workers)]
+
+    def worker_batch_counts(self, epoch: int, num_workers: int) -> list[int]:
+        return [math.ceil(sum(len(r) for _, r in self.worker_plan(epoch, w, num_workers)) / self.batch_size)
+                for w in range(num_workers)]
+
+    def batches_per_epoch(self, epoch: int = 0) -> int:
+        return sum(self.worker_batch_counts(epoch, self.num_workers))
+
+    def worker_order(self, epoch: int, num_workers: int) -> list[int]:
+        """Which worker produces each batch of the epoch, as the DataLoader interleaves them."""
+        left = self.worker_batch_counts(epoch, num_workers)
+        order: list[int] = []
+        while any(left):
+            for w in range(num_workers):
+                if left[w]:
+                    order.append(w)
+                    left[w] -= 1
+        return order
+
+    # ---- iteration ------------------------------------------------------------------------------------------
+    def _load_block(self, shards: list[int]) -> tuple[dict[int, int], dict[str, list[np.ndarray]]]:
+        """Read whole shards of every array (one call per shard and array, concurrently)."""
+        jobs = []
+        for si, src in enumerate(self.sources):
+            for name in src.array_names(self.with_image and si == 0):
+                for s in shards:
+                    jobs.append((si, name, s))
+        with ThreadPoolExecutor(min(8, max(len(jobs), 1))) as pool:
+            parts = list(pool.map(lambda j: self.sources[j[0]].read(
+                j[1], j[2] * self.shard_size, min((j[2] + 1) * self.shard_size, len(self.ids))), jobs))
+        data: dict[str, list[np.ndarray]] = {}
+        for (si, name, _), arr in zip(jobs, parts):
+            data.setdefault(name, []).append(arr)
+        position: dict[int, int] = {}
+        offset = 0
+        for s in shards:
+            start, stop = s * self.shard_size, min((s + 1) * self.shard_size, len(self.ids))
+            for r in range(start, stop):
+                position[r] = offset + r - start
+            offset += stop - start
+        return position, {n: np.concatenate(v) if len(v) > 1 else v[0] for n, v in data.items()}
+
+    def _batch(self, rows: np.ndarray, blocks: list[tuple[dict[int, int], dict[str, np.ndarray]]],
+               worker: int, index: int) -> dict[str, Any]:
+        out: dict[str, Any] = {"ids": [str(self.ids[r]) for r in rows], "rows": torch.from_numpy(rows.copy()),
+                               "worker": worker, "index": index}
+        names = list(blocks[0][1])
+        for name in names:
+            pieces = []
+            for pos, data in blocks:
+                sel = [pos[r] for r in rows if r in pos]
+                if sel:
+                    pieces.append(data[name][sel])
+            out[name] = torch.from_numpy(np.concatenate(pieces) if len(pieces) > 1 else pieces[0])
+        return out
+
+    def __iter__(self):
+        info = get_worker_info()
+        physical, num_workers = (info.id, info.num_workers) if info else (0, 1)
+        order = self.worker_order(self.epoch, num_workers)
+        consumed = Counter(order[:self.start_batch])
+        rotation = order[self.start_batch] if self.start_batch < len(order) else 0
+        worker = (physical + rotation) % num_workers
+        plan = self.worker_plan(self.epoch, worker, num_workers)
+        if not plan:
+            return
+        rows_all = np.concatenate([r for _, r in plan])
+        owner = np.concatenate([np.full(len(r), b) for b, (_, r) in enumerate(plan)])
+        n_batches = math.ceil(len(rows_all) / self.batch_size)
+        loaded: dict[int, Any] = {}
+        with ThreadPoolExecutor(1) as prefetcher:
+            for bi in range(consumed[worker], n_batches):
+                sl = slice(bi * self.batch_size, (bi + 1) * self.batch_size)
+                rows, need = rows_all[sl], sorted(set(owner[sl].tolist()))
+                for b in list(loaded):
+                    if b < need[0]:
+                        del loaded[b]
+                for b in need:
+                    if b not in loaded:
+                        loaded[b] = prefetcher.submit(self._load_block, plan[b][0])
+                nxt = need[-1] + 1
+                if nxt < len(plan) and nxt not in loaded:
+                    loaded[nxt] = prefetcher.submit(self._load_block, plan[nxt][0])
+                yield self._batch(rows, [loaded[b].result() for b in need], worker, bi)
+
+
+def make_loader(stream: ShardStream, num_workers: int, epoch: int = 0, start_batch: int = 0,
+                pin_memory: bool = False) -> torch.utils.data.DataLoader:
+    """A DataLoader over `stream` positioned at (epoch, start_batch)."""
+    stream.num_workers = max(num_workers, 1)
+    stream.set_epoch(epoch, start_batch)
+    return torch.utils.data.DataLoader(stream, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
+                                       prefetch_factor=2 if num_workers else None)

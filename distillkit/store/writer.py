@@ -1,0 +1,93 @@
+"""Shard writer: one writer owns a whole shard; data first, completion marker last; writes off the compute thread."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+import zarr
+
+from . import stats as st
+
+
+@dataclass
+class TeacherShard:
+    patch: np.ndarray  # [n, h, w, C] stored dtype; NaN rows for rejected samples
+    cls: np.ndarray  # [n, C]
+
+
+@dataclass
+class ShardResult:
+    shard: int
+    start: int
+    stop: int
+    valid: np.ndarray  # [n] uint8
+    error: list[str]
+    source_hw: np.ndarray  # [n, 2] int32
+    view: np.ndarray  # [n, 5] float32
+    image: np.ndarray  # [n, H, W, 3] uint8
+    teachers: dict[str, TeacherShard] = field(default_factory=dict)
+
+
+def write_shard(group: zarr.Group, r: ShardResult) -> None:
+    """Write every array of one shard in single aligned calls, then the statistics, then the marker."""
+    sl = slice(r.start, r.stop)
+    ok = r.valid.astype(bool)
+    group["samples/valid"][sl] = r.valid
+    group["samples/error"][sl] = np.array(r.error, dtype=object).astype(str)
+    group["samples/source_hw"][sl] = r.source_hw
+    group["samples/view"][sl] = r.view
+    group["samples/image"][sl] = r.image
+    for name, t in r.teachers.items():
+        base = f"teachers/{name}"
+        group[f"{base}/patch"][sl] = t.patch
+        group[f"{base}/cls"][sl] = t.cls
+        c = t.patch.shape[-1]
+        n_p, mean_p, m2_p = st.partial(t.patch[ok].reshape(-1, c))
+        _, mean_c, m2_c = st.partial(t.cls[ok])
+        group[f"{base}/stats/shard_patch_mean"][r.shard] = mean_p
+        group[f"{base}/stats/shard_patch_m2"][r.shard] = m2_p
+        group[f"{base}/stats/shard_cls_mean"][r.shard] = mean_c
+        group[f"{base}/stats/shard_cls_m2"][r.shard] = m2_c
+        group[f"{base}/stats/shard_count"][r.shard] = int(ok.sum())
+    group["progress/shard_done"][r.shard] = 1  # LAST: the shard counts as done only after all of the above
+
+
+class AsyncShardWriter:
+    """Writes shards on a background thread so the next batch computes meanwhile. At most `depth` shards queue."""
+
+    def __init__(self, group: zarr.Group, depth: int = 1, on_written=None):
+        self._group = group
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._on_written = on_written
+        self._thread = threading.Thread(target=self._run, name="distillkit-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if self._error is None:
+                try:
+                    write_shard(self._group, item)
+                    if self._on_written:
+                        self._on_written(item)
+                except BaseException as e:  # re-raised on the caller's thread
+                    self._error = e
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise RuntimeError(f"writing a shard failed: {self._error}") from self._error
+
+    def submit(self, result: ShardResult) -> None:
+        self._raise()
+        self._queue.put(result)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        self._raise()
