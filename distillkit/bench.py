@@ -1,0 +1,87 @@
+"""Benchmarks: measured side by side in one run, reported as ratios (these machines are shared and noisy)."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+from .store.reader import MemmapSource, ShardStream, StoreSource, make_loader
+
+
+def _epoch(stream: ShardStream, num_workers: int, epoch: int) -> tuple[int, int, float]:
+    n = nbytes = 0
+    t0 = time.perf_counter()
+    for batch in make_loader(stream, num_workers, epoch=epoch):
+        n += len(batch["ids"])
+        nbytes += sum(v.numel() * v.element_size() for k, v in batch.items() if isinstance(v, torch.Tensor)
+                      and k != "rows")
+    return n, nbytes, time.perf_counter() - t0
+
+
+def bench_loader(store: str, batch_size: int = 64, num_workers: int = 0, epochs: int = 2, shuffle_shards: int = 2,
+                 storage_options: dict | None = None) -> dict:
+    """Samples/s and MB/s of the training reader vs the identical pipeline over memory-mapped .npy copies."""
+    src = StoreSource(store, None, storage_options)
+    with tempfile.TemporaryDirectory(prefix="distillkit-bench-") as tmp:
+        names = src.array_names(True)
+        for name in names:
+            np.save(os.path.join(tmp, name.replace("/", "__") + ".npy"), src.read(name, 0, len(src.ids)))
+        mm = MemmapSource(src, tmp)
+        t0 = time.perf_counter()
+        copied = sum(np.array(np.load(os.path.join(tmp, n.replace("/", "__") + ".npy"), mmap_mode="r")).nbytes
+                     for n in names)
+        bare_copy_mb_s = copied / 1e6 / (time.perf_counter() - t0)
+        runs: dict[str, list[tuple[int, int, float]]] = {"zarr": [], "memmap": []}
+        streams = {k: ShardStream([s], batch_size, "all", seed=0, shuffle_shards=shuffle_shards)
+                   for k, s in (("zarr", src), ("memmap", mm))}
+        for kind, stream in streams.items():  # warm-up: page cache, imports, worker start-up paths
+            _epoch(stream, num_workers, 0)
+        for e in range(epochs):  # alternate so drift on a shared machine hits both alike
+            for kind, stream in streams.items():
+                runs[kind].append(_epoch(stream, num_workers, e + 1))
+
+    def rate(kind: str) -> tuple[float, float]:
+        sps = statistics.median(n / t for n, _, t in runs[kind])
+        mbs = statistics.median(b / 1e6 / t for _, b, t in runs[kind])
+        return sps, mbs
+
+    z_sps, z_mbs = rate("zarr")
+    m_sps, m_mbs = rate("memmap")
+    return {"bench": "loader", "store": store, "samples": runs["zarr"][0][0], "batch_size": batch_size,
+            "num_workers": num_workers, "epochs": epochs, "zarr_samples_per_s": z_sps, "zarr_mb_per_s": z_mbs,
+            "memmap_samples_per_s": m_sps, "memmap_mb_per_s": m_mbs, "ratio_vs_memmap": z_sps / m_sps,
+            "bare_memmap_copy_mb_per_s": bare_copy_mb_s}
+
+
+def bench_cache(source: str, teacher: str, checkpoint: str | None = None, image_size: str = "224",
+                student_patch: int = 14, batch_size: int = 32, num_workers: int = 4, shard_size: int = 64,
+                overrides: dict | None = None) -> dict:
+    """Wall time of a whole cache run vs the bare teacher forward over the same preprocessed images."""
+    from .cache import decode_sample, load_teachers, plan_samples, run_cache
+    from .config import CacheConfig
+
+    with tempfile.TemporaryDirectory(prefix="distillkit-bench-") as tmp:
+        cfg = CacheConfig(source=source, store=os.path.join(tmp, "bench.zarr"),
+                          teachers=[{"name": teacher, "checkpoint": checkpoint, "overrides": overrides or {}}],
+                          image_size=image_size, student_patch=student_patch, batch_size=batch_size,
+                          num_workers=num_workers, shard_size=shard_size)
+        t = load_teachers(cfg)[teacher]  # loaded once per process: both sides reuse it
+        hw = tuple(t.input_hw)
+        decoded = [decode_sample(r.uri, cfg.image_size, {hw}, {}) for r in plan_samples(cfg).refs]
+        images = np.stack([d.teacher_inputs[hw] for d in decoded if d.ok])
+        t(torch.from_numpy(images[:batch_size]))  # warm-up
+        t0 = time.perf_counter()
+        for i in range(0, len(images), batch_size):
+            t(torch.from_numpy(images[i:i + batch_size]))
+        bare = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        result = run_cache(cfg, show_progress=False)
+        wall = time.perf_counter() - t0
+    return {"bench": "cache", "teacher": teacher, "images": int(len(images)), "cache_wall_s": wall,
+            "bare_forward_s": bare, "overhead_ratio": wall / bare, "cache_images_per_s": len(images) / wall,
+            "bare_images_per_s": len(images) / bare, "rejected": len(result["rejected"])}

@@ -1,0 +1,284 @@
+"""The `distillkit` command: cache, inspect, validate, train, bench, teachers."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Run vision teachers once into Zarr v3 stores, then stream them into students.")
+bench_app = typer.Typer(no_args_is_help=True, help="Measure the reader and the caching pipeline.")
+app.add_typer(bench_app, name="bench")
+# wide tables when piped (CI logs, files); the terminal width otherwise
+console = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
+                        handlers=[RichHandler(console=err, show_path=False, show_time=False)], force=True)
+    for noisy in ("matplotlib", "PIL", "fsspec", "s3fs", "botocore", "aiobotocore", "httpx", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
+
+
+def _fail(msg: str) -> None:
+    err.print(f"[bold red]error:[/] {msg}")
+    raise typer.Exit(2)
+
+
+def _human(n: Optional[float]) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000.0
+    return str(n)
+
+
+def _cache_config(config, source, store, teacher, checkpoint, seed, student_patch, image_size, shard_size,
+                  batch_size, num_workers, device, val_fraction, codec):
+    from .config import CacheConfig, load_config
+
+    teachers = None
+    if teacher:
+        if checkpoint and len(checkpoint) not in (1, len(teacher)):
+            _fail(f"give one --checkpoint per --teacher ({len(teacher)} teachers, {len(checkpoint)} checkpoints)")
+        ckpts = list(checkpoint or []) + [None] * len(teacher)
+        teachers = [{"name": t, "checkpoint": ckpts[i], "seed": seed} for i, t in enumerate(teacher)]
+    try:
+        return load_config(CacheConfig, config, source=source, store=store, teachers=teachers,
+                           student_patch=student_patch, image_size=image_size, shard_size=shard_size,
+                           batch_size=batch_size, num_workers=num_workers, device=device,
+                           val_fraction=val_fraction, codec=codec)
+    except ValueError as e:
+        _fail(str(e))
+
+
+@app.command()
+def cache(
+    source: Optional[str] = typer.Option(None, help="folder, glob, fsspec URL or manifest file (.txt/.csv/.jsonl)"),
+    store: Optional[str] = typer.Option(None, help="output store: local path or URL (s3://bucket/prefix)"),
+    teacher: Optional[list[str]] = typer.Option(None, help="teacher name (repeat for several); see `teachers`"),
+    checkpoint: Optional[list[str]] = typer.Option(None, help="weights per teacher: path, fsspec URL or hf-hub:id"),
+    seed: int = typer.Option(0, help="random-init seed when no checkpoint is given"),
+    student_patch: Optional[int] = typer.Option(None, help="student patch size [14]"),
+    image_size: Optional[str] = typer.Option(None, help="student input size, N or HxW [224]"),
+    shard_size: Optional[int] = typer.Option(None, help="samples per shard [64]"),
+    batch_size: Optional[int] = typer.Option(None, help="teacher batch size [32]"),
+    num_workers: Optional[int] = typer.Option(None, help="image decoding threads [4]"),
+    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda[:N]"),
+    val_fraction: Optional[float] = typer.Option(None, help="held-out fraction [0.05]"),
+    codec: Optional[str] = typer.Option(None, help="feature compressor: none | zstd | lz4 [none]"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML file with these fields"),
+    quiet: bool = typer.Option(False, help="no progress bar"),
+):
+    """Run teachers once over a source and write their features to a Zarr v3 store (resumable)."""
+    _setup_logging()
+    cfg = _cache_config(config, source, store, teacher, checkpoint, seed, student_patch, image_size, shard_size,
+                        batch_size, num_workers, device, val_fraction, codec)
+    from .cache import run_cache
+    from .store import StoreMismatch
+
+    try:
+        result = run_cache(cfg, show_progress=not quiet)
+    except (StoreMismatch, ValueError) as e:
+        _fail(str(e))
+    fin = result["finalize"]
+    if result["nothing_to_do"]:
+        console.print(f"[green]store {cfg.store} is already complete: nothing to do[/]")
+    else:
+        console.print(f"cached {result['samples']} samples in {result['shards']} shards "
+                      f"({result['wall_s']:.1f} s) -> {cfg.store}")
+    for r in result["rejected"]:
+        console.print(f"[yellow]rejected[/] {r['uri']}: {r['reason']}")
+    console.print(f"status: {fin['status']}" + (f", {fin['n_valid']} valid, {fin['n_rejected']} rejected"
+                                                 if fin["status"] == "complete" else ""))
+
+
+@app.command()
+def inspect(store: str = typer.Argument(..., help="store path or URL"),
+            as_json: bool = typer.Option(False, "--json", help="machine-readable output")):
+    """Print a store's arrays, layout, sizes, completion, teacher provenance and rejected inputs."""
+    _setup_logging()
+    from .store.inspect import summarize
+
+    try:
+        s = summarize(store)
+    except Exception as e:
+        _fail(f"cannot inspect {store}: {e}")
+    if as_json:
+        console.print_json(json.dumps(s.as_dict()))
+        return
+    m = s.manifest
+    console.print(f"[bold]{store}[/]  {m['schema_version']}  status [bold]{m['status']}[/]  "
+                  f"completion {s.completion:.0f}% ({s.shards_done}/{s.n_shards} shards)  version {m['version']}")
+    console.print(f"samples {m['n_samples']} (valid {m['n_valid']}, rejected {m['n_rejected']}), shard size "
+                  f"{m['shard_size']}, student input {m['image_hw'][0]}x{m['image_hw'][1]} / patch "
+                  f"{m['student_patch']}, source {m['source']}")
+    for name, pv in s.provenance.items():
+        if pv["checkpoint_sha256"].startswith("random-init:"):
+            console.print(f"[bold red]WARNING: teacher {name} was cached from RANDOM weights "
+                          f"({pv['checkpoint_sha256']}); its features are not real targets[/]")
+    t = Table(title="arrays", show_lines=False)
+    for col in ("array", "shape", "dtype", "chunk", "shard", "codec", "stored", "raw", "ratio"):
+        t.add_column(col, justify="right" if col in ("stored", "raw", "ratio") else "left")
+    for a in s.arrays:
+        if a.get("missing"):
+            t.add_row(a["path"], "[red]missing[/]", *[""] * 7)
+            continue
+        t.add_row(a["path"], str(tuple(a["shape"])), "str" if "String" in a["dtype"] else a["dtype"], str(tuple(a["chunks"])),
+                  str(tuple(a["shards"])) if a["shards"] else "-", a["codec"], _human(a["stored_bytes"]),
+                  _human(a["raw_bytes"]) if a["raw_bytes"] else "-", f"{a['ratio']:.2f}" if a["ratio"] else "-")
+    console.print(t)
+    p = Table(title="teachers")
+    for col in ("teacher", "arch", "weights", "sha256", "input", "grid", "dim", "dtype"):
+        p.add_column(col)
+    for name, pv in s.provenance.items():
+        random = pv["checkpoint_sha256"].startswith("random-init:")
+        p.add_row(name, pv["arch"], "[bold red]RANDOM INIT (" + pv["checkpoint_sha256"] + ")[/]" if random
+                  else pv["checkpoint"], "-" if random else pv["checkpoint_sha256"][:16],
+                  "x".join(map(str, pv["input_hw"])), "x".join(map(str, pv["grid_hw"])), str(pv["embed_dim"]),
+                  pv["dtype"])
+    console.print(p)
+    if s.rejected:
+        r = Table(title=f"rejected inputs ({len(s.rejected)})")
+        r.add_column("id")
+        r.add_column("reason")
+        for row in s.rejected:
+            r.add_row(row["id"], row["reason"])
+        console.print(r)
+
+
+@app.command()
+def validate(store: str = typer.Argument(..., help="store path or URL")):
+    """Check a store against storage_schemas, completeness and NaN/Inf; exit 1 on any problem."""
+    _setup_logging()
+    from tqdm import tqdm
+
+    from .store.inspect import validate_store
+
+    bar = tqdm(desc="validating shards", unit="shard", file=sys.stderr)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    problems = validate_store(store, progress=progress)
+    bar.close()
+    if problems:
+        for p in problems:
+            console.print(f"[red]✗[/] {p}")
+        console.print(f"[bold red]{len(problems)} problem(s)[/] in {store}")
+        raise typer.Exit(1)
+    console.print(f"[green]✓ {store} is valid[/]")
+
+
+@app.command()
+def train(
+    store: Optional[list[str]] = typer.Option(None, help="store(s) to stream (repeat to zip several)"),
+    out: Optional[str] = typer.Option(None, help="output folder for checkpoints and metrics"),
+    teacher: Optional[list[str]] = typer.Option(None, help="subset of teachers (default: all)"),
+    preset: Optional[str] = typer.Option(None, help="student size: vit_tiny | vit_small | vit_base"),
+    depth: Optional[int] = typer.Option(None, help="override the student depth"),
+    embed_dim: Optional[int] = typer.Option(None, help="override the student width"),
+    heads: Optional[int] = typer.Option(None, help="override the student heads"),
+    projector: Optional[str] = typer.Option(None, help="tp (transformer projector) | mlp"),
+    batch_size: Optional[int] = typer.Option(None),
+    epochs: Optional[float] = typer.Option(None),
+    max_steps: Optional[int] = typer.Option(None),
+    lr: Optional[float] = typer.Option(None),
+    num_workers: Optional[int] = typer.Option(None),
+    device: Optional[str] = typer.Option(None),
+    seed: Optional[int] = typer.Option(None),
+    no_resume: bool = typer.Option(False, help="start fresh even if a checkpoint exists"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML file with TrainConfig fields"),
+):
+    """Train a DUNE-style student by streaming cached teacher features."""
+    _setup_logging()
+    from .config import TrainConfig, load_config
+    from .training.trainer import train as run_train
+
+    student = None
+    if any(v is not None for v in (preset, depth, embed_dim, heads)):
+        student = {k: v for k, v in {"preset": preset, "depth": depth, "embed_dim": embed_dim,
+                                     "num_heads": heads}.items() if v is not None}
+    try:
+        cfg = load_config(TrainConfig, config, stores=store or None, out_dir=out, teachers=teacher or None,
+                          student=student, projector=projector, batch_size=batch_size, epochs=epochs,
+                          max_steps=max_steps, lr=lr, num_workers=num_workers, device=device, seed=seed,
+                          resume=False if no_resume else None)
+        result = run_train(cfg)
+    except ValueError as e:
+        _fail(str(e))
+    console.print(f"trained {result['steps']} steps in {result['wall_s']:.1f} s; loss {result['first_loss']:.4f} "
+                  f"-> {result['last_loss']:.4f}")
+    for t, v in result["final_eval"].items():
+        if isinstance(v, dict):
+            console.print(f"  held-out {t}: " + ", ".join(f"{k} {x:.4f}" if isinstance(x, float) else f"{k} {x}"
+                                                        for k, x in v.items()))
+    console.print(f"checkpoint {result['checkpoint']}\nmetrics {result['metrics']}\nloss curve {result['loss_curve']}")
+
+
+@app.command()
+def teachers():
+    """List the teachers that `cache --teacher` accepts."""
+    from .teachers import teacher_names
+
+    for n in teacher_names():
+        console.print(n)
+
+
+@bench_app.command("loader")
+def bench_loader(store: str = typer.Option(..., help="store to read"),
+                 batch_size: int = typer.Option(64), num_workers: int = typer.Option(0),
+                 epochs: int = typer.Option(2), shuffle_shards: int = typer.Option(2),
+                 as_json: bool = typer.Option(False, "--json")):
+    """Training reader vs the same pipeline over a raw memory-mapped .npy copy (same run)."""
+    _setup_logging()
+    from .bench import bench_loader as run
+
+    res = run(store, batch_size=batch_size, num_workers=num_workers, epochs=epochs, shuffle_shards=shuffle_shards)
+    _print_bench(res, as_json)
+
+
+@bench_app.command("cache")
+def bench_cache(source: str = typer.Option(...), teacher: str = typer.Option("dinov2_vits14_reg"),
+                checkpoint: Optional[str] = typer.Option(None), image_size: str = typer.Option("224"),
+                student_patch: int = typer.Option(14), batch_size: int = typer.Option(32),
+                num_workers: int = typer.Option(4), shard_size: int = typer.Option(64),
+                as_json: bool = typer.Option(False, "--json")):
+    """Cache wall time vs the bare teacher forward on the same preprocessed images."""
+    _setup_logging()
+    from .bench import bench_cache as run
+
+    res = run(source, teacher, checkpoint=checkpoint, image_size=image_size, student_patch=student_patch,
+              batch_size=batch_size, num_workers=num_workers, shard_size=shard_size)
+    _print_bench(res, as_json)
+
+
+def _print_bench(res: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(res, indent=1))
+        return
+    t = Table(title=res.get("bench", "bench"))
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    for k, v in res.items():
+        t.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
+    console.print(t)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,5 @@
+"""Students: the DUNE-style ViT encoder with per-teacher projectors."""
+
+from .dune import DuneStudent, build_student
+
+__all__ = ["DuneStudent", "build_student"]

@@ -1,0 +1,1 @@
+"""Losses, the trainer (checkpoint/resume including the data position) and evaluation."""

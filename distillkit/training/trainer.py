@@ -1,0 +1,265 @@
+"""Train a DUNE-style student by streaming cached teacher features.
+
+Checkpoints hold the model, optimiser, scheduler, RNG states and the data position (epoch, batches consumed), so a
+resumed run sees exactly the batches the uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..config import TrainConfig
+from ..store.reader import ShardStream, StoreSource, make_loader
+from ..students import build_student
+from ..teachers import resolve_device
+from .losses import cosine, teacher_loss
+
+log = logging.getLogger("distillkit")
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+STD_FLOOR = 1e-3  # as DUNE's teacher norm: channels with ~zero spread are not blown up
+CKPT_NAME = "checkpoint-last.pt"
+DATA_POSITION_KEYS = ("seed", "batch_size", "num_workers", "shuffle_shards")
+
+
+class Standardizer:
+    """Per-channel standardisation of raw teacher features with exact statistics from the store."""
+
+    def __init__(self, sources: list[StoreSource], device: torch.device):
+        self.stats: dict[str, dict[str, torch.Tensor]] = {}
+        for src in sources:
+            for t in src.teachers:
+                s = src.stats(t)
+                self.stats[t] = {k: torch.from_numpy(v).float().to(device) for k, v in s.items()}
+
+    def __call__(self, teacher: str, kind: str, x: torch.Tensor) -> torch.Tensor:
+        s = self.stats[teacher]
+        return (x.float() - s[f"{kind}_mean"]) / s[f"{kind}_std"].clamp_min(STD_FLOOR)
+
+    def invert(self, teacher: str, kind: str, x: torch.Tensor) -> torch.Tensor:
+        s = self.stats[teacher]
+        return x.float() * s[f"{kind}_std"].clamp_min(STD_FLOOR) + s[f"{kind}_mean"]
+
+
+@dataclass
+class Position:
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+
+
+def open_sources(cfg: TrainConfig) -> list[StoreSource]:
+    sources = []
+    for url in cfg.stores:
+        probe = StoreSource(url, None, cfg.storage_options)
+        teachers = probe.teachers if cfg.teachers is None else [t for t in probe.teachers if t in cfg.teachers]
+        if teachers:
+            sources.append(StoreSource(url, teachers, cfg.storage_options) if teachers != probe.teachers else probe)
+    found = {t for s in sources for t in s.teachers}
+    if cfg.teachers is not None and set(cfg.teachers) - found:
+        raise ValueError(f"teachers {sorted(set(cfg.teachers) - found)} are in none of the stores {cfg.stores}")
+    if not sources:
+        raise ValueError(f"no teachers selected from stores {cfg.stores}")
+    first = sources[0].manifest
+    for s in sources[1:]:
+        if (s.manifest.image_hw, s.manifest.student_patch) != (first.image_hw, first.student_patch):
+            raise ValueError(f"stores {sources[0].url} and {s.url} were cached for different student inputs")
+    return sources
+
+
+def images_to_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    x = images.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def batch_losses(model, batch: dict, norm: Standardizer, device: torch.device, has_cls: dict[str, bool]):
+    x = images_to_input(batch["samples/image"], device)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _nullcontext()
+    with autocast:
+        preds = model(x)
+    out = {}
+    for t, (cls_s, patch_s) in preds.items():
+        patch_t = norm(t, "patch", batch[f"teachers/{t}/patch"].to(device))
+        cls_t = norm(t, "cls", batch[f"teachers/{t}/cls"].to(device)) if has_cls[t] else None
+        out[t] = (teacher_loss(cls_s if has_cls[t] else None, patch_s, cls_t, patch_t), cls_s, patch_s)
+    return out
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or name.endswith(("pos_embed", "cls_token", "reg_token")) else decay).append(p)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.99))
+
+
+def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int):
+    warmup = int(round(cfg.warmup_fraction * total_steps))
+    floor = cfg.min_lr / cfg.lr
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(total_steps - warmup, 1)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def batch_digest(ids: list[str]) -> str:
+    return hashlib.sha1("\n".join(ids).encode()).hexdigest()[:12]
+
+
+@torch.no_grad()
+def evaluate(model, stream: ShardStream, norm: Standardizer, device: torch.device, has_cls: dict[str, bool],
+             num_workers: int = 0) -> dict[str, dict[str, float]]:
+    """Per teacher: distillation loss and cosine similarity to the raw teacher features, on held-out samples."""
+    model.eval()
+    acc: dict[str, dict[str, float]] = {}
+    n = 0
+    for batch in make_loader(stream, num_workers):
+        res = batch_losses(model, batch, norm, device, has_cls)
+        b = len(batch["ids"])
+        n += b
+        for t, (loss, cls_s, patch_s) in res.items():
+            a = acc.setdefault(t, {"loss": 0.0, "cos_patch": 0.0, "cos_cls": 0.0})
+            a["loss"] += float(loss.sum())
+            raw_patch = batch[f"teachers/{t}/patch"].to(device)
+            a["cos_patch"] += float(cosine(norm.invert(t, "patch", patch_s), raw_patch).flatten(1).mean(1).sum())
+            if has_cls[t]:
+                raw_cls = batch[f"teachers/{t}/cls"].to(device)
+                a["cos_cls"] += float(cosine(norm.invert(t, "cls", cls_s), raw_cls).sum())
+    model.train()
+    if n == 0:
+        return {}
+    return {t: {k: v / n for k, v in a.items() if k != "cos_cls" or has_cls[t]} | {"samples": n}
+            for t, a in acc.items()}
+
+
+def _save(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)  # atomic: a crash never leaves a half-written checkpoint
+
+
+def train(cfg: TrainConfig, on_step: Callable[[int, int, dict], None] | None = None,
+          on_batch: Callable[[int, list[str]], None] | None = None) -> dict:
+    """Run (or resume) training. Returns a summary with paths and final metrics."""
+    torch.manual_seed(cfg.seed)
+    device = resolve_device(cfg.device)
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    sources = open_sources(cfg)
+    m = sources[0].manifest
+    teachers = {t: src.provenance[t] for src in sources for t in src.teachers}
+    has_cls = {t: True for t in teachers}
+    model = build_student(cfg.student, tuple(m.image_hw), m.student_patch,
+                          {t: (p.embed_dim, tuple(p.grid_hw)) for t, p in teachers.items()}, cfg.projector).to(device)
+    norm = Standardizer(sources, device)
+    stream = ShardStream(sources, cfg.batch_size, "train", cfg.seed, True, cfg.shuffle_shards)
+    stream.num_workers = max(cfg.num_workers, 1)
+    steps_per_epoch = stream.batches_per_epoch(0)
+    if steps_per_epoch == 0:
+        raise ValueError(f"stores {cfg.stores} have no valid training samples")
+    total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    val = ShardStream(sources, cfg.batch_size, "val", shuffle=False, max_samples=cfg.max_eval_samples)
+    if not val.usable.any():
+        log.warning("the stores hold no held-out (val) samples; evaluating on the first training samples instead")
+        val = ShardStream(sources, cfg.batch_size, "train", shuffle=False, max_samples=cfg.max_eval_samples)
+    opt = make_optimizer(model, cfg)
+    sched = make_scheduler(opt, cfg, total)
+    pos = Position()
+    metrics: dict[str, Any] = {"config": cfg.model_dump(mode="json"), "train": [], "eval": []}
+    ckpt_path = out / CKPT_NAME
+    data_spec = {k: getattr(cfg, k) for k in DATA_POSITION_KEYS}
+    if cfg.resume and ckpt_path.exists():
+        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+        if ck["data_spec"] != data_spec or ck["teachers"] != sorted(teachers):
+            raise ValueError(f"{ckpt_path} was written with {ck['data_spec']} and teachers {ck['teachers']}; this "
+                             f"run has {data_spec} and {sorted(teachers)}. Use the same settings or a new out_dir.")
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        pos = Position(**ck["position"])
+        metrics = ck["metrics"]
+        torch.set_rng_state(ck["rng"]["torch"])
+        log.info("resumed from %s at step %d (epoch %d, batch %d)", ckpt_path, pos.step, pos.epoch,
+                 pos.batch_in_epoch)
+
+    def checkpoint() -> None:
+        _save(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                          "scheduler": sched.state_dict(), "position": pos.__dict__, "data_spec": data_spec,
+                          "teachers": sorted(teachers), "metrics": metrics, "rng": {"torch": torch.get_rng_state()},
+                          "student": cfg.student.model_dump(), "projector": cfg.projector,
+                          "image_hw": list(m.image_hw), "patch_size": m.student_patch,
+                          "teacher_dims": {t: [p.embed_dim, list(p.grid_hw)] for t, p in teachers.items()}})
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+
+    model.train()
+    t0 = time.perf_counter()
+    while pos.step < total:
+        loader = make_loader(stream, cfg.num_workers, pos.epoch, pos.batch_in_epoch, device.type == "cuda")
+        for batch in loader:
+            if on_batch:
+                on_batch(pos.step, batch["ids"])
+            res = batch_losses(model, batch, norm, device, has_cls)
+            per_teacher = {t: r[0].mean() for t, r in res.items()}
+            loss = torch.stack(list(per_teacher.values())).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            sched.step()
+            pos.step += 1
+            pos.batch_in_epoch += 1
+            rec = {"step": pos.step, "epoch": pos.epoch, "lr": sched.get_last_lr()[0], "loss": float(loss.detach()),
+                   **{f"loss/{t}": float(v) for t, v in per_teacher.items()},
+                   "batch": batch_digest(batch["ids"])}
+            metrics["train"].append(rec)
+            if on_step:
+                on_step(pos.step, total, rec)
+            if cfg.eval_every and pos.step % cfg.eval_every == 0 and pos.step < total:
+                metrics["eval"].append({"step": pos.step, **evaluate(model, val, norm, device, has_cls)})
+            if pos.step % cfg.ckpt_every == 0 or pos.step >= total:
+                if pos.step >= total:
+                    metrics["eval"].append({"step": pos.step, **evaluate(model, val, norm, device, has_cls)})
+                checkpoint()
+            if pos.step >= total:
+                break
+        else:
+            pos.epoch += 1
+            pos.batch_in_epoch = 0
+    wall = time.perf_counter() - t0
+    from ..viz import plot_loss_curve
+
+    png = plot_loss_curve(metrics, out / "loss_curve.png")
+    final_eval = metrics["eval"][-1] if metrics["eval"] else {}
+    return {"checkpoint": str(ckpt_path), "metrics": str(out / "metrics.json"), "loss_curve": str(png),
+            "steps": pos.step, "wall_s": wall, "final_eval": final_eval,
+            "first_loss": metrics["train"][0]["loss"] if metrics["train"] else None,
+            "last_loss": metrics["train"][-1]["loss"] if metrics["train"] else None}
