@@ -252,10 +252,30 @@ class ShardStream(IterableDataset):
                 yield self._batch(rows, [loaded[b].result() for b in need], worker, bi)
 
 
+_WORKER_CONTEXT = None
+
+
+def worker_context():
+    """Workers come from a forkserver that has imported torch and this module once.
+
+    Plain fork is unsafe here: the parent may hold async fsspec clients (s3fs) and Prefect's threads, and forked
+    workers then die at exit; spawn would re-import torch in every worker every epoch.
+    """
+    global _WORKER_CONTEXT
+    if _WORKER_CONTEXT is None:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["torch", "numpy", "zarr", "distillkit.store.reader"])
+        _WORKER_CONTEXT = ctx
+    return _WORKER_CONTEXT
+
+
 def make_loader(stream: ShardStream, num_workers: int, epoch: int = 0, start_batch: int = 0,
                 pin_memory: bool = False) -> torch.utils.data.DataLoader:
     """A DataLoader over `stream` positioned at (epoch, start_batch)."""
     stream.num_workers = max(num_workers, 1)
     stream.set_epoch(epoch, start_batch)
     return torch.utils.data.DataLoader(stream, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
-                                       prefetch_factor=2 if num_workers else None)
+                                       prefetch_factor=2 if num_workers else None,
+                                       multiprocessing_context=worker_context() if num_workers else None)
