@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -248,7 +249,9 @@ def finalize_store(cfg: CacheConfig | str, storage_options: dict | None = None) 
     manifest.n_rejected = int(len(valid) - valid.sum())
     manifest.version += 1
     group.attrs[layout.MANIFEST_ATTR] = manifest.model_dump(mode="json")
-    zarr.consolidate_metadata(group.store)
+    with warnings.catch_warnings():  # zarr: consolidated metadata is an extension of the v3 spec
+        warnings.simplefilter("ignore")
+        zarr.consolidate_metadata(group.store)
     log.info("store %s complete: %d valid, %d rejected", url, manifest.n_valid, manifest.n_rejected)
     return {"status": "complete", "changed": True, **_counts(manifest)}
 
