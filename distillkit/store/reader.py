@@ -40,7 +40,10 @@ class StoreSource:
     def __init__(self, url: str, teachers: list[str] | None = None, storage_options: dict[str, Any] | None = None):
         self.url = url
         self.storage_options = storage_options or {}
-        group = open_group(url, "r", self.storage_options)
+        try:
+            group = open_group(url, "r", self.storage_options)
+        except Exception as e:
+            raise ValueError(f"cannot open store {url}: {type(e).__name__}: {e}") from None
         self.manifest: Manifest = read_manifest(group)
         if self.manifest.status != "complete":
             raise ValueError(f"store {url} is not complete (status {self.manifest.status}); finish caching first")

@@ -238,7 +238,7 @@ def train(cfg: TrainConfig, on_step: Callable[[int, int, dict], None] | None = N
             pos.step += 1
             pos.batch_in_epoch += 1
             rec = {"step": pos.step, "epoch": pos.epoch, "lr": sched.get_last_lr()[0], "loss": float(loss.detach()),
-                   **{f"loss/{t}": float(v) for t, v in per_teacher.items()},
+                   **{f"loss/{t}": float(v.detach()) for t, v in per_teacher.items()},
                    "batch": batch_digest(batch["ids"])}
             metrics["train"].append(rec)
             if on_step:

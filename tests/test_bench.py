@@ -1,0 +1,34 @@
+"""`distillkit bench`: the JSON a user scripts against (figures themselves are not asserted: machines are noisy)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+from conftest import REPO
+
+
+def _run(*args):
+    proc = subprocess.run([str(REPO / ".venv/bin/distillkit"), "bench", *map(str, args), "--json"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_bench_loader_json(cached_store):
+    res = _run("loader", "--store", cached_store, "--batch-size", "4", "--epochs", "1")
+    for key in ("zarr_samples_per_s", "zarr_mb_per_s", "memmap_samples_per_s", "memmap_mb_per_s",
+                "ratio_vs_memmap", "bare_memmap_copy_mb_per_s"):
+        assert res[key] > 0, key
+    assert res["samples"] == 12
+    assert abs(res["ratio_vs_memmap"] - res["zarr_samples_per_s"] / res["memmap_samples_per_s"]) < 1e-9
+
+
+def test_bench_cache_json(photos):
+    from distillkit.bench import bench_cache
+
+    res = bench_cache(str(photos), "dinov2_vits14_reg", image_size="56", batch_size=4, shard_size=4,
+                      overrides={"depth": 2})
+    assert res["images"] == 12 and res["rejected"] == 0
+    assert res["cache_wall_s"] > 0 and res["bare_forward_s"] > 0
+    assert abs(res["overhead_ratio"] - res["cache_wall_s"] / res["bare_forward_s"]) < 1e-9
