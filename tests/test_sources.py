@@ -68,6 +68,20 @@ def test_transparent_rgba_becomes_white():
     assert (out[mask] == 255).all()
 
 
+def test_gray_alpha_and_transparent_palette_composite_over_white():
+    la = np.stack([np.full((4, 6), 80, np.uint8), np.zeros((4, 6), np.uint8)], axis=2)
+    la[0, 0, 1] = 255
+    out = decode_rgb(_png(Image.fromarray(la, mode="LA")))
+    assert tuple(out[0, 0]) == (80, 80, 80) and (out.reshape(-1, 3)[1:] == 255).all()
+
+    pal = Image.fromarray(np.array([[0, 1], [1, 0]], np.uint8), mode="P")
+    pal.putpalette([200, 10, 10, 0, 0, 0] + [0] * (256 * 3 - 6))
+    pal.info["transparency"] = 1  # palette index 1 is transparent
+    out = decode_rgb(_png(pal))
+    np.testing.assert_array_equal(out[0, 0], (200, 10, 10))
+    np.testing.assert_array_equal(out[0, 1], (255, 255, 255))
+
+
 def test_16bit_grayscale_png_scaled_to_8bit():
     v = np.array([[0, 1, 128, 129, 257], [1000, 30000, 32896, 65278, 65535]], dtype=np.uint16)
     img = Image.fromarray(v)

@@ -41,7 +41,7 @@ class StoreSummary:
 
 
 def summarize(url: str, storage_options: dict | None = None) -> StoreSummary:
-    group = open_group(url, "r", storage_options)
+    group = open_group(url, "r", storage_options, consolidated=False)  # what is there, not what was consolidated
     manifest = read_manifest(group)
     provs = {t: read_provenance(group, t) for t in manifest.teachers}
     arrays = []

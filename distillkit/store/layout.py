@@ -59,14 +59,16 @@ def create_store(url: str, manifest: Manifest, provenances: dict[str, TeacherPro
     group = open_group(url, "w", storage_options)
     group.attrs[CREATING_ATTR] = True
     for spec in expected_arrays(manifest, provenances):
-        is_feature = spec.path.startswith("teachers/") and spec.path.rsplit("/", 1)[-1] in ("patch", "cls")
+        # bulk arrays read by the trainer follow --codec (default none: the loader then reads at memory speed)
+        is_feature = spec.path == "samples/image" or (
+            spec.path.startswith("teachers/") and spec.path.rsplit("/", 1)[-1] in ("patch", "cls"))
         if spec.dtype == "str":
             fill, compressors = "", None
         elif spec.dtype.startswith("float"):
             fill = np.nan  # unwritten samples read back as NaN: missing data is detectable without listing
             compressors = _compressors(codec, spec.dtype) if is_feature else ZstdCodec(level=1)
         else:
-            fill, compressors = 0, ZstdCodec(level=1) if spec.path == "samples/image" else None
+            fill, compressors = 0, _compressors(codec, spec.dtype) if is_feature else None
         arr = group.create_array(
             spec.path, shape=spec.shape, dtype=str if spec.dtype == "str" else spec.dtype,
             chunks=spec.chunks, shards=spec.shards, fill_value=fill,

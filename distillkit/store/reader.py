@@ -29,6 +29,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from storage_schemas import Manifest, TeacherProvenance
 from storage_schemas.validate import read_manifest, read_provenance
 
+from .direct import DirectShardReader
 from .layout import open_group
 
 Split = Literal["train", "val", "all"]
@@ -71,14 +72,21 @@ class StoreSource:
         if self._arrays is None or self._pid != os.getpid():
             g = open_group(self.url, "r", self.storage_options)
             self._arrays = {n: g[n] for n in self.array_names(True)}
+            self._direct = {n: DirectShardReader.maybe(a) for n, a in self._arrays.items()}
             self._pid = os.getpid()
         return self._arrays
 
     def read(self, name: str, start: int, stop: int) -> np.ndarray:
-        return self._open()[name][start:stop]
+        """Rows [start, stop); a whole shard goes through the direct reader when the layout allows."""
+        arr = self._open()[name]
+        direct = self._direct.get(name)
+        shard = self.manifest.shard_size
+        if direct is not None and start % shard == 0 and stop == min(start + shard, len(self.ids)):
+            return direct.read_shard(start // shard)
+        return arr[start:stop]
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_arrays": None, "_pid": None}
+        return {**self.__dict__, "_arrays": None, "_direct": None, "_pid": None}
 
 
 class MemmapSource(StoreSource):

@@ -87,7 +87,11 @@ def load_weights(model: torch.nn.Module, sd: dict[str, torch.Tensor], ref: str) 
         sd = _from_transformers(sd)
     sd = checkpoint_filter_fn(dict(sd), model)
     sd = {k: v for k, v in sd.items() if not k.startswith("head.")}
-    result = model.load_state_dict(sd, strict=False)
+    try:
+        result = model.load_state_dict(sd, strict=False)
+    except RuntimeError as e:  # shape mismatches: a checkpoint of another size/variant
+        detail = "; ".join(line.strip() for line in str(e).splitlines() if "size mismatch" in line)
+        raise ValueError(f"checkpoint {ref} does not match the architecture: {detail or e}") from None
     missing = [k for k in result.missing_keys if not k.startswith("head.")]
     check_keys(missing, list(result.unexpected_keys), ref)
 

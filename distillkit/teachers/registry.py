@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 
+import fsspec
 import torch
 
 from ..config import TeacherConfig
@@ -43,12 +44,24 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
+def _file_identity(ref: str | None, storage_options: dict | None) -> str | None:
+    """Cheap identity of a checkpoint file (size + mtime / ETag), so replaced weights are reloaded, not reused."""
+    if not ref or ref.startswith("hf-hub:"):
+        return ref
+    try:
+        fs, path = fsspec.core.url_to_fs(ref, **(storage_options or {}))
+        return str(fs.ukey(path))
+    except Exception:  # unreadable: the load itself reports it
+        return None
+
+
 def load_teacher(cfg: TeacherConfig, image_hw: tuple[int, int], student_patch: int, device: str = "auto",
                  storage_options: dict | None = None) -> Teacher:
     """Load (or reuse) a teacher. The cache key covers everything that changes its weights or input size."""
     input_hw = teacher_input_hw(cfg.name, image_hw, student_patch)
     dev = resolve_device(device)
-    key = json.dumps([cfg.model_dump(mode="json"), input_hw, str(dev)], sort_keys=True)
+    key = json.dumps([cfg.model_dump(mode="json"), input_hw, str(dev), _file_identity(cfg.checkpoint, storage_options)],
+                     sort_keys=True)
     with _LOCK:
         if key not in _LOADED:
             _LOADED[key] = DinoV2Teacher(cfg.name, input_hw, cfg.checkpoint, cfg.seed, cfg.overrides, cfg.dtype, dev,
