@@ -50,12 +50,36 @@ def bench_loader(store: str, batch_size: int = 64, num_workers: int = 0, epochs:
         mbs = statistics.median(b / 1e6 / t for _, b, t in runs[kind])
         return sps, mbs
 
+    requests = _count_requests(src, batch_size, shuffle_shards) if "://" in store else None
     z_sps, z_mbs = rate("zarr")
     m_sps, m_mbs = rate("memmap")
     return {"bench": "loader", "store": store, "samples": runs["zarr"][0][0], "batch_size": batch_size,
             "num_workers": num_workers, "epochs": epochs, "zarr_samples_per_s": z_sps, "zarr_mb_per_s": z_mbs,
             "memmap_samples_per_s": m_sps, "memmap_mb_per_s": m_mbs, "ratio_vs_memmap": z_sps / m_sps,
-            "bare_memmap_copy_mb_per_s": bare_copy_mb_s}
+            "bare_memmap_copy_mb_per_s": bare_copy_mb_s,
+            **({"requests_per_sample": requests["total"] / max(runs["zarr"][0][0], 1),
+                "requests_by_kind": requests["by_kind"]} if requests else {})}
+
+
+def _count_requests(src: StoreSource, batch_size: int, shuffle_shards: int) -> dict:
+    """Storage API calls (GET, HEAD, LIST, ...) of one in-process epoch, counted at s3fs's single call site."""
+    from collections import Counter
+
+    counts: Counter = Counter()
+    src._open()
+    fs = next(iter(src._arrays.values())).store.fs
+    original = fs._call_s3
+
+    async def counted(method, *args, **kwargs):
+        counts[getattr(method, "__name__", str(method))] += 1
+        return await original(method, *args, **kwargs)
+
+    fs._call_s3 = counted
+    try:
+        _epoch(ShardStream([src], batch_size, "all", seed=0, shuffle_shards=shuffle_shards), 0, 0)
+    finally:
+        fs._call_s3 = original
+    return {"total": sum(counts.values()), "by_kind": dict(counts)}
 
 
 def bench_cache(source: str, teacher: str, checkpoint: str | None = None, image_size: str = "224",

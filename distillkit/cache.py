@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from storage_schemas import Manifest, TeacherProvenance
 
 from . import __version__
-from .config import CacheConfig
+from .config import CacheConfig, safe_url
 from .sources import BadImage, SampleRef, list_source, load_rgb, source_fingerprint
 from .sources.images import split_of
 from .store import layout, stats
@@ -64,7 +64,7 @@ def load_teachers(cfg: CacheConfig) -> dict[str, Teacher]:
 
 def build_manifest(cfg: CacheConfig, plan: Plan) -> Manifest:
     return Manifest(
-        distillkit_version=__version__, source=cfg.source, source_fingerprint=plan.fingerprint,
+        distillkit_version=__version__, source=safe_url(cfg.source), source_fingerprint=plan.fingerprint,
         n_samples=len(plan.refs), shard_size=cfg.shard_size, image_hw=cfg.image_size,
         student_patch=cfg.student_patch, val_fraction=cfg.val_fraction, teachers=[t.name for t in cfg.teachers],
     )

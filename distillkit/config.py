@@ -148,3 +148,31 @@ def load_config(model: type[BaseModel], path: str | Path | None = None, **overri
         where = f"config file {path}" if path else "config"
         msgs = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in e.errors())
         raise ValueError(f"{where}: {msgs}") from None
+
+
+_SECRET_WORDS = ("secret", "password", "token", "key", "credential", "session")
+
+
+def redact(options: Any) -> Any:
+    """A copy of fsspec storage options safe to log or store: values of credential-like keys become '***'."""
+    if isinstance(options, dict):
+        return {k: "***" if any(w in str(k).lower() for w in _SECRET_WORDS) and not isinstance(v, (dict, list))
+                else redact(v) for k, v in options.items()}
+    if isinstance(options, list):
+        return [redact(v) for v in options]
+    return options
+
+
+def safe_url(url: str) -> str:
+    """Drop user:password@ from a URL before it is stored or logged."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    if "://" not in url:
+        return url
+    parts = urlsplit(url)
+    if parts.username or parts.password:
+        host = parts.hostname or ""
+        if parts.port:
+            host += f":{parts.port}"
+        return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+    return url

@@ -31,10 +31,17 @@ class ShardResult:
     teachers: dict[str, TeacherShard] = field(default_factory=dict)
 
 
+def _writable(group: zarr.Group):
+    """group[path] with write_empty_chunks on (a runtime setting, not stored): no compare-with-fill per chunk, and
+    every chunk is stored, so rejected (NaN) samples and all-fill values are written like any other."""
+    return lambda path: group[path].with_config({"write_empty_chunks": True})
+
+
 def write_shard(group: zarr.Group, r: ShardResult) -> None:
     """Write every array of one shard in single aligned calls, then the statistics, then the marker."""
     sl = slice(r.start, r.stop)
     ok = r.valid.astype(bool)
+    group = _GroupView(group)
     group["samples/valid"][sl] = r.valid
     group["samples/error"][sl] = np.array(r.error, dtype=object).astype(str)
     group["samples/source_hw"][sl] = r.source_hw
@@ -53,6 +60,14 @@ def write_shard(group: zarr.Group, r: ShardResult) -> None:
         group[f"{base}/stats/shard_cls_m2"][r.shard] = m2_c
         group[f"{base}/stats/shard_count"][r.shard] = int(ok.sum())
     group["progress/shard_done"][r.shard] = 1  # LAST: the shard counts as done only after all of the above
+
+
+class _GroupView:
+    def __init__(self, group: zarr.Group):
+        self._get = _writable(group)
+
+    def __getitem__(self, path: str):
+        return self._get(path)
 
 
 class AsyncShardWriter:

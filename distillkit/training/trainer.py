@@ -19,7 +19,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..config import TrainConfig
+from ..config import TrainConfig, redact
 from ..store.reader import ShardStream, StoreSource, make_loader
 from ..students import build_student
 from ..teachers import resolve_device
@@ -193,7 +193,8 @@ def train(cfg: TrainConfig, on_step: Callable[[int, int, dict], None] | None = N
     opt = make_optimizer(model, cfg)
     sched = make_scheduler(opt, cfg, total)
     pos = Position()
-    metrics: dict[str, Any] = {"config": cfg.model_dump(mode="json"), "train": [], "eval": []}
+    public_cfg = cfg.model_dump(mode="json") | {"storage_options": redact(cfg.storage_options)}
+    metrics: dict[str, Any] = {"config": public_cfg, "train": [], "eval": []}
     ckpt_path = out / CKPT_NAME
     data_spec = {k: getattr(cfg, k) for k in DATA_POSITION_KEYS}
     if cfg.resume and ckpt_path.exists():
