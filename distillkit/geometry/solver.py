@@ -181,7 +181,7 @@ def solve(prob: Problem, st: State, fr: Freedom, opt: SolverOptions | None = Non
                 lam = max(lam / 3, 1e-12)
                 history.append(loss)
                 if log:
-                    log(f"it {it}: loss {loss:.9g} lam {lam:.2g} step {step:.2g}")
+                    log(f"it {it}: loss {loss:.9g} lam {lam:.2g} step {step:.2g}", st)
                 small = small + 1 if (rel < opt.tol or step < opt.step_tol) else 0
             else:
                 lam *= 8

@@ -5,9 +5,11 @@ from __future__ import annotations
 import queue
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import zarr
+from zarr.storage import LocalStore
 
 from . import stats as st
 
@@ -41,6 +43,7 @@ def write_shard(group: zarr.Group, r: ShardResult) -> None:
     """Write every array of one shard in single aligned calls, then the statistics, then the marker."""
     sl = slice(r.start, r.stop)
     ok = r.valid.astype(bool)
+    remove_debris(group, r.shard)
     group = _GroupView(group)
     group["samples/valid"][sl] = r.valid
     group["samples/error"][sl] = np.array(r.error, dtype=object).astype(str)
@@ -60,6 +63,32 @@ def write_shard(group: zarr.Group, r: ShardResult) -> None:
         group[f"{base}/stats/shard_cls_m2"][r.shard] = m2_c
         group[f"{base}/stats/shard_count"][r.shard] = int(ok.sum())
     group["progress/shard_done"][r.shard] = 1  # LAST: the shard counts as done only after all of the above
+
+
+def remove_debris(group: zarr.Group, shard: int) -> None:
+    """Delete temp files (`*.partial`) a killed writer left in this shard's chunk folders (local stores).
+
+    LocalStore writes through temp file + rename, so a SIGKILL can leave one behind. Only this shard's own chunk
+    paths are touched: a writer owns its shard, so no other process can be writing there.
+    """
+    if not isinstance(group.store, LocalStore):
+        return
+    for array_dir in _chunk_dirs(Path(group.store.root)):
+        for debris in list(array_dir.glob(f"{shard}.*.partial")) + list(array_dir.glob(f"{shard}/**/*.partial")):
+            debris.unlink(missing_ok=True)
+
+
+def _chunk_dirs(root: Path) -> list[Path]:
+    """The `c/` folder of every array, found by walking the metadata tree only (never the chunk folders)."""
+    out, todo = [], [root]
+    while todo:
+        node = todo.pop()
+        for child in node.iterdir():
+            if child.name == "c" and child.is_dir():
+                out.append(child)
+            elif child.is_dir() and (child / "zarr.json").exists():
+                todo.append(child)
+    return out
 
 
 class _GroupView:

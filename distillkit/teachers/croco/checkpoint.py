@@ -204,8 +204,11 @@ def load_state_dict_strict(model: torch.nn.Module, state_dict: Mapping[str, torc
 
 # ---------------------------------------------------------------------------------------------- files
 def _short(e: Exception) -> str:
-    msg = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {msg[0] if msg else ''}"[:300]
+    """First sentence of an exception, for one-line error messages."""
+    lines = str(e).strip().splitlines()
+    first = lines[0] if lines else ""
+    cut = first.find(". ", 40)
+    return f"{type(e).__name__}: {first[:cut + 1] if cut > 0 else first}"[:240]
 
 
 def _resolve(ref: str, storage_options: Mapping[str, Any] | None):
@@ -236,7 +239,12 @@ def _read_torch(fs, path: str, ref: str) -> Any:
     except FileNotFoundError:
         raise ValueError(f"checkpoint {ref}: file not found") from None
     except Exception as e:  # truncated zip, not a pickle, disallowed globals, ...
-        raise ValueError(f"checkpoint {ref}: not a readable torch checkpoint ({_short(e)})") from None
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        if found:
+            raise ValueError(f"checkpoint {ref}: not a readable torch checkpoint: it pickles {found.group(1)}; only "
+                             "tensors, plain containers and argparse.Namespace are allowed") from None
+        raise ValueError(f"checkpoint {ref}: not a readable torch checkpoint: truncated, corrupted or another "
+                         f"format ({_short(e)})") from None
 
 
 def _read_hf(fs, folder: str, weights: str, ref: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

@@ -171,7 +171,7 @@ class AsymmetricCroCo3DStereo(nn.Module):
         if h % p or w % p:
             raise ValueError(f"image size {h}x{w} is not a multiple of the patch size {p}")
         if true_shape is not None and not bool((torch.as_tensor(true_shape).cpu() == torch.tensor([h, w])).all()):
-            raise ValueError(f"true_shape {true_shape.tolist()} differs from the image tensor size {h}x{w}; "
+            raise ValueError(f"true_shape {torch.as_tensor(true_shape).tolist()} differs from the image tensor size {h}x{w}; "
                              "batch images of the same size only (no padding or transposition)")
         x = self.patch_embed(imgs)
         pos = grid_positions(h // p, w // p, imgs.device)
@@ -185,8 +185,7 @@ class AsymmetricCroCo3DStereo(nn.Module):
         """Both decoders side by side. Returns each side's token list [encoder tokens, block 1 .. block L (normed)]."""
         dim, heads = self.cfg.dec_embed_dim, self.cfg.dec_num_heads
         x1, x2 = self.decoder_embed(feat1), self.decoder_embed(feat2)
-        r1 = self._rope(pos1, dim, heads, x1.dtype)
-        r2 = r1 if pos2 is pos1 else self._rope(pos2, dim, heads, x2.dtype)
+        r1, r2 = self._rope(pos1, dim, heads, x1.dtype), self._rope(pos2, dim, heads, x2.dtype)
         out1, out2 = [feat1], [feat2]
         for blk1, blk2 in zip(self.dec_blocks, self.dec_blocks2):
             # simultaneous update: each side attends to the other side's *previous* output
@@ -205,8 +204,12 @@ class AsymmetricCroCo3DStereo(nn.Module):
             return head([t.to(dtype) for t in tokens], hw)
 
     def postprocess(self, raw: torch.Tensor, side: int) -> dict[str, torch.Tensor]:
+        """Channels-last activations of a raw head map (autocast off, like the heads)."""
+        with torch.autocast(raw.device.type, enabled=False):
+            return self._activate(raw.permute(0, 2, 3, 1), side)
+
+    def _activate(self, x: torch.Tensor, side: int) -> dict[str, torch.Tensor]:
         cfg = self.cfg
-        x = raw.permute(0, 2, 3, 1)
         conf = activate_conf(x[..., 3], cfg.conf_mode)
         out = {"pts3d" if side == 1 else "pts3d_in_other_view": activate_points(x[..., :3], cfg.depth_mode),
                "conf": conf}
@@ -236,6 +239,16 @@ class AsymmetricCroCo3DStereo(nn.Module):
         else:
             (f1, p1), (f2, p2) = self.encode(view1_img), self.encode(view2_img)
         return self.predict(f1, p1, hw1, f2, p2, hw2)
+
+    def forward_pairs(self, imgs: torch.Tensor, pairs: torch.Tensor
+                      ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Pairs (i, j) of indices into a batch of same-size images; every image is encoded once, however
+        many pairs it is in (a symmetrized graph costs one encoder pass per image, not two per pair)."""
+        feat, pos = self.encode(imgs)
+        pairs = torch.as_tensor(pairs, device=feat.device)
+        i, j = pairs[:, 0], pairs[:, 1]
+        hw = tuple(imgs.shape[-2:])
+        return self.predict(feat[i], pos[i], hw, feat[j], pos[j], hw)
 
 
 AsymmetricMASt3R = AsymmetricCroCo3DStereo  # same network; the config's head_type selects the MASt3R head
