@@ -15,8 +15,7 @@ from PIL import Image
 
 from distillkit.teachers import multihmr
 from distillkit.teachers.croco import (
-    RELEASED, AsymmetricCroCo3DStereo, CroCoConfig, config_from_kwargs, load_images, load_model, parse_constructor,
-    save_hf,
+    RELEASED, AsymmetricCroCo3DStereo, config_from_kwargs, load_images, load_model, parse_constructor, save_hf,
 )
 from distillkit.teachers.croco.checkpoint import alias_groups, load_state_dict_strict
 
@@ -68,7 +67,9 @@ def run_pairs(model: AsymmetricCroCo3DStereo, img: torch.Tensor) -> dict[str, to
         pred1, pred2 = model.forward_pairs(img, torch.tensor([[0, 1], [1, 0]]))
         direct = model(img, img[order])
     for got, want in zip((pred1, pred2), direct):  # pair API == plain forward (same numbers, half the encoding)
-        assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)
+        assert got.keys() == want.keys()
+        for k in got:
+            torch.testing.assert_close(got[k], want[k], rtol=1e-6, atol=1e-6)
     out = {"enc_feat": feat, "enc_pos": pos, "dec1_blocks": torch.stack(toks1[1:]),
            "dec2_blocks": torch.stack(toks2[1:]), "head1_raw": raw1, "head2_raw": raw2}
     out.update({f"view1_{k}": v for k, v in pred1.items()})
@@ -81,12 +82,14 @@ def run_pairs(model: AsymmetricCroCo3DStereo, img: torch.Tensor) -> dict[str, to
 def test_parity_float32(name):
     ref = io_npz(name)
     got = run_pairs(tiny(name), torch.from_numpy(ref["img"]))
-    expected_keys = {k for k in ref if k not in ("img", "img_uint8", "true_shape", "pairs") and not k.startswith("fp64_")}
+    inputs = ("img", "img_uint8", "true_shape", "pairs")
+    expected_keys = {k for k in ref if k not in inputs and not k.startswith("fp64_")}
     assert set(got) == expected_keys
     assert torch.equal(got["enc_pos"], torch.from_numpy(ref["enc_pos"]))
     for key in sorted(expected_keys - {"enc_pos"}):
         assert got[key].dtype == torch.float32, key
-        torch.testing.assert_close(got[key], torch.from_numpy(ref[key]), rtol=1e-4, atol=1e-4, msg=lambda m: f"{key}: {m}")
+        torch.testing.assert_close(got[key], torch.from_numpy(ref[key]), rtol=1e-4, atol=1e-4,
+                                   msg=lambda m: f"{key}: {m}")
 
 
 @pytest.mark.parametrize("name", TINY)
@@ -125,7 +128,8 @@ def test_non_square_inputs(name):
             assert pred1["pts3d"].shape == (2, h1, w1, 3) and pred1["conf"].shape == (2, h1, w1)
             assert pred2["pts3d_in_other_view"].shape == (2, h2, w2, 3) and pred2["conf"].shape == (2, h2, w2)
             if extra:
-                assert pred1["desc"].shape == (2, h1, w1, model.cfg.desc_dim) and pred2["desc_conf"].shape == (2, h2, w2)
+                assert pred1["desc"].shape == (2, h1, w1, model.cfg.desc_dim)
+                assert pred2["desc_conf"].shape == (2, h2, w2)
             assert all(torch.isfinite(v).all() for v in (*pred1.values(), *pred2.values()))
         # cached encodings give the same pair prediction as forward (encoder once per image, many pairs)
         feat, pos = model.encode(land)
@@ -291,7 +295,8 @@ def test_pth_from_fsspec_url():
         f.write(fixture("tiny_linear.pth").read_bytes())
     model = load_model("memory://croco-pth/tiny_linear.pth")
     assert model.cfg.head_type == "linear" and model.cfg.arch == "AsymmetricCroCo3DStereo"
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), tiny("tiny_linear").state_dict().values()))
+    reference = tiny("tiny_linear").state_dict()
+    assert all(torch.equal(v, reference[k]) for k, v in model.state_dict().items())
 
 
 # ------------------------------------------------------------------------------------------------ image loader

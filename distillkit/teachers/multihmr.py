@@ -52,8 +52,9 @@ def load_encoder(model: torch.nn.Module, checkpoint: Mapping[str, object], ref: 
     unexpected = [k for k in sd if k not in expected]
     mismatched = [f"{k} (checkpoint {tuple(sd[k].shape)}, model {tuple(v.shape)})"
                   for k, v in expected.items() if k in sd and sd[k].shape != v.shape]
-    parts = [f"{len(keys)} {what}: {', '.join(keys[:10])}{' …' if len(keys) > 10 else ''}" for what, keys in
-             (("missing key(s)", missing), ("unexpected key(s)", unexpected), ("shape mismatch(es)", mismatched)) if keys]
+    problems = (("missing key(s)", missing), ("unexpected key(s)", unexpected), ("shape mismatch(es)", mismatched))
+    parts = [f"{len(keys)} {what}: {', '.join(keys[:10])}{' …' if len(keys) > 10 else ''}"
+             for what, keys in problems if keys]
     if parts:
         raise ValueError(f"Multi-HMR encoder in {ref} does not match {TIMM_ARCH}: " + "; ".join(parts))
     model.load_state_dict(sd, strict=True)

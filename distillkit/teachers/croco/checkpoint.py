@@ -146,9 +146,10 @@ def head_overrides_of(cfg: CroCoConfig) -> dict[str, Any]:
     ref = CroCoConfig()
     ov: dict[str, Any] = {}
     if cfg.head_type != "linear":
-        for key, attr in (("feature_dim", "dpt_feature_dim"), ("last_dim", "dpt_last_dim"), ("layer_dims", "dpt_layer_dims")):
-            if getattr(cfg, attr) != getattr(ref, attr):
-                ov[key] = list(getattr(cfg, attr)) if key == "layer_dims" else getattr(cfg, attr)
+        for key in ("feature_dim", "last_dim", "layer_dims"):
+            value = getattr(cfg, f"dpt_{key}")
+            if value != getattr(ref, f"dpt_{key}"):
+                ov[key] = list(value) if key == "layer_dims" else value
     if cfg.head_type == "catmlp+dpt" and cfg.local_mlp_hidden_factor != ref.local_mlp_hidden_factor:
         ov["hidden_dim_factor"] = cfg.local_mlp_hidden_factor
     return ov
@@ -194,8 +195,8 @@ def load_state_dict_strict(model: torch.nn.Module, state_dict: Mapping[str, torc
     unexpected = [k for k in sd if k not in expected]
     mismatched = [f"{k} (checkpoint {tuple(sd[k].shape)}, model {tuple(v.shape)})"
                   for k, v in expected.items() if k in sd and tuple(sd[k].shape) != tuple(v.shape)]
-    parts = [f"{len(keys)} {what}: {_show(keys)}" for what, keys in
-             (("missing key(s)", missing), ("unexpected key(s)", unexpected), ("shape mismatch(es)", mismatched)) if keys]
+    problems = (("missing key(s)", missing), ("unexpected key(s)", unexpected), ("shape mismatch(es)", mismatched))
+    parts = [f"{len(keys)} {what}: {_show(keys)}" for what, keys in problems if keys]
     if parts:
         raise ValueError(f"checkpoint {ref} does not match the {model.cfg.arch if hasattr(model, 'cfg') else 'model'} "
                          "architecture: " + "; ".join(parts))

@@ -128,7 +128,8 @@ class DPT(nn.Module):
             nn.Conv2d(last_dim, out_channels, 1),
         )
         in_dims = (enc_dim, dec_dim, dec_dim, dec_dim)
-        self.act_postprocess = nn.ModuleList(_reassemble(i, o, lvl) for lvl, (i, o) in enumerate(zip(in_dims, layer_dims)))
+        self.act_postprocess = nn.ModuleList(
+            _reassemble(i, o, level) for level, (i, o) in enumerate(zip(in_dims, layer_dims)))
 
     def forward(self, tokens: Sequence[torch.Tensor], hw: tuple[int, int]) -> torch.Tensor:
         hp, wp = hw[0] // self.patch_size, hw[1] // self.patch_size

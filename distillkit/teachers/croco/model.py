@@ -171,8 +171,8 @@ class AsymmetricCroCo3DStereo(nn.Module):
         if h % p or w % p:
             raise ValueError(f"image size {h}x{w} is not a multiple of the patch size {p}")
         if true_shape is not None and not bool((torch.as_tensor(true_shape).cpu() == torch.tensor([h, w])).all()):
-            raise ValueError(f"true_shape {torch.as_tensor(true_shape).tolist()} differs from the image tensor size {h}x{w}; "
-                             "batch images of the same size only (no padding or transposition)")
+            raise ValueError(f"true_shape {torch.as_tensor(true_shape).tolist()} differs from the image tensor size "
+                             f"{h}x{w}; batch images of the same size only (no padding or transposition)")
         x = self.patch_embed(imgs)
         pos = grid_positions(h // p, w // p, imgs.device)
         rope = self._rope(pos, self.cfg.enc_embed_dim, self.cfg.enc_num_heads, x.dtype)
