@@ -120,6 +120,7 @@ class TrainConfig(_Strict):
     ckpt_every: int = Field(default=50, ge=1, description="checkpoint every N steps (and at the end)")
     max_eval_samples: int = Field(default=256, ge=1)
     resume: bool = Field(default=True, description="continue from out_dir/checkpoint-last.pt if present")
+    init_from: str | None = Field(default=None, description="start from this checkpoint's weights (fine-tuning)")
     storage_options: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("stores", mode="before")

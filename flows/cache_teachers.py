@@ -36,13 +36,14 @@ def finalize(cfg: CacheConfig) -> dict:
 
 
 @flow(name="cache-teachers", log_prints=True)
-def cache_teachers(config: CacheConfig | None = None, config_file: str | None = None, parts: int = 1) -> dict:
+def cache_teachers(config: CacheConfig | None = None, config_file: str | None = None,
+                   overrides: dict | None = None, parts: int = 1) -> dict:
     """Run the teachers once over `config.source` into `config.store`. Resumable; a complete store is a no-op.
 
     parts: split the pending shards into this many task runs (each owns whole shards).
     """
     log = get_run_logger()
-    cfg = resolve_config(CacheConfig, config, config_file)
+    cfg = resolve_config(CacheConfig, config, config_file, overrides)
     plan = prepare(cfg)
     pending = plan["pending"]
     if not pending:

@@ -29,9 +29,10 @@ def run_training(cfg: TrainConfig) -> dict:
 
 
 @flow(name="train-student", log_prints=True)
-def train_student(config: TrainConfig | None = None, config_file: str | None = None) -> dict:
+def train_student(config: TrainConfig | None = None, config_file: str | None = None,
+                   overrides: dict | None = None) -> dict:
     """Train (or resume) a student from cached teacher stores."""
-    cfg = resolve_config(TrainConfig, config, config_file)
+    cfg = resolve_config(TrainConfig, config, config_file, overrides)
     result = run_training(cfg)
     rows = [{"teacher": t, **{k: round(v, 5) if isinstance(v, float) else v for k, v in m.items()}}
             for t, m in result["final_eval"].items() if isinstance(m, dict)]

@@ -6,8 +6,10 @@ import csv
 import hashlib
 import json
 import logging
+import os
 import posixpath
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import fsspec
@@ -17,6 +19,28 @@ log = logging.getLogger("distillkit")
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".pnm")
 MANIFEST_EXTENSIONS = (".txt", ".csv", ".jsonl", ".lst")
+
+
+DEMO_SOURCE = "skimage:"  # the photographs bundled with scikit-image, written once to a cache folder
+
+
+def demo_photos_folder() -> Path:
+    """Materialise the demo photographs (idempotent; a marker file says the folder is complete)."""
+    from ..demo_data import write_demo_images
+
+    folder = Path(os.environ.get("DISTILLKIT_CACHE", "~/.cache/distillkit")).expanduser() / "skimage-photos"
+    marker = folder / ".complete"
+    if not marker.exists():
+        tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
+        write_demo_images(tmp)
+        (tmp / ".complete").write_text("")
+        try:
+            tmp.rename(folder)
+        except OSError:  # another process won the race: use its folder
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+    return folder
 
 
 @dataclass(frozen=True)
@@ -70,6 +94,8 @@ def _from_manifest(fs, path: str, source: str) -> list[SampleRef]:
 
 def list_source(source: str, storage_options: dict[str, Any] | None = None) -> list[SampleRef]:
     """List the images of a source. Ids are paths relative to the source root (stable across machines)."""
+    if source.startswith(DEMO_SOURCE):
+        return list_source(str(demo_photos_folder()), storage_options)
     fs, path = url_to_fs(source, **(storage_options or {}))
     if _has_glob(path):
         matches = sorted(fs.glob(path))

@@ -160,6 +160,20 @@ def evaluate(model, stream: ShardStream, norm: Standardizer, device: torch.devic
             for t, a in acc.items()}
 
 
+def init_weights(model: torch.nn.Module, path: str, device: torch.device) -> None:
+    """Fine-tuning start: the encoder and every projector whose teacher and shape still match."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=False)["model"]
+    except (OSError, KeyError) as e:
+        raise ValueError(f"init_from {path}: not a distillkit checkpoint ({e})") from None
+    own = model.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(usable, strict=False)
+    skipped = sorted(set(own) - set(usable))
+    log.info("initialised %d/%d tensors from %s%s", len(usable), len(own), path,
+             f" (new: {', '.join(skipped[:5])}{'…' if len(skipped) > 5 else ''})" if skipped else "")
+
+
 def _save(path: Path, obj: Any) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(obj, tmp)
@@ -190,6 +204,8 @@ def train(cfg: TrainConfig, on_step: Callable[[int, int, dict], None] | None = N
     if not val.usable.any():
         log.warning("the stores hold no held-out (val) samples; evaluating on the first training samples instead")
         val = ShardStream(sources, cfg.batch_size, "train", shuffle=False, max_samples=cfg.max_eval_samples)
+    if cfg.init_from and not (cfg.resume and (out / CKPT_NAME).exists()):
+        init_weights(model, cfg.init_from, device)
     opt = make_optimizer(model, cfg)
     sched = make_scheduler(opt, cfg, total)
     pos = Position()

@@ -1,0 +1,118 @@
+"""The team setup for real: `prefect server start` (SQLite) + work pool + `prefect deploy` + a process worker."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import zarr
+
+from conftest import REPO, TINY_TEACHER, _free_port
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+PREFECT = str(REPO / ".venv/bin/prefect")
+
+
+def _stop(proc: subprocess.Popen, grace: float = 5.0) -> None:
+    """SIGTERM the process group, then SIGKILL (a Prefect 3.8 worker ignores the first signal)."""
+    if proc.poll() is not None:
+        return
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=grace)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = _free_port()
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+           "DISTILL_ROOT": str(REPO), "PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_SERVER_UI_ENABLED": "false",
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1", "PREFECT_LOGGING_LEVEL": "INFO",
+           "DISTILLKIT_CACHE": str(home / "cache")}
+    server = subprocess.Popen([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env,
+                              stdout=open(home / "server.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    worker = None
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2)
+                break
+            except Exception:
+                assert time.monotonic() < deadline and server.poll() is None, (home / "server.log").read_text()
+                time.sleep(0.5)
+
+        def cli(*args, timeout=180):
+            return subprocess.run([PREFECT, "--no-prompt", *args], env=env, cwd=REPO, capture_output=True,
+                                  text=True, timeout=timeout)
+
+        r = cli("work-pool", "create", "gpu", "--type", "process", "--overwrite")
+        assert r.returncode == 0, r.stdout + r.stderr
+        r = cli("deploy", "--all", "--prefect-file", "deploy/prefect.yaml")
+        assert r.returncode == 0, r.stdout + r.stderr
+        worker_log = home / "worker.log"
+        worker = subprocess.Popen([PREFECT, "worker", "start", "--pool", "gpu", "--name", "test-worker"], env=env,
+                                  cwd=REPO, stdout=open(worker_log, "w"), stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+        deadline = time.monotonic() + 60
+        while "started" not in worker_log.read_text():
+            assert time.monotonic() < deadline and worker.poll() is None, worker_log.read_text()
+            time.sleep(0.5)
+        yield {"cli": cli, "env": env, "home": home}
+    finally:
+        if worker is not None:
+            _stop(worker)
+        _stop(server)
+
+
+def _run(stack, name: str, params: dict) -> tuple[subprocess.CompletedProcess, float]:
+    t0 = time.perf_counter()
+    r = stack["cli"]("deployment", "run", name, "--params", json.dumps(params), "--watch", "--watch-timeout", "300",
+                     timeout=360)
+    return r, time.perf_counter() - t0
+
+
+def test_deployments_run_cache_then_train(stack, tmp_path):
+    store = tmp_path / "deployed.zarr"
+    r, _ = _run(stack, "cache-teachers/demo", {"overrides": {"store": str(store), "teachers": [TINY_TEACHER],
+                                                              "image_size": 56}})
+    out = r.stdout + r.stderr
+    assert r.returncode == 0 and "Completed" in out, out
+    from distillkit.store.inspect import validate_store
+
+    assert validate_store(str(store)) == []
+    assert zarr.open_group(str(store), mode="r").attrs["distillkit"]["source"] == "skimage:"
+    r, warm = _run(stack, "cache-teachers/demo", {"overrides": {"store": str(store), "teachers": [TINY_TEACHER],
+                                                                 "image_size": 56}})
+    assert r.returncode == 0 and "Completed" in r.stdout + r.stderr
+    print(f"warm no-op deployment run end to end: {warm:.1f} s")
+    r, _ = _run(stack, "train-student/demo", {"overrides": {
+        "stores": [str(store)], "out_dir": str(tmp_path / "student"), "max_steps": 4, "num_workers": 0,
+        "student": {"preset": "custom", "embed_dim": 32, "depth": 1, "num_heads": 2}}})
+    assert r.returncode == 0 and "Completed" in r.stdout + r.stderr, r.stdout + r.stderr
+    assert (tmp_path / "student" / "checkpoint-last.pt").exists()
+
+
+def test_nightly_schedule_and_gpu_pool_template(stack):
+    r = stack["cli"]("deployment", "inspect", "retrain-student/nightly")
+    assert r.returncode == 0, r.stderr
+    assert "0 3 * * *" in r.stdout and "Europe/Berlin" in r.stdout
+    tpl = REPO / "deploy/k8s/gpu-job-template.json"
+    assert "nvidia.com/gpu" in tpl.read_text()
+    r = stack["cli"]("work-pool", "create", "k8s-gpu", "--type", "kubernetes", "--base-job-template", str(tpl),
+                     "--overwrite")
+    assert r.returncode == 0, r.stdout + r.stderr
