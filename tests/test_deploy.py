@@ -42,7 +42,7 @@ def stack(tmp_path_factory):
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
            "DISTILL_ROOT": str(REPO), "PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_SERVER_UI_ENABLED": "false",
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1", "PREFECT_LOGGING_LEVEL": "INFO",
-           "DISTILLKIT_CACHE": str(home / "cache")}
+           "DISTILLKIT_CACHE": str(home / "cache"), "COLUMNS": "250"}
     server = subprocess.Popen([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env,
                               stdout=open(home / "server.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
     worker = None
@@ -116,3 +116,26 @@ def test_nightly_schedule_and_gpu_pool_template(stack):
     r = stack["cli"]("work-pool", "create", "k8s-gpu", "--type", "kubernetes", "--base-job-template", str(tpl),
                      "--overwrite")
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_fan_out_over_deployment_runs_is_byte_identical(stack, tmp_path, monkeypatch):
+    from conftest import read_all
+    from distillkit.cache import run_cache
+    from distillkit.config import CacheConfig
+
+    common = {"teachers": [TINY_TEACHER], "image_size": 56, "shard_size": 8}
+    fanned = tmp_path / "fanned.zarr"
+    r, _ = _run(stack, "cache-teachers/demo", {"overrides": {"store": str(fanned), **common},
+                                                "fanout": "cache-teachers/demo", "parts": 3})
+    out = r.stdout + r.stderr
+    assert r.returncode == 0 and "Completed" in out, out
+    runs = stack["cli"]("flow-run", "ls", "--flow-name", "cache-teachers", "--limit", "50")
+    assert runs.stdout.count("COMPLETED") >= 4, runs.stdout  # the parent and its 3 children (plus earlier runs)
+    monkeypatch.setenv("DISTILLKIT_CACHE", stack["env"]["DISTILLKIT_CACHE"])  # same photo folder, same uris
+    serial = tmp_path / "serial.zarr"
+    cfg = CacheConfig(source="skimage:", store=str(serial), val_fraction=0.1, batch_size=16, **common)
+    run_cache(cfg, show_progress=False)
+    a, b = read_all(serial), read_all(fanned)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert (a[k] == b[k]).all() or (a[k].dtype.kind == "f" and ((a[k] == b[k]) | (a[k] != a[k])).all()), k

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+
+import numpy as np
 import pytest
 import zarr
 
@@ -15,7 +18,16 @@ def harness():
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=120):
+        from prefect.settings import PREFECT_API_URL
+
+        # Dask worker processes read settings from the environment: point them at the harness server
+        old = os.environ.get("PREFECT_API_URL")
+        os.environ["PREFECT_API_URL"] = PREFECT_API_URL.value()
         yield
+        if old is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = old
 
 
 def test_cache_then_train_flows(harness, photos, tmp_path):
@@ -59,3 +71,53 @@ def test_flow_reports_bad_config_clearly(harness, tmp_path):
     bad.write_text("source: /nowhere\nstore: /tmp/x.zarr\nteachers: [dinov2_vits14_reg]\nshard_size: 0\n")
     with pytest.raises(ValueError, match="shard_size"):
         cache_teachers(config_file=str(bad))
+
+
+def test_dask_fan_out_is_byte_identical_to_serial(harness, photos, tmp_path):
+    from flows.cache_teachers import cache_teachers
+
+    from conftest import read_all, tiny_cache_config
+    from distillkit.cache import run_cache
+
+    serial = tmp_path / "serial.zarr"
+    run_cache(tiny_cache_config(photos, serial, shard_size=2), show_progress=False)
+    dask_store = tmp_path / "dask.zarr"
+    res = cache_teachers(config=tiny_cache_config(photos, dask_store, shard_size=2), parts=2, runner="dask")
+    assert res["finalize"]["status"] == "complete" and res["samples"] == 12
+    a, b = read_all(serial), read_all(dask_store)
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_retrain_only_when_a_store_changed(harness, photos, tmp_path):
+    import json
+    import shutil
+
+    from flows.retrain_student import retrain_student
+
+    from conftest import tiny_cache_config
+    from distillkit.cache import run_cache
+    from distillkit.config import TrainConfig
+
+    store = tmp_path / "s.zarr"
+    run_cache(tiny_cache_config(photos, store), show_progress=False)
+    cfg = TrainConfig(stores=[str(store)], out_dir=str(tmp_path / "students"), max_steps=3, num_workers=0,
+                      batch_size=3, student={"preset": "custom", "embed_dim": 32, "depth": 1, "num_heads": 2})
+    first = retrain_student(config=cfg)
+    assert first["changed"] is True and first["runs"] == 1
+    again = retrain_student(config=cfg)
+    assert again["changed"] is False and "nothing to do" in again["message"]
+    # new content: re-cache the store from a larger source (new fingerprint)
+    more = tmp_path / "more"
+    shutil.copytree(photos, more)
+    shutil.copy(sorted(more.glob("*.png"))[0], more / "extra.png")
+    shutil.rmtree(store)
+    run_cache(tiny_cache_config(more, store), show_progress=False)
+    third = retrain_student(config=cfg)
+    assert third["changed"] is True and third["runs"] == 2
+    lineage = json.loads((tmp_path / "students" / "lineage.json").read_text())
+    assert [r["run"] for r in lineage["runs"]] == [1, 2]
+    assert lineage["runs"][1]["init_from"] == lineage["runs"][0]["checkpoint"]
+    fp = [r["stores"][str(store)]["source_fingerprint"] for r in lineage["runs"]]
+    assert fp[0] != fp[1]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 from dataclasses import dataclass, field
@@ -12,6 +13,8 @@ import zarr
 from zarr.storage import LocalStore
 
 from . import stats as st
+
+log = logging.getLogger("distillkit")
 
 
 @dataclass
@@ -118,10 +121,14 @@ class AsyncShardWriter:
             if self._error is None:
                 try:
                     write_shard(self._group, item)
-                    if self._on_written:
-                        self._on_written(item)
                 except BaseException as e:  # re-raised on the caller's thread
                     self._error = e
+                    continue
+                if self._on_written:
+                    try:
+                        self._on_written(item)
+                    except Exception as e:  # progress reporting must never fail a written shard
+                        log.warning("progress callback failed after shard %d: %s", item.shard, e)
 
     def _raise(self) -> None:
         if self._error is not None:
