@@ -1,0 +1,14 @@
+"""Multi-view geometry for pairwise 3-D teachers (DUSt3R-style): pair graphs, fast global alignment,
+a faithful reference of the official optimiser, synthetic scenes and benchmarks.
+
+Modules: ``pairs`` (scene graphs), ``predictions`` (input container), ``align`` (the aligner),
+``problem`` / ``init`` / ``solver`` / ``dense`` (its stages), ``procrustes`` and ``cameras`` (helpers),
+``reference_ga`` (official-style Adam loop), ``synthetic`` (scene generator), ``metrics``, ``bench``.
+"""
+
+from .align import AlignConfig, AlignResult, align
+from .pairs import make_pairs, pairs_by_overlap, pairs_by_retrieval, pairs_from_scores, symmetrized, view_overlap
+from .predictions import PairPredictions
+
+__all__ = ["AlignConfig", "AlignResult", "PairPredictions", "align", "make_pairs", "pairs_by_overlap",
+           "pairs_by_retrieval", "pairs_from_scores", "symmetrized", "view_overlap"]

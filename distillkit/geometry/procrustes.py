@@ -1,59 +1,48 @@
 """Weighted similarity / rigid registration of point sets (Umeyama 1991, with per-point weights).
 
 Solves ``min_{s,R,t} sum_k w_k || s R a_k + t - b_k ||^2`` in closed form (SVD of the weighted
-cross-covariance, with the reflection fix).  Works on torch tensors (any float dtype, batched over
-leading dimensions) and on numpy arrays (converted to float64 torch and back).
+cross-covariance, with the reflection fix).  numpy float64, batched over leading dimensions.
 """
 
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 
 def weighted_umeyama(src, dst, weights=None, with_scale: bool = True):
     """Similarity ``(s, R, t)`` mapping ``src`` onto ``dst``: ``dst ~ s * R @ src + t``.
 
     ``src``, ``dst``: ``[..., N, 3]``; ``weights``: ``[..., N]`` (non-negative, default 1).
-    Returns ``s [...]``, ``R [..., 3, 3]`` (proper rotation), ``t [..., 3]``; numpy in, numpy out.
-    With ``with_scale=False`` the scale is fixed to 1 (rigid registration).
+    Returns ``s [...]``, ``R [..., 3, 3]`` (a proper rotation), ``t [..., 3]``.  With
+    ``with_scale=False`` the scale is fixed to 1 (rigid registration).
     """
-    as_numpy = isinstance(src, np.ndarray)
-    a = torch.as_tensor(np.asarray(src, dtype=np.float64) if as_numpy else src)
-    b = torch.as_tensor(np.asarray(dst, dtype=np.float64) if as_numpy else dst, dtype=a.dtype)
-    if weights is None:
-        w = torch.ones(a.shape[:-1], dtype=a.dtype)
-    else:
-        w = torch.as_tensor(np.asarray(weights, dtype=np.float64) if as_numpy else weights, dtype=a.dtype)
-    wsum = w.sum(-1, keepdim=True).clamp_min(torch.finfo(a.dtype).tiny)
-    wn = (w / wsum)[..., None]
-    mu_a = (wn * a).sum(-2)
-    mu_b = (wn * b).sum(-2)
+    a = np.asarray(src, dtype=np.float64)
+    b = np.asarray(dst, dtype=np.float64)
+    w = np.ones(a.shape[:-1]) if weights is None else np.broadcast_to(np.asarray(weights, np.float64), a.shape[:-1])
+    wn = w / np.maximum(w.sum(-1, keepdims=True), 1e-300)
+    mu_a = np.einsum("...n,...nc->...c", wn, a)
+    mu_b = np.einsum("...n,...nc->...c", wn, b)
     ac = a - mu_a[..., None, :]
     bc = b - mu_b[..., None, :]
-    cov = (bc * wn).transpose(-1, -2) @ ac  # [..., 3, 3]: sum w (b - mb)(a - ma)^T
-    U, S, Vh = torch.linalg.svd(cov)
-    d = torch.sign(torch.linalg.det(U @ Vh))
-    d = torch.where(d == 0, torch.ones_like(d), d)
-    D = torch.ones(U.shape[:-1], dtype=a.dtype)
+    cov = np.einsum("...n,...nc,...nd->...cd", wn, bc, ac)  # sum w (b - mb)(a - ma)^T
+    U, S, Vh = np.linalg.svd(cov)
+    d = np.sign(np.linalg.det(U @ Vh))
+    d = np.where(d == 0, 1.0, d)
+    D = np.ones(U.shape[:-1])
     D[..., 2] = d
     R = (U * D[..., None, :]) @ Vh
     if with_scale:
-        var_a = (wn[..., 0] * (ac * ac).sum(-1)).sum(-1)
-        s = (S * D).sum(-1) / var_a.clamp_min(torch.finfo(a.dtype).tiny)
+        var_a = np.einsum("...n,...n->...", wn, (ac * ac).sum(-1))
+        s = (S * D).sum(-1) / np.maximum(var_a, 1e-300)
     else:
-        s = torch.ones(a.shape[:-2], dtype=a.dtype)
-    t = mu_b - s[..., None] * (R @ mu_a[..., None])[..., 0]
-    if as_numpy:
-        return s.numpy(), R.numpy(), t.numpy()
+        s = np.ones(a.shape[:-2])
+    t = mu_b - s[..., None] * np.einsum("...cd,...d->...c", R, mu_a)
     return s, R, t
 
 
 def apply_similarity(s, R, t, pts):
     """``s * R @ p + t`` for points ``[..., N, 3]`` (broadcast over leading dims)."""
-    if isinstance(pts, np.ndarray):
-        return np.asarray(s)[..., None, None] * (pts @ np.swapaxes(R, -1, -2)) + np.asarray(t)[..., None, :]
-    return s[..., None, None] * (pts @ R.transpose(-1, -2)) + t[..., None, :]
+    return np.asarray(s)[..., None, None] * (pts @ np.swapaxes(R, -1, -2)) + np.asarray(t)[..., None, :]
 
 
 def similarity_to_matrix(s, R, t):

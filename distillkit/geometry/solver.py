@@ -1,192 +1,233 @@
 """Joint second-order solver for the global-alignment objective on a ``Problem`` (all unknowns at once).
 
 Objective (the official one): ``L = sum_{e, side, p} w * ||P(p) - A_e(p)|| / (E * S)``, un-squared
-Euclidean distances, ``w = log(conf)``.  Each iteration builds a Gauss-Newton model of ``L`` in which the
-norm's curvature is ``w/||r|| * (I - beta * rr^T/||r||^2)`` (``beta = 0``: the IRLS / Weiszfeld
-majoriser; ``beta = 1``: the exact Hessian of the norm; in between: a blend), linearises the world
-points and aligned points in
+Euclidean distances, ``w = log(conf)``.  Each iteration builds a Gauss-Newton model of ``L`` in which
+the curvature of each norm is ``w/||r|| * (I - beta * r r^T / ||r||^2)`` (``beta = 0``: the IRLS /
+Weiszfeld majoriser; ``beta = 1``: the exact Hessian of the norm, which has no radial curvature and
+overshoots; default 0.5), linearised in
 
-* per pixel: log-depth (1 unknown per sampled pixel),
+* per pixel: log-depth (one unknown per sampled pixel),
 * per camera: rotation increment (3), centre (3), log-focal (1) -- fixed ones are dropped,
 * per edge: rotation increment (3), translation (3), log-scale (1),
 
-eliminates the per-pixel depths exactly with a Schur complement (each depth couples only with its
-camera and the edges that observe its image, so the reduced system has ``7 * (cameras + edges)``
-unknowns whatever the pixel count), solves the reduced system by Cholesky with Levenberg-Marquardt
-damping, and back-substitutes the depths.  The official scale gauge (geometric mean of the pair
-scales fixed) is a linear constraint on the log-scales, enforced exactly by projecting the reduced
-system onto its null space; the rigid gauge is fixed by holding one camera pose (or the known poses).
-Work and memory per iteration are ``O(sum_images K_n * S * 14^2 + S * (7 + 7 K_n)^2)`` for ``K_n``
-observations of image ``n``, processed one image at a time.
+eliminates the depths exactly (Schur complement: a depth couples only with its camera and the edges
+observing its image, so the reduced system has ``7 x (cameras + edges)`` unknowns whatever the pixel
+count), solves it by Cholesky with Levenberg-Marquardt damping and back-substitutes the depths.
+The official scale gauge (geometric mean of the pair scales fixed) is a linear constraint on the
+log-scales, enforced exactly by projecting the reduced system onto its null space; the rigid gauge is
+fixed by holding one camera pose (or the known poses).
+
+Cost per iteration, image by image: the ``sum_p w/||r|| J^T J`` blocks come from weighted moments of
+a few per-pixel features (``[1, j, phi]`` and ``[1, Y]``) mapped by constant tensors, so the
+per-(observation, pixel) work is a few dozen flops; the Schur fill-in costs ``S (7 + 7 K)^2`` per image
+with ``K`` observations.  Memory is ``O(K S)`` per image on top of the problem itself.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
-from .cameras import F64, so3_exp
-from .problem import Problem, State, weighted_loss
+from .cameras import so3_exp
+from .problem import Problem, State, mm, weighted_loss
+
+
+def _feature_maps():
+    eps = np.zeros((3, 3, 3))
+    eps[0, 1, 2] = eps[1, 2, 0] = eps[2, 0, 1] = 1.0
+    eps[0, 2, 1] = eps[2, 1, 0] = eps[1, 0, 2] = -1.0
+    # row c of the residual Jacobian, column i, as a linear function of features
+    LC = np.zeros((3, 7, 7))  # camera columns; features [1, j0, j1, j2, phi0, phi1, phi2]
+    LA = np.zeros((3, 7, 4))  # edge columns; features [1, Y0, Y1, Y2]
+    for c in range(3):
+        LC[c, :3, 1:4] = eps[c]  # -[j]x
+        LA[c, :3, 1:4] = -eps[c]  # +[Y]x  (residual = P - A)
+        LC[c, 3 + c, 0] = 1.0
+        LA[c, 3 + c, 0] = -1.0
+        LC[c, 6, 4 + c] = 1.0
+        LA[c, 6, 1 + c] = -1.0
+    return (np.einsum("cia,cjb->ijab", LC, LC).reshape(49, 49), np.einsum("cia,cjb->ijab", LC, LA).reshape(49, 28),
+            np.einsum("cia,cjb->ijab", LA, LA).reshape(49, 16))
+
+
+T_CC, T_CA, T_AA = _feature_maps()
+
+
+def _cross(a, b):
+    """Cross product along axis -2 (component-major arrays ``[..., 3, S]``)."""
+    a0, a1, a2 = a[..., 0, :], a[..., 1, :], a[..., 2, :]
+    b0, b1, b2 = b[..., 0, :], b[..., 1, :], b[..., 2, :]
+    return np.stack((a1 * b2 - a2 * b1, a2 * b0 - a0 * b2, a0 * b1 - a1 * b0), -2)
 
 
 @dataclass
 class SolverOptions:
-    max_iters: int = 40
+    max_iters: int = 30
     beta: float = 0.5  # fraction of the radial curvature of the norm kept in the model (see module doc)
     lm_init: float = 1e-5
-    tol: float = 1e-10  # stop when the relative loss decrease stays below this
-    step_tol: float = 1e-9  # ... or when the step is this small (radians / relative)
+    tol: float = 1e-7  # stop when an accepted step lowers the loss by less than this (relative) ...
+    step_tol: float = 1e-6  # ... or moves no parameter by more than this (radians / log units)
 
 
 @dataclass
 class Freedom:
-    pose_free: torch.Tensor  # [n] bool
-    focal_free: torch.Tensor  # [n] bool
+    pose_free: np.ndarray  # [n] bool
+    focal_free: np.ndarray  # [n] bool
     norm_scale: bool  # geometric mean of the pair scales fixed
 
 
-def _index_map(prob: Problem, fr: Freedom):
-    n, E = prob.n, prob.E
-    cam = torch.full((n, 7), -1, dtype=torch.long)
+def index_map(n: int, E: int, fr: Freedom):
+    """Slots of the reduced unknowns: camera ``[n, 7]`` and edge ``[E, 7]``; fixed ones -> dummy ``N``."""
+    cam = np.full((n, 7), -1, dtype=np.int64)
     cur = 0
     for k in range(n):
         if fr.pose_free[k]:
-            cam[k, :6] = torch.arange(cur, cur + 6)
+            cam[k, :6] = np.arange(cur, cur + 6)
             cur += 6
         if fr.focal_free[k]:
             cam[k, 6] = cur
             cur += 1
-    pair = torch.arange(cur, cur + 7 * E).reshape(E, 7)
+    pair = np.arange(cur, cur + 7 * E).reshape(E, 7)
     N = cur + 7 * E
-    cam[cam < 0] = N  # dummy slot, discarded
+    cam[cam < 0] = N
     return cam, pair, N
 
 
-def _linearise(prob: Problem, st: State, k: int, beta: float, eps: float):
-    """Per-image blocks of the model: direct blocks, Schur rows, pixel diagonal and gradients."""
+def linearise(prob: Problem, st: State, k: int, beta: float, eps: float):
+    """Model blocks of image ``k``: ``Mcc [7,7]``, ``Mca [K,7,7]``, ``Maa [K,7,7]``, gradients ``gc [7]``,
+    ``ga [K,7]``, Schur rows ``Bt [7+7K, S]``, depth curvature ``h [S]`` and depth gradient ``gl [S]``."""
     eids, X, w = prob.obs[k]
-    K, S = X.shape[:2]
-    x = st.cam_points(prob, k)
-    jl = x @ st.R[k].T  # dP/dlogd = R x  [S, 3]
-    P = jl + st.t[k]
-    Y = st.sig[eids].exp()[:, None, None] * (X @ st.Rp[eids].transpose(1, 2))  # [K, S, 3]
-    r = P[None] - (Y + st.Tp[eids][:, None, :])
-    nr = r.norm(dim=-1).clamp_min(eps)
-    rh = r / nr[..., None]
+    K, _, S = X.shape
+    f = np.exp(st.logf[k])
+    x = st.cam_points(prob.offsets, k)
+    Rn = st.R[k]
+    j = Rn @ x  # dP/dlogd [3, S]
+    phi = -(Rn[:, 0:1] * x[0] + Rn[:, 1:2] * x[1])  # dP/dlogf
+    del f
+    Y = mm(np.exp(st.sig[eids])[:, None, None] * st.Rp[eids], X)  # [K, 3, S]
+    r = (j + st.t[k][:, None])[None] - Y - st.Tp[eids][:, :, None]
+    nr = np.maximum(np.sqrt((r * r).sum(1)), eps)
     om = w / nr
+    rh = r / nr[:, None]
+    rho = w[:, None] * rh
+    rbar = rho.sum(0)
+    # gradient of the true objective
+    gc = np.concatenate((_cross(j, rbar).sum(-1), rbar.sum(-1), [(phi * rbar).sum()]))
+    MYr = mm(Y, rho.transpose(0, 2, 1))  # sum_p Y rho^T  [K, 3, 3]
+    Yxr = np.stack((MYr[:, 1, 2] - MYr[:, 2, 1], MYr[:, 2, 0] - MYr[:, 0, 2], MYr[:, 0, 1] - MYr[:, 1, 0]), 1)
+    ga = -np.concatenate((Yxr, rho.sum(-1), np.trace(MYr, axis1=1, axis2=2)[:, None]), 1)
+    gl = (j * rbar).sum(0)
+    # IRLS part of the model from weighted feature moments
+    Om = om.sum(0)
+    F = np.concatenate((np.ones((1, S)), j, phi), 0)  # [7, S]
+    Yf = np.concatenate((np.ones((K, 1, S)), Y), 1)  # [K, 4, S]
+    Z = Yf * om[:, None]
+    Mcc = (T_CC @ mm(F * Om, F.T).reshape(49)).reshape(7, 7)
+    Mca = (mm(F, Z.transpose(0, 2, 1)).reshape(K, 28) @ T_CA.T).reshape(K, 7, 7)
+    Maa = (mm(Z, Yf.transpose(0, 2, 1)).reshape(K, 16) @ T_AA.T).reshape(K, 7, 7)
+    jr = (j[None] * rh).sum(1)  # [K, S]
+    omjr = om * jr
+    if beta:
+        v = np.sqrt(om)[:, None] * rh
+        q = np.concatenate((_cross(j[None], v), v, (phi[None] * v).sum(1, keepdims=True),
+                            -_cross(Y, v), -v, -(Y * v).sum(1, keepdims=True)), 1)  # [K, 14, S]
+        Mq = mm(q, q.transpose(0, 2, 1))
+        Mcc -= beta * Mq[:, :7, :7].sum(0)
+        Mca -= beta * Mq[:, :7, 7:]
+        Maa -= beta * Mq[:, 7:, 7:]
+    # depth rows (for the Schur complement)
+    m = (omjr[:, None] * rh).sum(0)  # [3, S]
+    h = Om * (j * j).sum(0) - beta * (omjr * jr).sum(0)
+    bc = np.concatenate((-beta * _cross(j, m), Om * j - beta * m,
+                         (Om * (phi * j).sum(0) - beta * (phi * m).sum(0))[None]), 0)
+    z = om[:, None] * j[None] - beta * omjr[:, None] * rh
+    be = -np.concatenate((_cross(Y, z), z, (Y * z).sum(1, keepdims=True)), 1)  # [K, 7, S]
+    Bt = np.concatenate((bc, be.reshape(7 * K, S)), 0)
+    return Mcc, Mca, Maa, gc, ga, Bt, h, gl
 
-    G = torch.zeros(K, S, 3, 14, dtype=F64)
-    # camera columns: d P / d(rot, centre, logf)
-    G[:, :, 0, 1], G[:, :, 0, 2] = jl[:, 2], -jl[:, 1]
-    G[:, :, 1, 0], G[:, :, 1, 2] = -jl[:, 2], jl[:, 0]
-    G[:, :, 2, 0], G[:, :, 2, 1] = jl[:, 1], -jl[:, 0]
-    G[:, :, 0, 3] = G[:, :, 1, 4] = G[:, :, 2, 5] = 1.0
-    G[:, :, :, 6] = -(x[:, :1] * st.R[k][:, 0] + x[:, 1:2] * st.R[k][:, 1])
-    # edge columns: -d A / d(rot, translation, logscale)
-    G[..., 0, 8], G[..., 0, 9] = -Y[..., 2], Y[..., 1]
-    G[..., 1, 7], G[..., 1, 9] = Y[..., 2], -Y[..., 0]
-    G[..., 2, 7], G[..., 2, 8] = -Y[..., 1], Y[..., 0]
-    G[..., 0, 10] = G[..., 1, 11] = G[..., 2, 12] = -1.0
-    G[..., :, 13] = -Y
 
-    Gf = G.reshape(K, 3 * S, 14)
-    Gw = (G * om[..., None, None]).reshape(K, 3 * S, 14)
-    Gr = (G * rh[..., None]).sum(2)  # [K, S, 14]
-    M = Gw.transpose(1, 2) @ Gf - beta * ((Gr * om[..., None]).transpose(1, 2) @ Gr)
-    jG = (jl[None, :, :, None] * G).sum(2)  # [K, S, 14]
-    jr = (jl[None] * rh).sum(-1)  # [K, S]
-    bk = om[..., None] * (jG - beta * jr[..., None] * Gr)
-    h = (om * ((jl * jl).sum(-1)[None] - beta * jr * jr)).sum(0)
-    gG = (w[..., None] * Gr).sum(1)  # [K, 14]
-    gl = (w * jr).sum(0)
-    B = torch.cat((bk[..., :7].sum(0), bk[..., 7:].permute(1, 0, 2).reshape(S, 7 * K)), 1)
-    return M, gG, B, h, gl
+def _update(st: State, cam, pair, dy, dl) -> State:
+    d = np.concatenate((dy, [0.0]))  # dummy slot -> 0
+    dc, dp = d[cam], d[pair]
+    return State(so3_exp(dc[:, :3]) @ st.R, st.t + dc[:, 3:6], st.logf + dc[:, 6], st.logd + dl,
+                 so3_exp(dp[:, :3]) @ st.Rp, st.Tp + dp[:, 3:6], st.sig + dp[:, 6])
 
 
-def _update(st: State, prob: Problem, cam, pair, N, dy, dl) -> State:
-    new = st.clone()
-    d = torch.cat((dy, dy.new_zeros(1)))  # dummy slot -> 0
-    dc = d[cam]
-    new.R = so3_exp(dc[:, :3]) @ st.R
-    new.t = st.t + dc[:, 3:6]
-    new.logf = st.logf + dc[:, 6]
-    dp = d[pair]
-    new.Rp = so3_exp(dp[:, :3]) @ st.Rp
-    new.Tp = st.Tp + dp[:, 3:6]
-    new.sig = st.sig + dp[:, 6]
-    new.logd = st.logd + dl
-    return new
+def _cholesky_solve(H: np.ndarray, g: np.ndarray):
+    Ht = torch.from_numpy(H)
+    L, info = torch.linalg.cholesky_ex(Ht)
+    if int(info):
+        return None
+    return -torch.cholesky_solve(torch.from_numpy(g)[:, None], L)[:, 0].numpy()
 
 
 def solve(prob: Problem, st: State, fr: Freedom, opt: SolverOptions | None = None, log=None):
     """Minimise the objective from ``st``; returns ``(state, loss, iterations, history)``."""
     opt = opt or SolverOptions()
-    cam, pair, N = _index_map(prob, fr)
+    cam, pair, N = index_map(prob.n, prob.E, fr)
     loss = weighted_loss(prob, st)
     history = [loss]
     lam = opt.lm_init
-    scale_ref = float(st.logd.exp().median())
-    eps = 1e-12 * scale_ref
+    eps = 1e-12 * float(np.median(np.exp(st.logd)))
     sig_idx = pair[:, 6]
     it = 0
-    small = 0
     for it in range(1, opt.max_iters + 1):
-        Hd = torch.zeros(N + 1, N + 1, dtype=F64)
-        gd = torch.zeros(N + 1, dtype=F64)
+        Hd = np.zeros((N + 1, N + 1))
+        gd = np.zeros(N + 1)
         schur = []
         for k, (eids, _, _) in enumerate(prob.obs):
-            M, gG, B, h, gl = _linearise(prob, st, k, opt.beta, eps)
-            idx = torch.cat((cam[k].expand(len(eids), 7), pair[eids]), 1)  # [K, 14]
-            Hd.index_put_((idx[:, :, None].expand(-1, -1, 14), idx[:, None, :].expand(-1, 14, -1)), M,
-                          accumulate=True)
-            gd.index_add_(0, idx.reshape(-1), gG.reshape(-1))
-            schur.append((torch.cat((cam[k], pair[eids].reshape(-1))), B, h, gl))
+            Mcc, Mca, Maa, gc, ga, Bt, h, gl = linearise(prob, st, k, opt.beta, eps)
+            ci, pi = cam[k], pair[eids]  # [7], [K, 7]
+            Hd[ci[:, None], ci[None, :]] += Mcc
+            Hd[ci[None, :, None], pi[:, None, :]] += Mca
+            Hd[pi[:, :, None], ci[None, None, :]] += Mca.transpose(0, 2, 1)
+            Hd[pi[:, :, None], pi[:, None, :]] += Maa
+            gd[ci] += gc
+            gd[pi] += ga
+            schur.append((np.concatenate((ci, pi.reshape(-1))), Bt, h, gl))
         Hd, gd = Hd[:N, :N], gd[:N]
-        accepted = False
-        while not accepted:
-            H = Hd + torch.diag(lam * Hd.diagonal() + 1e-30)
-            g = gd.clone()
-            Hx = torch.zeros(N + 1, N + 1, dtype=F64)
-            gx = torch.zeros(N + 1, dtype=F64)
-            for idx, B, h, gl in schur:
-                hd = h * (1 + lam) + 1e-12 * h.mean()
-                Bs = B / hd[:, None]
-                Hx[idx[:, None], idx[None, :]] += Bs.T @ B  # idx has no duplicates except the dummy
-                gx.index_add_(0, idx, Bs.T @ gl)
+        while True:
+            H = Hd + np.diag(lam * Hd.diagonal() + 1e-300)
+            Hx = np.zeros((N + 1, N + 1))
+            gx = np.zeros(N + 1)
+            hds = []
+            for idx, Bt, h, gl in schur:
+                hd = h * (1 + lam) + 1e-12 * h.mean() + 1e-300
+                hds.append(hd)
+                Bs = Bt / hd
+                Hx[idx[:, None], idx[None, :]] += mm(Bs, Bt.T)  # no repeated index except the dummy
+                gx[idx] += Bs @ gl
             H = H - Hx[:N, :N]
-            g = g - gx[:N]
+            g = gd - gx[:N]
             if fr.norm_scale:
-                a = torch.zeros(N, dtype=F64)
-                a[sig_idx] = 1.0 / len(sig_idx) ** 0.5
-                Pa = H @ a
+                a = np.zeros(N)
+                a[sig_idx] = 1.0 / np.sqrt(len(sig_idx))
+                Ha = H @ a
                 c = float(H.diagonal()[sig_idx].mean())
-                H = H - Pa[:, None] * a[None, :] - a[:, None] * Pa[None, :] + (a @ Pa + c) * a[:, None] * a[None, :]
+                H = H - np.outer(Ha, a) - np.outer(a, Ha) + (a @ Ha + c) * np.outer(a, a)
                 g = g - (g @ a) * a
-            try:
-                L = torch.linalg.cholesky(H)
-                dy = -torch.cholesky_solve(g[:, None], L)[:, 0]
-            except RuntimeError:
-                lam *= 10
+            dy = _cholesky_solve(H, g)
+            if dy is None:
+                lam = max(lam * 10, 1e-8)
                 continue
-            dyx = torch.cat((dy, dy.new_zeros(1)))
-            dl = torch.stack([-(gl + B @ dyx[idx]) / (h * (1 + lam) + 1e-12 * h.mean()) for idx, B, h, gl in schur])
-            cand = _update(st, prob, cam, pair, N, dy, dl)
+            dyx = np.concatenate((dy, [0.0]))
+            dl = np.stack([-(gl + dyx[idx] @ Bt) / hd for (idx, Bt, _, gl), hd in zip(schur, hds)])
+            cand = _update(st, cam, pair, dy, dl)
             new_loss = weighted_loss(prob, cand)
             if new_loss <= loss:
-                accepted = True
-                step = max(float(dy.abs().max()) if N else 0.0, float(dl.abs().max()))
-                rel = (loss - new_loss) / max(loss, 1e-300)
-                st, loss = cand, new_loss
-                lam = max(lam / 3, 1e-12)
-                history.append(loss)
-                if log:
-                    log(f"it {it}: loss {loss:.9g} lam {lam:.2g} step {step:.2g}", st)
-                small = small + 1 if (rel < opt.tol or step < opt.step_tol) else 0
-            else:
-                lam *= 8
-                if lam > 1e8:
-                    return st, loss, it, history
-        if small >= 2:
+                break
+            lam = max(lam * 8, 1e-8)
+            if lam > 1e8:
+                return st, loss, it, history
+        step = max(float(np.abs(dy).max()) if N else 0.0, float(np.abs(dl).max()))
+        rel = (loss - new_loss) / max(loss, 1e-300)
+        st, loss = cand, new_loss
+        lam = max(lam / 3, 1e-12)
+        history.append(loss)
+        if log:
+            log(f"it {it}: loss {loss:.10g} rel {rel:.2g} lam {lam:.2g} step {step:.2g}", st)
+        if rel < opt.tol or step < opt.step_tol:
             break
     return st, loss, it, history
