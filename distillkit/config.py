@@ -121,6 +121,7 @@ class TrainConfig(_Strict):
     max_eval_samples: int = Field(default=256, ge=1)
     resume: bool = Field(default=True, description="continue from out_dir/checkpoint-last.pt if present")
     init_from: str | None = Field(default=None, description="start from this checkpoint's weights (fine-tuning)")
+    log_batches: bool = Field(default=False, description="write out_dir/batches/rank<r>.jsonl (sample ids per step)")
     storage_options: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("stores", mode="before")

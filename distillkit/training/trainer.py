@@ -180,11 +180,59 @@ def _save(path: Path, obj: Any) -> None:
     os.replace(tmp, path)  # atomic: a crash never leaves a half-written checkpoint
 
 
+class Distributed:
+    """torchrun-aware helpers. Gradients are summed across ranks by hand (not DDP hooks) so that every rank takes
+    every optimiser step, even a rank whose shards ran out this epoch (it contributes zero gradient and zero
+    samples): every sample is used exactly once per epoch and all ranks keep identical weights and optimiser state.
+    """
+
+    def __init__(self, device: torch.device):
+        dist = torch.distributed
+        if not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        self.on = dist.is_initialized()
+        self.rank = dist.get_rank() if self.on else 0
+        self.world = dist.get_world_size() if self.on else 1
+        self.device = device
+
+    def max(self, value: int) -> int:
+        if not self.on:
+            return value
+        t = torch.tensor([value], dtype=torch.int64)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return int(t.item())
+
+    def average_gradients(self, model: torch.nn.Module, local_samples: int) -> int:
+        """grad <- sum over ranks of grad(sum of per-sample losses) / total samples. Returns the total."""
+        params = [p for p in model.parameters() if p.requires_grad]
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        flat = torch.cat([p.grad.reshape(-1) for p in params] + [torch.tensor([float(local_samples)],
+                                                                               device=params[0].device)])
+        if self.on:
+            torch.distributed.all_reduce(flat)
+        total = max(int(round(flat[-1].item())), 1)
+        offset = 0
+        for p in params:
+            n = p.numel()
+            p.grad.copy_(flat[offset:offset + n].view_as(p) / total)
+            offset += n
+        return total
+
+    def barrier(self) -> None:
+        if self.on:
+            torch.distributed.barrier()
+
+
 def train(cfg: TrainConfig, on_step: Callable[[int, int, dict], None] | None = None,
           on_batch: Callable[[int, list[str]], None] | None = None) -> dict:
-    """Run (or resume) training. Returns a summary with paths and final metrics."""
+    """Run (or resume) training, single process or under torchrun. Returns paths and final metrics."""
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
+    if device.type == "cuda" and "LOCAL_RANK" in os.environ:
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    dist = Distributed(device)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     sources = open_sources(cfg)
@@ -194,25 +242,32 @@ def train(cfg: TrainConfig, on_step: Callable[[int, int, dict], None] | None = N
     model = build_student(cfg.student, tuple(m.image_hw), m.student_patch,
                           {t: (p.embed_dim, tuple(p.grid_hw)) for t, p in teachers.items()}, cfg.projector).to(device)
     norm = Standardizer(sources, device)
-    stream = ShardStream(sources, cfg.batch_size, "train", cfg.seed, True, cfg.shuffle_shards)
+    stream = ShardStream(sources, cfg.batch_size, "train", cfg.seed, True, cfg.shuffle_shards, dist.rank, dist.world)
     stream.num_workers = max(cfg.num_workers, 1)
-    steps_per_epoch = stream.batches_per_epoch(0)
-    if steps_per_epoch == 0:
+
+    def rounds(epoch: int) -> int:  # optimiser steps in an epoch: the longest rank's batch count
+        return dist.max(stream.batches_per_epoch(epoch))
+
+    if rounds(0) == 0:
         raise ValueError(f"stores {cfg.stores} have no valid training samples")
-    total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
-    val = ShardStream(sources, cfg.batch_size, "val", shuffle=False, max_samples=cfg.max_eval_samples)
+    full_epochs, frac = int(cfg.epochs), cfg.epochs - int(cfg.epochs)
+    total = cfg.max_steps or max(1, sum(rounds(e) for e in range(full_epochs))
+                                 + (math.ceil(frac * rounds(full_epochs)) if frac else 0))
+    val = ShardStream(sources, cfg.batch_size, "val", shuffle=False, max_samples=cfg.max_eval_samples, rank=0,
+                      world=1)
     if not val.usable.any():
         log.warning("the stores hold no held-out (val) samples; evaluating on the first training samples instead")
-        val = ShardStream(sources, cfg.batch_size, "train", shuffle=False, max_samples=cfg.max_eval_samples)
+        val = ShardStream(sources, cfg.batch_size, "train", shuffle=False, max_samples=cfg.max_eval_samples, rank=0,
+                          world=1)
     if cfg.init_from and not (cfg.resume and (out / CKPT_NAME).exists()):
         init_weights(model, cfg.init_from, device)
     opt = make_optimizer(model, cfg)
     sched = make_scheduler(opt, cfg, total)
     pos = Position()
     public_cfg = cfg.model_dump(mode="json") | {"storage_options": redact(cfg.storage_options)}
-    metrics: dict[str, Any] = {"config": public_cfg, "train": [], "eval": []}
+    metrics: dict[str, Any] = {"config": public_cfg, "world_size": dist.world, "train": [], "eval": []}
     ckpt_path = out / CKPT_NAME
-    data_spec = {k: getattr(cfg, k) for k in DATA_POSITION_KEYS}
+    data_spec = {k: getattr(cfg, k) for k in DATA_POSITION_KEYS} | {"world_size": dist.world}
     if cfg.resume and ckpt_path.exists():
         ck = torch.load(ckpt_path, map_location=device, weights_only=False)
         if ck["data_spec"] != data_spec or ck["teachers"] != sorted(teachers):
@@ -226,57 +281,93 @@ def train(cfg: TrainConfig, on_step: Callable[[int, int, dict], None] | None = N
         torch.set_rng_state(ck["rng"]["torch"])
         log.info("resumed from %s at step %d (epoch %d, batch %d)", ckpt_path, pos.step, pos.epoch,
                  pos.batch_in_epoch)
+    batch_log = _BatchLog(out, dist.rank, pos.step) if cfg.log_batches else None
 
     def checkpoint() -> None:
-        _save(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                          "scheduler": sched.state_dict(), "position": pos.__dict__, "data_spec": data_spec,
-                          "teachers": sorted(teachers), "metrics": metrics, "rng": {"torch": torch.get_rng_state()},
-                          "student": cfg.student.model_dump(), "projector": cfg.projector,
-                          "image_hw": list(m.image_hw), "patch_size": m.student_patch,
-                          "teacher_dims": {t: [p.embed_dim, list(p.grid_hw)] for t, p in teachers.items()}})
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        if dist.rank == 0:
+            _save(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                              "scheduler": sched.state_dict(), "position": pos.__dict__, "data_spec": data_spec,
+                              "teachers": sorted(teachers), "metrics": metrics,
+                              "rng": {"torch": torch.get_rng_state()}, "student": cfg.student.model_dump(),
+                              "projector": cfg.projector, "image_hw": list(m.image_hw), "patch_size": m.student_patch,
+                              "teacher_dims": {t: [p.embed_dim, list(p.grid_hw)] for t, p in teachers.items()}})
+            (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        dist.barrier()
+
+    def evaluate_now() -> dict:
+        return {"step": pos.step, **(evaluate(model, val, norm, device, has_cls) if dist.rank == 0 else {})}
 
     model.train()
     t0 = time.perf_counter()
     while pos.step < total:
-        loader = make_loader(stream, cfg.num_workers, pos.epoch, pos.batch_in_epoch, device.type == "cuda")
-        for batch in loader:
-            if on_batch:
-                on_batch(pos.step, batch["ids"])
-            res = batch_losses(model, batch, norm, device, has_cls)
-            per_teacher = {t: r[0].mean() for t, r in res.items()}
-            loss = torch.stack(list(per_teacher.values())).mean()
+        epoch_rounds = rounds(pos.epoch)
+        mine = stream.batches_per_epoch(pos.epoch)
+        loader = iter(make_loader(stream, cfg.num_workers, pos.epoch, min(pos.batch_in_epoch, mine),
+                                  device.type == "cuda"))
+        while pos.batch_in_epoch < epoch_rounds and pos.step < total:
+            batch = next(loader, None)  # None: this rank's shards are done; it still joins the step
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            per_teacher: dict[str, torch.Tensor] = {}
+            n = 0
+            if batch is not None:
+                if on_batch:
+                    on_batch(pos.step, batch["ids"])
+                if batch_log:
+                    batch_log.write(pos, batch["ids"])
+                res = batch_losses(model, batch, norm, device, has_cls)
+                per_sample = torch.stack([r[0] for r in res.values()]).mean(dim=0)  # mean over teachers
+                per_sample.sum().backward()
+                per_teacher = {t: r[0].detach().mean() for t, r in res.items()}
+                n = len(batch["ids"])
+            dist.average_gradients(model, n)
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
             sched.step()
             pos.step += 1
             pos.batch_in_epoch += 1
-            rec = {"step": pos.step, "epoch": pos.epoch, "lr": sched.get_last_lr()[0], "loss": float(loss.detach()),
-                   **{f"loss/{t}": float(v.detach()) for t, v in per_teacher.items()},
-                   "batch": batch_digest(batch["ids"])}
+            loss = torch.stack(list(per_teacher.values())).mean() if per_teacher else torch.tensor(float("nan"))
+            rec = {"step": pos.step, "epoch": pos.epoch, "lr": sched.get_last_lr()[0], "loss": float(loss),
+                   **{f"loss/{t}": float(v) for t, v in per_teacher.items()},
+                   "batch": batch_digest(batch["ids"]) if batch is not None else None}
             metrics["train"].append(rec)
             if on_step:
                 on_step(pos.step, total, rec)
             if cfg.eval_every and pos.step % cfg.eval_every == 0 and pos.step < total:
-                metrics["eval"].append({"step": pos.step, **evaluate(model, val, norm, device, has_cls)})
-            if pos.step % cfg.ckpt_every == 0 or pos.step >= total:
-                if pos.step >= total:
-                    metrics["eval"].append({"step": pos.step, **evaluate(model, val, norm, device, has_cls)})
-                checkpoint()
+                metrics["eval"].append(evaluate_now())
             if pos.step >= total:
-                break
-        else:
+                metrics["eval"].append(evaluate_now())
+                checkpoint()
+            elif pos.step % cfg.ckpt_every == 0:
+                checkpoint()
+        if pos.batch_in_epoch >= epoch_rounds:
             pos.epoch += 1
             pos.batch_in_epoch = 0
     wall = time.perf_counter() - t0
-    from ..viz import plot_loss_curve
+    png = out / "loss_curve.png"
+    if dist.rank == 0:
+        from ..viz import plot_loss_curve
 
-    png = plot_loss_curve(metrics, out / "loss_curve.png")
+        plot_loss_curve(metrics, png)
     final_eval = metrics["eval"][-1] if metrics["eval"] else {}
+    losses = [r["loss"] for r in metrics["train"] if r["loss"] == r["loss"]]
     return {"checkpoint": str(ckpt_path), "metrics": str(out / "metrics.json"), "loss_curve": str(png),
-            "steps": pos.step, "wall_s": wall, "final_eval": final_eval,
-            "first_loss": metrics["train"][0]["loss"] if metrics["train"] else None,
-            "last_loss": metrics["train"][-1]["loss"] if metrics["train"] else None}
+            "steps": pos.step, "wall_s": wall, "final_eval": final_eval, "rank": dist.rank, "world_size": dist.world,
+            "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None}
+
+
+class _BatchLog:
+    """`out_dir/batches/rank<r>.jsonl`: which samples each rank trained on at each step (audit and tests).
+    On resume, lines after the checkpoint's step (written before a crash) are dropped."""
+
+    def __init__(self, out: Path, rank: int, resume_step: int):
+        self.path = out / "batches" / f"rank{rank}.jsonl"
+        self.path.parent.mkdir(exist_ok=True)
+        keep = []
+        if self.path.exists():
+            keep = [ln for ln in self.path.read_text().splitlines() if json.loads(ln)["step"] < resume_step]
+        self.path.write_text("".join(ln + "\n" for ln in keep))
+
+    def write(self, pos: Position, ids: list[str]) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": pos.step, "epoch": pos.epoch, "ids": ids}) + "\n")
