@@ -37,6 +37,9 @@ class TeacherConfig(_Strict):
     overrides: dict[str, int | float | str | bool] = Field(
         default_factory=dict, description="architecture overrides, e.g. {depth: 2} for small test configs")
     dtype: Literal["float16", "float32"] = "float16"
+    grid: Literal["student", "own"] = Field(
+        default="student", description="student = tokens on the student's grid (input = grid x teacher patch); "
+        "own = student input rounded to a multiple of the teacher patch (the teacher's own grid)")
 
 
 class CacheConfig(_Strict):
@@ -96,14 +99,36 @@ class StudentConfig(_Strict):
         return (self.embed_dim or dim, self.depth or depth, self.num_heads or heads)
 
 
+class GroupConfig(_Strict):
+    """A domain group for teacher-balanced batches (DUNE Tab. 5): its stores and the teacher it belongs to."""
+
+    name: str
+    stores: list[str] = Field(min_length=1)
+    teacher: str = Field(description="the group's own teacher (data sharing 'none'/'generic' train only it)")
+
+
 class TrainConfig(_Strict):
     """Parameters of `distillkit train` and the `train-student` flow."""
 
-    stores: list[str] = Field(min_length=1, description="teacher stores to stream (zipped by sample id)")
+    stores: list[str] = Field(default_factory=list, description="teacher stores to stream (zipped by sample id)")
     out_dir: str = Field(description="where checkpoints, metrics.json and loss_curve.png go")
     teachers: list[str] | None = Field(default=None, description="subset of teachers; None = all in the stores")
     student: StudentConfig = Field(default_factory=StudentConfig)
-    projector: Literal["tp", "mlp"] = Field(default="tp", description="tp = transformer projector, mlp = 2-layer MLP")
+    projector: Literal["tp", "sp", "mlp", "lp"] = Field(
+        default="tp", description="tp transformer projector | sp (= mlp) 2-layer MLP | lp ladder on every block")
+    teacher_drop: Literal["none", "lowest_loss"] = Field(
+        default="none", description="lowest_loss: per image keep the worst-fit teacher, drop each other with p")
+    teacher_drop_p: float = Field(default=0.5, ge=0.0, le=1.0)
+    normalization: Literal["standard", "phi-s"] = Field(
+        default="standard", description="teacher targets: per-channel standardisation (store stats) or PHI-S")
+    color_jitter: float = Field(default=0.0, ge=0.0, le=1.0,
+                                description="student-only photometric jitter strength (targets are fixed)")
+    groups: list[GroupConfig] | None = Field(
+        default=None, description="teacher-balanced batches: one entry per domain group (stores + own teacher)")
+    data_sharing: Literal["full", "generic", "none"] = Field(
+        default="full", description="which teachers train on a group's images: all | own (+all for the generic group) "
+                                    "| own only")
+    generic_group: str | None = Field(default=None, description="group whose images train every teacher (generic)")
     batch_size: int = Field(default=32, ge=1)
     epochs: float = Field(default=1.0, gt=0, description="passes over the training split (fractions allowed)")
     max_steps: int | None = Field(default=None, ge=1, description="stop after this many steps (overrides epochs)")
@@ -128,6 +153,25 @@ class TrainConfig(_Strict):
     @classmethod
     def _stores(cls, v: Any) -> Any:
         return [v] if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _data(self) -> "TrainConfig":
+        if not self.stores and not self.groups:
+            raise ValueError("give `stores` (zipped by sample id) or `groups` (teacher-balanced batches)")
+        if self.stores and self.groups:
+            raise ValueError("give either `stores` or `groups`, not both")
+        if self.groups:
+            names = [g.name for g in self.groups]
+            if len(set(names)) != len(names):
+                raise ValueError(f"group names must be unique, got {names}")
+            if self.generic_group is not None and self.generic_group not in names:
+                raise ValueError(f"generic_group {self.generic_group!r} is not one of the groups {names}")
+            if self.batch_size < len(self.groups):
+                raise ValueError(f"batch_size {self.batch_size} < {len(self.groups)} groups")
+        return self
+
+    def all_stores(self) -> list[str]:
+        return list(self.stores) + [s for g in (self.groups or []) for s in g.stores]
 
 
 def load_config(model: type[BaseModel], path: str | Path | None = None, **overrides: Any) -> BaseModel:

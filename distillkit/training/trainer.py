@@ -12,45 +12,27 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
 from ..config import TrainConfig, redact
-from ..store.reader import ShardStream, StoreSource, make_loader
+from ..store.reader import ShardStream, make_loader
 from ..students import build_student
 from ..teachers import resolve_device
+from .data import GroupBatches, build_groups, val_streams
 from .losses import cosine, teacher_loss
+from .normalize import TargetNorm
+from .objectives import combine, lowest_loss_drop, sharing_mask
 
 log = logging.getLogger("distillkit")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-STD_FLOOR = 1e-3  # as DUNE's teacher norm: channels with ~zero spread are not blown up
 CKPT_NAME = "checkpoint-last.pt"
 DATA_POSITION_KEYS = ("seed", "batch_size", "num_workers", "shuffle_shards")
-
-
-class Standardizer:
-    """Per-channel standardisation of raw teacher features with exact statistics from the store."""
-
-    def __init__(self, sources: list[StoreSource], device: torch.device):
-        self.stats: dict[str, dict[str, torch.Tensor]] = {}
-        for src in sources:
-            for t in src.teachers:
-                s = src.stats(t)
-                self.stats[t] = {k: torch.from_numpy(v).float().to(device) for k, v in s.items()}
-
-    def __call__(self, teacher: str, kind: str, x: torch.Tensor) -> torch.Tensor:
-        s = self.stats[teacher]
-        return (x.float() - s[f"{kind}_mean"]) / s[f"{kind}_std"].clamp_min(STD_FLOOR)
-
-    def invert(self, teacher: str, kind: str, x: torch.Tensor) -> torch.Tensor:
-        s = self.stats[teacher]
-        return x.float() * s[f"{kind}_std"].clamp_min(STD_FLOOR) + s[f"{kind}_mean"]
 
 
 @dataclass
@@ -58,41 +40,36 @@ class Position:
     step: int = 0
     epoch: int = 0
     batch_in_epoch: int = 0
+    groups: dict[str, list[int]] = field(default_factory=dict)  # (epoch, batch) of the non-primary groups
 
 
-def open_sources(cfg: TrainConfig) -> list[StoreSource]:
-    sources = []
-    for url in cfg.stores:
-        probe = StoreSource(url, None, cfg.storage_options)
-        teachers = probe.teachers if cfg.teachers is None else [t for t in probe.teachers if t in cfg.teachers]
-        if teachers:
-            sources.append(StoreSource(url, teachers, cfg.storage_options) if teachers != probe.teachers else probe)
-    found = {t for s in sources for t in s.teachers}
-    if cfg.teachers is not None and set(cfg.teachers) - found:
-        raise ValueError(f"teachers {sorted(set(cfg.teachers) - found)} are in none of the stores {cfg.stores}")
-    if not sources:
-        raise ValueError(f"no teachers selected from stores {cfg.stores}")
-    first = sources[0].manifest
-    for s in sources[1:]:
-        if (s.manifest.image_hw, s.manifest.student_patch) != (first.image_hw, first.student_patch):
-            raise ValueError(f"stores {sources[0].url} and {s.url} were cached for different student inputs")
-    return sources
-
-
-def images_to_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+def images_to_input(images: torch.Tensor, device: torch.device, jitter: float = 0.0,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+    """uint8 [B,H,W,3] -> normalised float [B,3,H,W]; optional student-only brightness/contrast/saturation jitter."""
     x = images.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+    if jitter > 0:
+        b = x.shape[0]
+        r = (torch.rand((b, 3, 1, 1), generator=generator) * 2 - 1).to(device) * jitter
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        gray = x.mean(dim=1, keepdim=True)
+        x = x * (1 + r[:, :1]) + (x - mean) * r[:, 1:2]  # brightness, contrast
+        x = (gray + (x - gray) * (1 + r[:, 2:3])).clamp(0, 1)  # saturation
     mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
     return (x - mean) / std
 
 
-def batch_losses(model, batch: dict, norm: Standardizer, device: torch.device, has_cls: dict[str, bool]):
-    x = images_to_input(batch["samples/image"], device)
+def batch_losses(model, batch: dict, norm: TargetNorm, device: torch.device, has_cls: dict[str, bool],
+                 jitter: float = 0.0):
+    """Per teacher: (per-image loss [B], student CLS, student patches), against normalised targets."""
+    x = images_to_input(batch["samples/image"], device, jitter)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _nullcontext()
     with autocast:
         preds = model(x)
     out = {}
     for t, (cls_s, patch_s) in preds.items():
+        if f"teachers/{t}/patch" not in batch:
+            continue
         patch_t = norm(t, "patch", batch[f"teachers/{t}/patch"].to(device))
         cls_t = norm(t, "cls", batch[f"teachers/{t}/cls"].to(device)) if has_cls[t] else None
         out[t] = (teacher_loss(cls_s if has_cls[t] else None, patch_s, cls_t, patch_t), cls_s, patch_s)
@@ -135,28 +112,28 @@ def batch_digest(ids: list[str]) -> str:
 
 
 @torch.no_grad()
-def evaluate(model, stream: ShardStream, norm: Standardizer, device: torch.device, has_cls: dict[str, bool],
-             num_workers: int = 0) -> dict[str, dict[str, float]]:
+def evaluate(model, streams: list[tuple[ShardStream, list[str]]], norm: TargetNorm, device: torch.device,
+             has_cls: dict[str, bool]) -> dict[str, dict[str, float]]:
     """Per teacher: distillation loss and cosine similarity to the raw teacher features, on held-out samples."""
     model.eval()
     acc: dict[str, dict[str, float]] = {}
-    n = 0
-    for batch in make_loader(stream, num_workers):
-        res = batch_losses(model, batch, norm, device, has_cls)
-        b = len(batch["ids"])
-        n += b
-        for t, (loss, cls_s, patch_s) in res.items():
-            a = acc.setdefault(t, {"loss": 0.0, "cos_patch": 0.0, "cos_cls": 0.0})
-            a["loss"] += float(loss.sum())
-            raw_patch = batch[f"teachers/{t}/patch"].to(device)
-            a["cos_patch"] += float(cosine(norm.invert(t, "patch", patch_s), raw_patch).flatten(1).mean(1).sum())
-            if has_cls[t]:
-                raw_cls = batch[f"teachers/{t}/cls"].to(device)
-                a["cos_cls"] += float(cosine(norm.invert(t, "cls", cls_s), raw_cls).sum())
+    for stream, teachers in streams:
+        for batch in make_loader(stream, 0):
+            res = batch_losses(model, batch, norm, device, has_cls)
+            b = len(batch["ids"])
+            for t, (loss, cls_s, patch_s) in res.items():
+                if t not in teachers:
+                    continue
+                a = acc.setdefault(t, {"loss": 0.0, "cos_patch": 0.0, "cos_cls": 0.0, "samples": 0})
+                a["samples"] += b
+                a["loss"] += float(loss.sum())
+                raw_patch = batch[f"teachers/{t}/patch"].to(device)
+                a["cos_patch"] += float(cosine(norm.invert(t, "patch", patch_s), raw_patch).flatten(1).mean(1).sum())
+                if has_cls[t]:
+                    raw_cls = batch[f"teachers/{t}/cls"].to(device)
+                    a["cos_cls"] += float(cosine(norm.invert(t, "cls", cls_s), raw_cls).sum())
     model.train()
-    if n == 0:
-        return {}
-    return {t: {k: v / n for k, v in a.items() if k != "cos_cls" or has_cls[t]} | {"samples": n}
+    return {t: {k: (v / a["samples"] if k != "samples" else v) for k, v in a.items() if k != "cos_cls" or has_cls[t]}
             for t, a in acc.items()}
 
 
@@ -235,30 +212,39 @@ def train(cfg: TrainConfig, on_step: Callable[[int, int, dict], None] | None = N
     dist = Distributed(device)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    sources = open_sources(cfg)
-    m = sources[0].manifest
-    teachers = {t: src.provenance[t] for src in sources for t in src.teachers}
-    has_cls = {t: True for t in teachers}
+    groups = build_groups(cfg, dist.rank, dist.world)
+    provenance = {}
+    for g in groups:
+        for src in g.sources:
+            for t, p in src.provenance.items():
+                seen = provenance.setdefault(t, (p, src))[0]
+                if (seen.embed_dim, tuple(seen.grid_hw)) != (p.embed_dim, tuple(p.grid_hw)):
+                    raise ValueError(f"teacher {t} has different shapes in {src.url} and another store")
+    if cfg.teachers is not None and set(cfg.teachers) - set(provenance):
+        raise ValueError(f"teachers {sorted(set(cfg.teachers) - set(provenance))} are in none of the stores "
+                         f"{cfg.all_stores()}")
+    teacher_names = sorted(provenance)
+    has_cls = {t: getattr(p, "has_cls", True) for t, (p, _) in provenance.items()}
+    own_source = {t: src for t, (_, src) in provenance.items()}
+    for g in groups:  # a teacher's statistics come from its own group's store when there is one
+        if g.own_teacher in g.teachers:
+            own_source[g.own_teacher] = next(s for s in g.sources if g.own_teacher in s.teachers)
+    m = groups[0].sources[0].manifest
     model = build_student(cfg.student, tuple(m.image_hw), m.student_patch,
-                          {t: (p.embed_dim, tuple(p.grid_hw)) for t, p in teachers.items()}, cfg.projector).to(device)
-    norm = Standardizer(sources, device)
-    stream = ShardStream(sources, cfg.batch_size, "train", cfg.seed, True, cfg.shuffle_shards, dist.rank, dist.world)
-    stream.num_workers = max(cfg.num_workers, 1)
+                          {t: (p.embed_dim, tuple(p.grid_hw)) for t, (p, _) in provenance.items()},
+                          cfg.projector).to(device)
+    norm = TargetNorm(own_source, device, "phi-s" if cfg.normalization == "phi-s" else "standard")
+    primary = max(groups, key=lambda g: g.stream.batches_per_epoch(0))
 
-    def rounds(epoch: int) -> int:  # optimiser steps in an epoch: the longest rank's batch count
-        return dist.max(stream.batches_per_epoch(epoch))
+    def rounds(epoch: int) -> int:  # optimiser steps in an epoch: the longest rank's batch count (primary group)
+        return dist.max(primary.stream.batches_per_epoch(epoch))
 
     if rounds(0) == 0:
-        raise ValueError(f"stores {cfg.stores} have no valid training samples")
+        raise ValueError(f"stores {cfg.all_stores()} have no valid training samples")
     full_epochs, frac = int(cfg.epochs), cfg.epochs - int(cfg.epochs)
     total = cfg.max_steps or max(1, sum(rounds(e) for e in range(full_epochs))
                                  + (math.ceil(frac * rounds(full_epochs)) if frac else 0))
-    val = ShardStream(sources, cfg.batch_size, "val", shuffle=False, max_samples=cfg.max_eval_samples, rank=0,
-                      world=1)
-    if not val.usable.any():
-        log.warning("the stores hold no held-out (val) samples; evaluating on the first training samples instead")
-        val = ShardStream(sources, cfg.batch_size, "train", shuffle=False, max_samples=cfg.max_eval_samples, rank=0,
-                          world=1)
+    val = val_streams(cfg, groups)
     if cfg.init_from and not (cfg.resume and (out / CKPT_NAME).exists()):
         init_weights(model, cfg.init_from, device)
     opt = make_optimizer(model, cfg)
@@ -267,12 +253,13 @@ def train(cfg: TrainConfig, on_step: Callable[[int, int, dict], None] | None = N
     public_cfg = cfg.model_dump(mode="json") | {"storage_options": redact(cfg.storage_options)}
     metrics: dict[str, Any] = {"config": public_cfg, "world_size": dist.world, "train": [], "eval": []}
     ckpt_path = out / CKPT_NAME
-    data_spec = {k: getattr(cfg, k) for k in DATA_POSITION_KEYS} | {"world_size": dist.world}
+    data_spec = {k: getattr(cfg, k) for k in DATA_POSITION_KEYS} | {"world_size": dist.world,
+                                                                   "groups": [g.name for g in groups]}
     if cfg.resume and ckpt_path.exists():
         ck = torch.load(ckpt_path, map_location=device, weights_only=False)
-        if ck["data_spec"] != data_spec or ck["teachers"] != sorted(teachers):
+        if ck["data_spec"] != data_spec or ck["teachers"] != teacher_names:
             raise ValueError(f"{ckpt_path} was written with {ck['data_spec']} and teachers {ck['teachers']}; this "
-                             f"run has {data_spec} and {sorted(teachers)}. Use the same settings or a new out_dir.")
+                             f"run has {data_spec} and {teacher_names}. Use the same settings or a new out_dir.")
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
@@ -282,15 +269,17 @@ def train(cfg: TrainConfig, on_step: Callable[[int, int, dict], None] | None = N
         log.info("resumed from %s at step %d (epoch %d, batch %d)", ckpt_path, pos.step, pos.epoch,
                  pos.batch_in_epoch)
     batch_log = _BatchLog(out, dist.rank, pos.step) if cfg.log_batches else None
+    own_teacher = {g.name: g.own_teacher for g in groups}
 
     def checkpoint() -> None:
         if dist.rank == 0:
             _save(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
                               "scheduler": sched.state_dict(), "position": pos.__dict__, "data_spec": data_spec,
-                              "teachers": sorted(teachers), "metrics": metrics,
+                              "teachers": teacher_names, "metrics": metrics,
                               "rng": {"torch": torch.get_rng_state()}, "student": cfg.student.model_dump(),
                               "projector": cfg.projector, "image_hw": list(m.image_hw), "patch_size": m.student_patch,
-                              "teacher_dims": {t: [p.embed_dim, list(p.grid_hw)] for t, p in teachers.items()}})
+                              "normalization": cfg.normalization,
+                              "teacher_dims": {t: [p.embed_dim, list(p.grid_hw)] for t, (p, _) in provenance.items()}})
             (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
         dist.barrier()
 
@@ -301,23 +290,28 @@ def train(cfg: TrainConfig, on_step: Callable[[int, int, dict], None] | None = N
     t0 = time.perf_counter()
     while pos.step < total:
         epoch_rounds = rounds(pos.epoch)
-        mine = stream.batches_per_epoch(pos.epoch)
-        loader = iter(make_loader(stream, cfg.num_workers, pos.epoch, min(pos.batch_in_epoch, mine),
-                                  device.type == "cuda"))
+        batches = GroupBatches(groups, cfg.num_workers, pos.epoch, pos.batch_in_epoch, pos.groups,
+                               device.type == "cuda")
         while pos.batch_in_epoch < epoch_rounds and pos.step < total:
-            batch = next(loader, None)  # None: this rank's shards are done; it still joins the step
+            batch = batches.next_round()  # None: this rank's data is done for the epoch; it still joins the step
             opt.zero_grad(set_to_none=True)
-            per_teacher: dict[str, torch.Tensor] = {}
+            per_teacher: dict[str, float] = {}
             n = 0
             if batch is not None:
                 if on_batch:
                     on_batch(pos.step, batch["ids"])
                 if batch_log:
                     batch_log.write(pos, batch["ids"])
-                res = batch_losses(model, batch, norm, device, has_cls)
-                per_sample = torch.stack([r[0] for r in res.values()]).mean(dim=0)  # mean over teachers
-                per_sample.sum().backward()
-                per_teacher = {t: r[0].detach().mean() for t, r in res.items()}
+                res = batch_losses(model, batch, norm, device, has_cls, cfg.color_jitter)
+                names = [t for t in teacher_names if t in res]
+                losses = torch.stack([res[t][0] for t in names])  # [T, B]
+                coef = sharing_mask(names, batch["groups"], own_teacher, batch["available"], cfg.data_sharing,
+                                    cfg.generic_group).to(losses.device)
+                if cfg.teacher_drop == "lowest_loss":
+                    coef = lowest_loss_drop(losses, coef, cfg.teacher_drop_p)
+                combine(losses, coef).sum().backward()
+                per_teacher = {t: float((losses[j].detach() * (coef[j] > 0)).sum() / (coef[j] > 0).sum().clamp_min(1))
+                               for j, t in enumerate(names)}
                 n = len(batch["ids"])
             dist.average_gradients(model, n)
             if cfg.grad_clip > 0:
@@ -326,9 +320,10 @@ def train(cfg: TrainConfig, on_step: Callable[[int, int, dict], None] | None = N
             sched.step()
             pos.step += 1
             pos.batch_in_epoch += 1
-            loss = torch.stack(list(per_teacher.values())).mean() if per_teacher else torch.tensor(float("nan"))
-            rec = {"step": pos.step, "epoch": pos.epoch, "lr": sched.get_last_lr()[0], "loss": float(loss),
-                   **{f"loss/{t}": float(v) for t, v in per_teacher.items()},
+            pos.groups = batches.state()
+            loss = sum(per_teacher.values()) / len(per_teacher) if per_teacher else float("nan")
+            rec = {"step": pos.step, "epoch": pos.epoch, "lr": sched.get_last_lr()[0], "loss": loss,
+                   **{f"loss/{t}": v for t, v in per_teacher.items()},
                    "batch": batch_digest(batch["ids"]) if batch is not None else None}
             metrics["train"].append(rec)
             if on_step:
@@ -350,10 +345,11 @@ def train(cfg: TrainConfig, on_step: Callable[[int, int, dict], None] | None = N
 
         plot_loss_curve(metrics, png)
     final_eval = metrics["eval"][-1] if metrics["eval"] else {}
-    losses = [r["loss"] for r in metrics["train"] if r["loss"] == r["loss"]]
+    losses_seen = [r["loss"] for r in metrics["train"] if r["loss"] == r["loss"]]
     return {"checkpoint": str(ckpt_path), "metrics": str(out / "metrics.json"), "loss_curve": str(png),
             "steps": pos.step, "wall_s": wall, "final_eval": final_eval, "rank": dist.rank, "world_size": dist.world,
-            "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None}
+            "first_loss": losses_seen[0] if losses_seen else None,
+            "last_loss": losses_seen[-1] if losses_seen else None}
 
 
 class _BatchLog:
