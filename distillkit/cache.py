@@ -27,16 +27,17 @@ from .sources.images import split_of
 from .store import layout, stats
 from .store.writer import AsyncShardWriter, ShardResult, TeacherShard
 from .teachers import Teacher, load_teacher
-from .views import center_view, render
+from .views import center_view, random_view, render, view_seed
 
 log = logging.getLogger("distillkit")
 
 
 @dataclass
 class Plan:
-    refs: list[SampleRef]
+    refs: list[SampleRef]  # one per sample (K per image with K views)
     splits: np.ndarray
     fingerprint: str
+    seeds: np.ndarray  # view seed per sample
 
 
 @dataclass
@@ -48,9 +49,18 @@ class Prepared:
 
 
 def plan_samples(cfg: CacheConfig) -> Plan:
-    refs = list_source(cfg.source, cfg.storage_options)
-    splits = np.array([split_of(r.id, cfg.val_fraction) for r in refs], dtype=np.uint8)
-    return Plan(refs=refs, splits=splits, fingerprint=source_fingerprint(refs))
+    """The sample table. With K views, image `a.jpg` becomes samples `a.jpg#0` … `a.jpg#K-1` (adjacent rows);
+    the split is drawn per image, so no image has views on both sides."""
+    images = list_source(cfg.source, cfg.storage_options)
+    refs, splits, seeds = [], [], []
+    for r in images:
+        split = split_of(r.id, cfg.val_fraction)
+        for k in range(cfg.views):
+            refs.append(r if cfg.views == 1 else SampleRef(id=f"{r.id}#{k}", uri=r.uri))
+            splits.append(split)
+            seeds.append(view_seed(cfg.view_seed, r.id, k))
+    return Plan(refs=refs, splits=np.array(splits, np.uint8), fingerprint=source_fingerprint(refs),
+                seeds=np.array(seeds, np.int64))
 
 
 def load_teachers(cfg: CacheConfig) -> dict[str, Teacher]:
@@ -67,6 +77,7 @@ def build_manifest(cfg: CacheConfig, plan: Plan) -> Manifest:
         distillkit_version=__version__, source=safe_url(cfg.source), source_fingerprint=plan.fingerprint,
         n_samples=len(plan.refs), shard_size=cfg.shard_size, image_hw=cfg.image_size,
         student_patch=cfg.student_patch, val_fraction=cfg.val_fraction, teachers=[t.name for t in cfg.teachers],
+        views=cfg.views, view_mode=cfg.view_mode,
     )
 
 
@@ -86,7 +97,7 @@ def prepare_store(cfg: CacheConfig) -> Prepared:
         log.info("creating store %s: %d samples, %d shards of %d, teachers %s", cfg.store, want.n_samples,
                  want.n_shards, cfg.shard_size, ", ".join(want.teachers))
         group = layout.create_store(cfg.store, want, provs, [r.id for r in plan.refs], [r.uri for r in plan.refs],
-                                    plan.splits, cfg.codec, cfg.storage_options)
+                                    plan.splits, cfg.codec, cfg.storage_options, view_seeds=plan.seeds)
         manifest = want
     done = group["progress/shard_done"][:]
     wanted = range(manifest.n_shards) if cfg.shards is None else cfg.shards
@@ -108,18 +119,51 @@ class DecodedSample:
 
 
 def decode_sample(uri: str, image_hw: tuple[int, int], teacher_hws: set[tuple[int, int]],
-                  storage_options: dict) -> DecodedSample:
+                  storage_options: dict, view_mode: str = "center", seed: int = 0,
+                  loader: Callable[[str], np.ndarray] | None = None) -> DecodedSample:
     try:
-        rgb = load_rgb(uri, storage_options)
+        rgb = loader(uri) if loader else load_rgb(uri, storage_options)
     except BadImage as e:
         return DecodedSample(False, str(e), (0, 0), np.full(5, np.nan, np.float32), None, {})
-    view = center_view(rgb.shape[:2], image_hw)
+    view = random_view(rgb.shape[:2], image_hw, seed) if view_mode == "random" else center_view(rgb.shape[:2],
+                                                                                                   image_hw)
     try:
         student = render(rgb, view, image_hw)
         inputs = {hw: (student if hw == tuple(image_hw) else render(rgb, view, hw)) for hw in teacher_hws}
     except (ValueError, OSError) as e:
         return DecodedSample(False, f"cannot render view: {e}", rgb.shape[:2], view.as_array(), None, {})
     return DecodedSample(True, "", rgb.shape[:2], view.as_array(), student, inputs)
+
+
+class _SharedDecodes:
+    """Decoded images shared by the K views of an image (rows of one image are adjacent): a small LRU."""
+
+    def __init__(self, storage_options: dict, size: int = 16):
+        import threading
+        from collections import OrderedDict
+
+        self._so, self._size, self._lock = storage_options, size, threading.Lock()
+        self._items: OrderedDict = OrderedDict()
+
+    def __call__(self, uri: str) -> np.ndarray:
+        with self._lock:
+            if uri in self._items:
+                self._items.move_to_end(uri)
+                hit = self._items[uri]
+                if isinstance(hit, BadImage):
+                    raise hit
+                return hit
+        try:
+            value = load_rgb(uri, self._so)
+        except BadImage as e:
+            value = e
+        with self._lock:
+            self._items[uri] = value
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+        if isinstance(value, BadImage):
+            raise value
+        return value
 
 
 def _prefetched(pool: ThreadPoolExecutor, fn: Callable, items: Iterable, window: int) -> Iterator:
@@ -180,7 +224,10 @@ def cache_shards(cfg: CacheConfig, prepared: Prepared, shards: list[int] | None 
         if on_shard:
             on_shard(written["shards"], len(shards))
 
-    decode = lambda r: decode_sample(str(uris[r]), (h, w), teacher_hws, cfg.storage_options)  # noqa: E731
+    seeds = prepared.group["samples/view_seed"][:]
+    loader = _SharedDecodes(cfg.storage_options) if m.views > 1 else None  # K views: decode each image once
+    decode = lambda r: decode_sample(str(uris[r]), (h, w), teacher_hws, cfg.storage_options,  # noqa: E731
+                                     m.view_mode, int(seeds[r]), loader)
     bar = tqdm(total=len(all_rows), unit="img", desc="caching", disable=not show_progress)
     writer = AsyncShardWriter(prepared.group, on_written=on_written)
     try:

@@ -47,7 +47,7 @@ def _human(n: Optional[float]) -> str:
 
 
 def _cache_config(config, source, store, teacher, checkpoint, seed, student_patch, image_size, shard_size,
-                  batch_size, num_workers, device, val_fraction, codec):
+                  batch_size, num_workers, device, val_fraction, codec, views=None, view_mode=None):
     from .config import CacheConfig, load_config
 
     teachers = None
@@ -60,7 +60,7 @@ def _cache_config(config, source, store, teacher, checkpoint, seed, student_patc
         return load_config(CacheConfig, config, source=source, store=store, teachers=teachers,
                            student_patch=student_patch, image_size=image_size, shard_size=shard_size,
                            batch_size=batch_size, num_workers=num_workers, device=device,
-                           val_fraction=val_fraction, codec=codec)
+                           val_fraction=val_fraction, codec=codec, views=views, view_mode=view_mode)
     except ValueError as e:
         _fail(str(e))
 
@@ -80,13 +80,15 @@ def cache(
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda[:N]"),
     val_fraction: Optional[float] = typer.Option(None, help="held-out fraction [0.05]"),
     codec: Optional[str] = typer.Option(None, help="feature compressor: none | zstd | lz4 [none]"),
+    views: Optional[int] = typer.Option(None, help="K replayable views per image [1]"),
+    view_mode: Optional[str] = typer.Option(None, help="center | random (random resized crop + flip) [center]"),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML file with these fields"),
     quiet: bool = typer.Option(False, help="no progress bar"),
 ):
     """Run teachers once over a source and write their features to a Zarr v3 store (resumable)."""
     _setup_logging()
     cfg = _cache_config(config, source, store, teacher, checkpoint, seed, student_patch, image_size, shard_size,
-                        batch_size, num_workers, device, val_fraction, codec)
+                        batch_size, num_workers, device, val_fraction, codec, views, view_mode)
     from .cache import run_cache
     from .store import StoreMismatch
 

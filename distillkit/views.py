@@ -42,3 +42,32 @@ def render(image: np.ndarray, view: View, out_hw: tuple[int, int]) -> np.ndarray
     if view.flip:
         out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     return np.asarray(out, dtype=np.uint8)
+
+
+def view_seed(base_seed: int, sample_id: str, k: int) -> int:
+    """A stable 63-bit seed per (run seed, image id, view index)."""
+    import hashlib
+
+    digest = hashlib.sha256(f"{base_seed}|{sample_id}|{k}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+def random_view(source_hw: tuple[int, int], target_hw: tuple[int, int], seed: int,
+                scale: tuple[float, float] = (0.4, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3),
+                flip_p: float = 0.5) -> View:
+    """RandomResizedCrop as DUNE uses it (scale 0.4-1 of the area, aspect jitter around the target's) + h-flip,
+    fully determined by `seed`."""
+    rng = np.random.default_rng(seed)
+    sh, sw = source_hw
+    target_ratio = target_hw[1] / target_hw[0]
+    area = sh * sw
+    flip = bool(rng.random() < flip_p)
+    for _ in range(10):
+        a = area * rng.uniform(*scale)
+        r = target_ratio * np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1])))
+        w, h = np.sqrt(a * r), np.sqrt(a / r)
+        if w <= sw and h <= sh:
+            x0, y0 = rng.uniform(0, sw - w), rng.uniform(0, sh - h)
+            return View(float(x0), float(y0), float(x0 + w), float(y0 + h), flip)
+    c = center_view(source_hw, target_hw)
+    return View(c.x0, c.y0, c.x1, c.y1, flip)

@@ -13,6 +13,7 @@ Layout (N samples, S samples per shard, n = ceil(N / S) shards)::
     samples/error     [N]        str      chunk S    (sample,)            why a sample was rejected ('' if valid)
     samples/source_hw [N, 2]     int32    chunk S    (sample, hw)         decoded source image height, width
     samples/view      [N, 5]     float32  chunk S    (sample, view_param) crop box x0, y0, x1, y1 (source px), flip
+    samples/view_seed [N]        int64    chunk S    (sample,)            seed the view was drawn with (replay)
     samples/image     [N, H, W, 3] uint8  chunk 1, shard S  (sample, y, x, rgb)  the student's input view
     teachers/<t>/patch [N, h, w, C] float16 chunk 1, shard S  (sample, y, x, channel)   attrs = TeacherProvenance
     teachers/<t>/cls   [N, C]      float16 chunk S            (sample, channel)
@@ -28,7 +29,7 @@ from __future__ import annotations
 
 import math
 from datetime import datetime, timezone
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -71,9 +72,18 @@ class TeacherProvenance(BaseModel):
     resize: str = Field(description="how the source image became the teacher input")
     distillkit_version: str = ""
 
+    # Marker in `output` of teachers without a CLS token (MASt3R, Multi-HMR encoders): their `cls` array holds the
+    # mean of the patch tokens, a placeholder that is no distillation target. Old stores lack it: has_cls is True.
+    CLS_IS_PATCH_MEAN: ClassVar[str] = "cls = mean of the patch tokens (no CLS target)"
+
     @property
     def is_random_init(self) -> bool:
         return self.checkpoint_sha256.startswith("random-init:")
+
+    @property
+    def has_cls(self) -> bool:
+        """False when the stored `cls` is only the patch mean: the trainer skips the CLS loss for this teacher."""
+        return self.CLS_IS_PATCH_MEAN not in self.output
 
     def identity(self) -> dict:
         data = self.model_dump(mode="json")
@@ -97,6 +107,8 @@ class Manifest(BaseModel):
     image_hw: tuple[int, int] = Field(description="student input view stored in samples/image")
     student_patch: int = Field(ge=1)
     val_fraction: float = Field(ge=0.0, lt=1.0)
+    views: int = Field(default=1, ge=1, description="views per source image (K replayable views)")
+    view_mode: str = Field(default="center", description="center crop, or random resized crop + flip (seeded)")
     teachers: list[str] = Field(min_length=1)
     n_valid: int | None = None
     n_rejected: int | None = None
@@ -140,6 +152,8 @@ def expected_arrays(manifest: Manifest, teachers: dict[str, TeacherProvenance]) 
                   written_by="shard"),
         ArraySpec(path="samples/view", shape=(n, len(VIEW_PARAMS)), dtype="float32", dims=("sample", "view_param"),
                   chunks=(s, len(VIEW_PARAMS)), written_by="shard"),
+        ArraySpec(path="samples/view_seed", shape=(n,), dtype="int64", dims=("sample",), chunks=(s,),
+                  written_by="create"),
         ArraySpec(path="samples/image", shape=(n, h, w, 3), dtype="uint8", dims=("sample", "y", "x", "rgb"),
                   chunks=(1, h, w, 3), shards=(s, h, w, 3), written_by="shard"),
     ]

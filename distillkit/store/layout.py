@@ -54,7 +54,7 @@ def _compressors(codec: str, dtype: str):
 
 def create_store(url: str, manifest: Manifest, provenances: dict[str, TeacherProvenance], ids: list[str],
                  uris: list[str], splits: np.ndarray, codec: str = "none",
-                 storage_options: dict[str, Any] | None = None) -> zarr.Group:
+                 storage_options: dict[str, Any] | None = None, view_seeds: np.ndarray | None = None) -> zarr.Group:
     """Create all arrays and write the sample table. The manifest is written last: it marks a usable store."""
     group = open_group(url, "w", storage_options)
     group.attrs[CREATING_ATTR] = True
@@ -82,6 +82,7 @@ def create_store(url: str, manifest: Manifest, provenances: dict[str, TeacherPro
     group["samples/id"][:] = np.array(ids, dtype=object).astype(str)
     group["samples/uri"][:] = np.array(uris, dtype=object).astype(str)
     group["samples/split"][:] = splits.astype(np.uint8)
+    group["samples/view_seed"][:] = np.zeros(len(ids), np.int64) if view_seeds is None else view_seeds
     group.attrs.update({MANIFEST_ATTR: manifest.model_dump(mode="json"), CREATING_ATTR: False})
     return group
 
@@ -91,7 +92,8 @@ def check_compatible(group: zarr.Group, want: Manifest, provenances: dict[str, T
     """Refuse to mix: the existing store must have the same sample table, layout and teacher provenance."""
     have = read_manifest(group)
     problems = []
-    for field in ("source_fingerprint", "n_samples", "shard_size", "image_hw", "student_patch", "val_fraction"):
+    for field in ("source_fingerprint", "n_samples", "shard_size", "image_hw", "student_patch", "val_fraction",
+                  "views", "view_mode"):
         a, b = getattr(have, field), getattr(want, field)
         if a != b:
             problems.append(f"{field}: store has {a!r}, this run has {b!r}")
