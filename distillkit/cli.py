@@ -234,6 +234,23 @@ def train(
 
 
 @app.command()
+def show(store: str = typer.Argument(..., help="store path or URL"),
+         pca: bool = typer.Option(True, "--pca/--no-pca", help="top-3 PCA of teacher (and student) patch features"),
+         checkpoint: Optional[str] = typer.Option(None, help="student checkpoint to add as a column"),
+         n: int = typer.Option(4, help="number of images"),
+         out: Path = typer.Option(Path("pca.png"), help="output PNG")):
+    """Write PNG views of a store: PCA images of each teacher's (and a student's) patch features."""
+    _setup_logging()
+    from .viz import pca_figure
+
+    try:
+        path = pca_figure(store, out, checkpoint=checkpoint, n_images=n)
+    except (ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    console.print(f"wrote {path}")
+
+
+@app.command()
 def teachers():
     """List the teachers that `cache --teacher` accepts."""
     from .teachers import teacher_names

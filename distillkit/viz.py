@@ -34,3 +34,80 @@ def plot_loss_curve(metrics: dict, path: str | Path) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def pca_rgb(features: "list[np.ndarray]") -> "list[np.ndarray]":
+    """Project [h, w, C] feature maps of several images onto their joint top-3 principal components, scaled to
+    [0, 1] per component (the DUNE paper's Fig. 2 view)."""
+    import numpy as np
+
+    flat = np.concatenate([f.reshape(-1, f.shape[-1]) for f in features]).astype(np.float64)
+    mean = flat.mean(axis=0)
+    _, _, vt = np.linalg.svd(flat - mean, full_matrices=False)
+    proj = (flat - mean) @ vt[:3].T
+    lo, hi = np.percentile(proj, 1, axis=0), np.percentile(proj, 99, axis=0)
+    proj = np.clip((proj - lo) / np.maximum(hi - lo, 1e-12), 0, 1)
+    out, start = [], 0
+    for f in features:
+        n = f.shape[0] * f.shape[1]
+        out.append(proj[start:start + n].reshape(f.shape[0], f.shape[1], 3))
+        start += n
+    return out
+
+
+def student_features(checkpoint: str | Path, images: "np.ndarray") -> "np.ndarray":
+    """Patch tokens of a trained student's encoder (registers dropped) for uint8 images [B, H, W, 3]."""
+    import torch
+
+    from .config import StudentConfig
+    from .students import build_student
+    from .training.trainer import images_to_input
+
+    ck = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    dims = {t: (d[0], tuple(d[1])) for t, d in ck["teacher_dims"].items()}
+    model = build_student(StudentConfig(**ck["student"]), tuple(ck["image_hw"]), ck["patch_size"], dims,
+                          ck["projector"])
+    model.load_state_dict(ck["model"])
+    model.eval()
+    with torch.no_grad():
+        tokens = model.encode(images_to_input(torch.from_numpy(images), torch.device("cpu")))[:, 1:]
+    h, w = model.grid_hw
+    return tokens.reshape(len(images), h, w, -1).numpy()
+
+
+def pca_figure(store: str, out: str | Path, checkpoint: str | None = None, n_images: int = 4,
+               storage_options: dict | None = None) -> Path:
+    """A grid: one row per image; columns = the image, each teacher's PCA, and the student's (if a checkpoint)."""
+    import numpy as np
+
+    from .store.reader import StoreSource
+
+    src = StoreSource(store, None, storage_options)
+    rows = np.flatnonzero(src.valid & (src.split == 1))
+    if len(rows) < n_images:  # few held-out samples: fill with training ones
+        rows = np.concatenate([rows, np.flatnonzero(src.valid & (src.split == 0))])
+    rows = np.sort(rows[:n_images])
+    images = np.stack([src.read("samples/image", r, r + 1)[0] for r in rows])
+    columns = {t: pca_rgb([src.read(f"teachers/{t}/patch", r, r + 1)[0].astype(np.float32) for r in rows])
+               for t in src.teachers}
+    if checkpoint:
+        columns["student"] = pca_rgb(list(student_features(checkpoint, images)))
+    ncol = 1 + len(columns)
+    fig, axes = plt.subplots(len(rows), ncol, figsize=(2.2 * ncol, 2.2 * len(rows)), squeeze=False)
+    for i, r in enumerate(rows):
+        axes[i][0].imshow(images[i])
+        axes[i][0].set_ylabel(str(src.ids[r])[:24], fontsize=7)
+        for j, (name, maps) in enumerate(columns.items(), start=1):
+            axes[i][j].imshow(maps[i], interpolation="nearest")
+            if i == 0:
+                axes[i][j].set_title(name, fontsize=8)
+        if i == 0:
+            axes[i][0].set_title("image", fontsize=8)
+        for ax in axes[i]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
