@@ -8,10 +8,15 @@ import torch
 
 from storage_schemas import TeacherProvenance
 
+# provenance `resize` of every teacher (an identity field: changing it refuses to reopen existing stores)
+RESIZE = "crop box from the source, bicubic antialiased resize to input_hw"
+# provenance `output` suffix of teachers whose forward returns cls=None (the cache stores the patch mean)
+PATCH_ONLY_OUTPUT = TeacherProvenance.CLS_IS_PATCH_MEAN
+
 
 @dataclass
 class TeacherOutput:
-    cls: torch.Tensor | None  # [B, C] or None when the teacher has no summary token
+    cls: torch.Tensor | None  # [B, C] or None when the teacher has no summary token (cache stores the patch mean)
     patch: torch.Tensor  # [B, h, w, C]
 
 
