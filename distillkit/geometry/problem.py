@@ -30,10 +30,15 @@ def grid_index(H: int, W: int, max_pixels: int | None) -> tuple[np.ndarray, int]
     stride = 1 if not max_pixels or H * W <= max_pixels else math.ceil(math.sqrt(H * W / max_pixels))
     while stride > 1 and len(range(stride // 2, H, stride)) * len(range(stride // 2, W, stride)) > max_pixels:
         stride += 1
+    return strided_index(H, W, stride), stride
+
+
+def strided_index(H: int, W: int, stride: int) -> np.ndarray:
+    """Row-major indices of the pixels ``(stride//2 + i*stride, stride//2 + j*stride)`` (all for stride 1)."""
     off = stride // 2 if stride > 1 else 0
     v = np.arange(off, H, stride)
     u = np.arange(off, W, stride)
-    return (v[:, None] * W + u[None, :]).reshape(-1), stride
+    return (v[:, None] * W + u[None, :]).reshape(-1)
 
 
 @dataclass

@@ -53,6 +53,8 @@ def _feature_maps():
 
 
 T_CC, T_CA, T_AA = _feature_maps()
+Q14_ROWS = np.array([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 3, 4, 5, 10])  # G^T v entry -> distinct row
+Q14_SIGN = np.outer(*(2 * [np.array([1.0] * 7 + [-1.0] * 7)]))
 
 
 def _cross(a, b):
@@ -95,18 +97,28 @@ def index_map(n: int, E: int, fr: Freedom):
     return cam, pair, N
 
 
-def linearise(prob: Problem, st: State, k: int, beta: float, eps: float):
+def linearise(prob: Problem, st: State, k: int, beta: float, eps: float, chunk: int = 1024):
     """Model blocks of image ``k``: ``Mcc [7,7]``, ``Mca [K,7,7]``, ``Maa [K,7,7]``, gradients ``gc [7]``,
-    ``ga [K,7]``, Schur rows ``Bt [7+7K, S]``, depth curvature ``h [S]`` and depth gradient ``gl [S]``."""
+    ``ga [K,7]``, Schur rows ``Bt [7+7K, S]``, depth curvature ``h [S]`` and depth gradient ``gl [S]``.
+    Pixels are processed in chunks so that the temporaries stay small (cache-resident)."""
     eids, X, w = prob.obs[k]
-    K, _, S = X.shape
-    f = np.exp(st.logf[k])
+    S = X.shape[2]
+    sR = np.exp(st.sig[eids])[:, None, None] * st.Rp[eids]
     x = st.cam_points(prob.offsets, k)
+    parts = [_linearise_chunk(st, k, eids, sR, X[:, :, c:c + chunk], w[:, c:c + chunk], x[:, c:c + chunk], beta, eps)
+             for c in range(0, S, chunk)]
+    if len(parts) == 1:
+        return parts[0]
+    blocks = [sum(p[i] for p in parts) for i in range(5)]
+    return (*blocks, *(np.concatenate([p[i] for p in parts], -1) for i in range(5, 8)))
+
+
+def _linearise_chunk(st: State, k: int, eids, sR, X, w, x, beta: float, eps: float):
+    K, _, S = X.shape
     Rn = st.R[k]
     j = Rn @ x  # dP/dlogd [3, S]
     phi = -(Rn[:, 0:1] * x[0] + Rn[:, 1:2] * x[1])  # dP/dlogf
-    del f
-    Y = mm(np.exp(st.sig[eids])[:, None, None] * st.Rp[eids], X)  # [K, 3, S]
+    Y = mm(sR, X)  # [K, 3, S]
     r = (j + st.t[k][:, None])[None] - Y - st.Tp[eids][:, :, None]
     nr = np.maximum(np.sqrt((r * r).sum(1)), eps)
     om = w / nr
@@ -131,9 +143,12 @@ def linearise(prob: Problem, st: State, k: int, beta: float, eps: float):
     omjr = om * jr
     if beta:
         v = np.sqrt(om)[:, None] * rh
+        # G^T v has 14 entries but only 11 distinct ones (the two translation blocks are +-v)
         q = np.concatenate((_cross(j[None], v), v, (phi[None] * v).sum(1, keepdims=True),
-                            -_cross(Y, v), -v, -(Y * v).sum(1, keepdims=True)), 1)  # [K, 14, S]
-        Mq = mm(q, q.transpose(0, 2, 1))
+                            _cross(Y, v), (Y * v).sum(1, keepdims=True)), 1)  # [K, 11, S]
+        q = q.astype(np.float32)
+        Q11 = mm(q, q.transpose(0, 2, 1)).astype(np.float64)
+        Mq = Q11[:, Q14_ROWS[:, None], Q14_ROWS[None, :]] * Q14_SIGN
         Mcc -= beta * Mq[:, :7, :7].sum(0)
         Mca -= beta * Mq[:, :7, 7:]
         Maa -= beta * Mq[:, 7:, 7:]
@@ -188,26 +203,31 @@ def solve(prob: Problem, st: State, fr: Freedom, opt: SolverOptions | None = Non
             gd[pi] += ga
             schur.append((np.concatenate((ci, pi.reshape(-1))), Bt, h, gl))
         Hd, gd = Hd[:N, :N], gd[:N]
+        diag = Hd.diagonal().copy()
         while True:
-            H = Hd + np.diag(lam * Hd.diagonal() + 1e-300)
-            Hx = np.zeros((N + 1, N + 1))
-            gx = np.zeros(N + 1)
+            H = np.zeros((N + 1, N + 1))
+            H[:N, :N] = Hd
+            H.flat[:(N + 1) * N:N + 2] += lam * diag + 1e-300
+            g = np.concatenate((gd, [0.0]))
             hds = []
             for idx, Bt, h, gl in schur:
                 hd = h * (1 + lam) + 1e-12 * h.mean() + 1e-300
                 hds.append(hd)
                 Bs = Bt / hd
-                Hx[idx[:, None], idx[None, :]] += mm(Bs, Bt.T)  # no repeated index except the dummy
-                gx[idx] += Bs @ gl
-            H = H - Hx[:N, :N]
-            g = gd - gx[:N]
-            if fr.norm_scale:
-                a = np.zeros(N)
-                a[sig_idx] = 1.0 / np.sqrt(len(sig_idx))
-                Ha = H @ a
+                # float32 is plenty for the fill-in (a model term; the gradient stays float64)
+                H[idx[:, None], idx[None, :]] -= mm(Bs.astype(np.float32), Bt.astype(np.float32).T)
+                g[idx] -= Bs @ gl
+            H, g = H[:N, :N], g[:N]
+            if fr.norm_scale:  # restrict to sum(d sig) = 0: H <- P H P + c a a^T, g <- P g (P = I - a a^T)
+                a = 1.0 / np.sqrt(len(sig_idx))
+                Ha = H[:, sig_idx].sum(1) * a
+                aHa = Ha[sig_idx].sum() * a
                 c = float(H.diagonal()[sig_idx].mean())
-                H = H - np.outer(Ha, a) - np.outer(a, Ha) + (a @ Ha + c) * np.outer(a, a)
-                g = g - (g @ a) * a
+                H[:, sig_idx] -= Ha[:, None] * a
+                H[sig_idx, :] -= Ha[None, :] * a
+                H[sig_idx[:, None], sig_idx[None, :]] += (aHa + c) * a * a
+                g = g.copy()
+                g[sig_idx] -= g[sig_idx].sum() * a * a
             dy = _cholesky_solve(H, g)
             if dy is None:
                 lam = max(lam * 10, 1e-8)
