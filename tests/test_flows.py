@@ -121,3 +121,26 @@ def test_retrain_only_when_a_store_changed(harness, photos, tmp_path):
     assert lineage["runs"][1]["init_from"] == lineage["runs"][0]["checkpoint"]
     fp = [r["stores"][str(store)]["source_fingerprint"] for r in lineage["runs"]]
     assert fp[0] != fp[1]
+
+
+def test_multi_teacher_demo_config_through_both_flows(harness, tmp_path, monkeypatch):
+    """DINOv2 + MASt3R encoder + Multi-HMR encoder (small random-init configs) through cache-teachers and
+    train-student: the student gets one projector per teacher and is evaluated per teacher."""
+    from flows.cache_teachers import cache_teachers
+    from flows.train_student import train_student
+
+    from conftest import REPO
+    from distillkit.store.inspect import validate_store
+
+    monkeypatch.setenv("DISTILLKIT_CACHE", str(tmp_path / "cache"))
+    store = tmp_path / "multi.zarr"
+    res = cache_teachers(config_file=str(REPO / "deploy/configs/cache-multi-demo.yaml"),
+                         overrides={"store": str(store), "image_size": 56})
+    assert res["finalize"]["status"] == "complete"
+    assert validate_store(str(store)) == []
+    out = train_student(config={"stores": [str(store)], "out_dir": str(tmp_path / "student"), "max_steps": 8,
+                                "batch_size": 8, "num_workers": 0, "projector": "tp",
+                                "student": {"preset": "custom", "embed_dim": 48, "depth": 2, "num_heads": 2}})
+    assert set(out["final_eval"]) - {"step"} == {"dinov2_vits14_reg", "mast3r_vitl16_enc", "multihmr_vitl14_enc"}
+    assert "cos_cls" not in out["final_eval"]["mast3r_vitl16_enc"]  # no CLS target for the 3-D teachers
+    assert "cos_cls" in out["final_eval"]["dinov2_vits14_reg"]
