@@ -20,7 +20,10 @@ fixed by holding one camera pose (or the known poses).
 Cost per iteration, image by image: the ``sum_p w/||r|| J^T J`` blocks come from weighted moments of
 a few per-pixel features (``[1, j, phi]`` and ``[1, Y]``) mapped by constant tensors, so the
 per-(observation, pixel) work is a few dozen flops; the Schur fill-in costs ``S (7 + 7 K)^2`` per image
-with ``K`` observations.  Memory is ``O(K S)`` per image on top of the problem itself.
+with ``K`` observations, and the dense Cholesky ``N^3 / 3`` with ``N = 7 (cameras + edges)`` (about
+0.15 s for 50 images / 300 edges).  The fill-in and the ``beta`` correction are accumulated in float32
+(model terms only: residuals, gradients and the loss that accepts a step stay float64).  Memory is
+``O(K S)`` per image (pixels in chunks of 1024) on top of the problem itself.
 """
 
 from __future__ import annotations
@@ -229,8 +232,10 @@ def solve(prob: Problem, st: State, fr: Freedom, opt: SolverOptions | None = Non
                 g = g.copy()
                 g[sig_idx] -= g[sig_idx].sum() * a * a
             dy = _cholesky_solve(H, g)
-            if dy is None:
+            if dy is None or not np.isfinite(dy).all():
                 lam = max(lam * 10, 1e-8)
+                if lam > 1e8:
+                    return st, loss, it, history
                 continue
             dyx = np.concatenate((dy, [0.0]))
             dl = np.stack([-(gl + dyx[idx] @ Bt) / hd for (idx, Bt, _, gl), hd in zip(schur, hds)])
