@@ -130,7 +130,8 @@ def test_synthetic_layout_matches_fixture_keys():
     i, j = sc["edges"][0]
     T = sc["gt_cam2world"][i]
     exact = (sc["gt_pts3d_world"][j].reshape(-1, 3) - T[:3, 3]) @ T[:3, :3] * sc["gt_pair_scales"][0]
-    rel = np.linalg.norm(sc["pred2_pts3d_in_other_view"][0].reshape(-1, 3) - exact, axis=1) / np.linalg.norm(exact, axis=1)
+    pred = sc["pred2_pts3d_in_other_view"][0].reshape(-1, 3)
+    rel = np.linalg.norm(pred - exact, axis=1) / np.linalg.norm(exact, axis=1)
     assert 0.005 < np.median(rel) < 0.04
 
 
@@ -183,7 +184,8 @@ def test_known_focals_only_and_noisy_known_poses():
 
     prob = Problem.build(preds, grid_index(24, 32, None)[0])
     c2w, (ei, _) = sc["gt_cam2world"], sc["edges"].T
-    truth = State(c2w[:, :3, :3].copy(), c2w[:, :3, 3].copy(), np.log(f), np.log(sc["gt_depth"].reshape(6, -1)).astype(float),
+    logd = np.log(sc["gt_depth"].reshape(6, -1)).astype(float)
+    truth = State(c2w[:, :3, :3].copy(), c2w[:, :3, 3].copy(), np.log(f), logd,
                   c2w[ei, :3, :3].copy(), c2w[ei, :3, 3].copy(), -np.log(sc["gt_pair_scales"]))
     assert res.loss < 0.97 * weighted_loss(prob, truth)
 

@@ -120,7 +120,8 @@ def bench_align(fixture: str | None = None, synthetic: int | None = None, size: 
         wall = min(walls)
         out = {"bench": "align", **source, "n_images": preds.n_images, "n_edges": preds.n_edges,
                "H": preds.hw[0], "W": preds.hw[1], "threads": torch.get_num_threads(), "load_s": gen_s,
-               "wall_s": wall, "wall_s_all": walls, "iterations": res.iterations, "peak_rss_mb": _peak_rss_mb(), "loss": res.loss,
+               "wall_s": wall, "wall_s_all": walls, "iterations": res.iterations, "peak_rss_mb": _peak_rss_mb(),
+               "loss": res.loss,
                "timings": res.timings, "pose_stage_pixels": res.residuals.get("pose_stage_pixels"),
                "residual_mean_rel_dist": res.residuals.get("mean_rel_dist")}
         if "ga_final_loss" in data:

@@ -20,7 +20,8 @@ def aligned_point_errors(pts, ref, ref_depth, ref_to_metric: float = 1.0) -> np.
 
 def similarity_scale(src, dst) -> float:
     """Scale of the least-squares similarity mapping points ``src`` onto ``dst``."""
-    return float(weighted_umeyama(np.asarray(src, np.float64).reshape(-1, 3), np.asarray(dst, np.float64).reshape(-1, 3))[0])
+    a = np.asarray(src, np.float64).reshape(-1, 3)
+    return float(weighted_umeyama(a, np.asarray(dst, np.float64).reshape(-1, 3))[0])
 
 
 def relative_rotation_errors(c2w, c2w_ref) -> np.ndarray:
