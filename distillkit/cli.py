@@ -287,9 +287,35 @@ def bench_cache(source: str = typer.Option(...), teacher: str = typer.Option("di
     _print_bench(res, as_json)
 
 
+@bench_app.command("align")
+def bench_align(fixture: Optional[Path] = typer.Option(None, help=".npz laid out like ga_scene6.npz"),
+                synthetic: Optional[int] = typer.Option(None, help="generate an N-image scene instead"),
+                size: str = typer.Option("48x64", help="HxW of the synthetic scene"),
+                graph: str = typer.Option("swin-3", help="pair graph of the synthetic scene"),
+                reference: bool = typer.Option(False, help="also time the official-style Adam optimiser (300 its)"),
+                repeats: int = typer.Option(1, help="run ours this many times, report the fastest"),
+                threads: int = typer.Option(1, help="torch threads for both (1 = stable timings)"),
+                as_json: bool = typer.Option(False, "--json")):
+    """Global alignment: wall time, iterations, peak RSS and accuracy (vs the stored official result / GT)."""
+    _setup_logging()
+    from .geometry.bench import bench_align as run
+
+    if (fixture is None) == (synthetic is None):
+        _fail("give --fixture FILE.npz or --synthetic N")
+    if fixture is not None and not fixture.exists():
+        _fail(f"fixture {fixture} does not exist")
+    try:
+        res = run(fixture=str(fixture) if fixture else None, synthetic=synthetic, size=size, graph=graph,
+                  reference=reference, repeats=repeats, threads=threads)
+    except (ValueError, KeyError) as e:
+        _fail(f"cannot align {fixture or 'synthetic scene'}: {e}")
+    res = {k: v for k, v in res.items() if not isinstance(v, (dict, list))} if not as_json else res
+    _print_bench(res, as_json)
+
+
 def _print_bench(res: dict, as_json: bool) -> None:
     if as_json:
-        print(json.dumps(res, indent=1))
+        print(json.dumps(res, indent=1, default=float))
         return
     t = Table(title=res.get("bench", "bench"))
     t.add_column("metric")

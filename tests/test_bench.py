@@ -32,3 +32,19 @@ def test_bench_cache_json(photos):
     assert res["images"] == 12 and res["rejected"] == 0
     assert res["cache_wall_s"] > 0 and res["bare_forward_s"] > 0
     assert abs(res["overhead_ratio"] - res["cache_wall_s"] / res["bare_forward_s"]) < 1e-9
+
+
+def test_bench_align_fixture_and_synthetic():
+    fixture = REPO.parent / "shared" / "fixtures" / "dust3r" / "ga_scene6.npz"
+    if fixture.exists():
+        res = _run("align", "--fixture", fixture)
+        for key in ("wall_s", "iterations", "peak_rss_mb", "mean_dist_to_reference_over_depth",
+                    "rel_rot_err_deg_mean", "rel_rot_err_deg_max", "focal_rel_err_mean"):
+            assert key in res, key
+        assert res["mean_dist_to_reference_over_depth"] <= 1e-3
+        assert res["rel_rot_err_deg_max"] <= 0.1
+    res = _run("align", "--synthetic", "5", "--size", "24x32", "--graph", "complete")
+    assert res["n_images"] == 5 and res["rel_rot_err_deg_max"] < 1.0
+    bad = subprocess.run([str(REPO / ".venv/bin/distillkit"), "bench", "align", "--fixture", "/nope.npz"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "/nope.npz" in bad.stderr
