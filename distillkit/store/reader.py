@@ -20,6 +20,7 @@ import math
 import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any, Literal
 
 import numpy as np
@@ -282,6 +283,12 @@ def worker_context():
     return _WORKER_CONTEXT
 
 
+def _adopt_environment(env: dict[str, str], _worker_id: int) -> None:
+    """Workers fork from the forkserver, which holds the environment of its own start: give them the current one
+    (e.g. AWS_* endpoint/credentials set after the first loader was made)."""
+    os.environ.update(env)
+
+
 def make_loader(stream: ShardStream, num_workers: int, epoch: int = 0, start_batch: int = 0,
                 pin_memory: bool = False) -> torch.utils.data.DataLoader:
     """A DataLoader over `stream` positioned at (epoch, start_batch)."""
@@ -289,4 +296,6 @@ def make_loader(stream: ShardStream, num_workers: int, epoch: int = 0, start_bat
     stream.set_epoch(epoch, start_batch)
     return torch.utils.data.DataLoader(stream, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
                                        prefetch_factor=2 if num_workers else None,
-                                       multiprocessing_context=worker_context() if num_workers else None)
+                                       multiprocessing_context=worker_context() if num_workers else None,
+                                       worker_init_fn=partial(_adopt_environment, dict(os.environ))
+                                       if num_workers else None)
