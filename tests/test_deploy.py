@@ -86,16 +86,16 @@ def _run(stack, name: str, params: dict) -> tuple[subprocess.CompletedProcess, f
 
 def test_deployments_run_cache_then_train(stack, tmp_path):
     store = tmp_path / "deployed.zarr"
-    r, _ = _run(stack, "cache-teachers/demo", {"overrides": {"store": str(store), "teachers": [TINY_TEACHER],
-                                                              "image_size": 56}})
+    # the demo deployment's own defaults (photographs, full DINOv2 ViT-S/14-reg at 224), only the store moved
+    r, _ = _run(stack, "cache-teachers/demo", {"overrides": {"store": str(store)}})
     out = r.stdout + r.stderr
     assert r.returncode == 0 and "Completed" in out, out
     from distillkit.store.inspect import validate_store
 
     assert validate_store(str(store)) == []
-    assert zarr.open_group(str(store), mode="r").attrs["distillkit"]["source"] == "skimage:"
-    r, warm = _run(stack, "cache-teachers/demo", {"overrides": {"store": str(store), "teachers": [TINY_TEACHER],
-                                                                 "image_size": 56}})
+    manifest = zarr.open_group(str(store), mode="r").attrs["distillkit"]
+    assert manifest["source"] == "skimage:" and manifest["n_valid"] == 76
+    r, warm = _run(stack, "cache-teachers/demo", {"overrides": {"store": str(store)}})
     assert r.returncode == 0 and "Completed" in r.stdout + r.stderr
     print(f"warm no-op deployment run end to end: {warm:.1f} s")
     r, _ = _run(stack, "train-student/demo", {"overrides": {

@@ -51,3 +51,14 @@ class Teacher:
 
     def forward(self, x: torch.Tensor) -> TeacherOutput:  # pragma: no cover - abstract
         raise NotImplementedError
+
+
+def random_init_digest(name: str, seed: int) -> str:
+    """The provenance of a randomly initialised teacher, announced loudly: never a silent stand-in for weights."""
+    import logging
+
+    digest = f"random-init:{seed}"
+    logging.getLogger("distillkit").warning(
+        "!!! teacher %s has NO checkpoint: using RANDOM weights (%s). Its features are meaningless for real "
+        "distillation; pass --checkpoint for real targets.", name, digest)
+    return digest

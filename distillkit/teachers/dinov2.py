@@ -17,7 +17,7 @@ from timm.models.vision_transformer import checkpoint_filter_fn
 
 from storage_schemas import TeacherProvenance
 
-from .base import Teacher, TeacherOutput
+from .base import Teacher, TeacherOutput, random_init_digest
 from .checkpoints import check_keys, fetch_checkpoint, read_state_dict, sha256, strip_prefixes
 
 log = logging.getLogger("distillkit")
@@ -110,9 +110,7 @@ class DinoV2Teacher(Teacher):
             load_weights(model, read_state_dict(data, checkpoint), checkpoint)
             log.info("teacher %s: loaded %s (sha256 %s…)", name, checkpoint, digest[:12])
         else:
-            digest = f"random-init:{seed}"
-            log.warning("!!! teacher %s has NO checkpoint: using RANDOM weights (%s). Its features are meaningless "
-                        "for real distillation; pass --checkpoint for real targets.", name, digest)
+            digest = random_init_digest(name, seed)
         self.module = model.eval().requires_grad_(False).to(device)
         grid = (input_hw[0] // spec.patch_size, input_hw[1] // spec.patch_size)
         self.provenance = TeacherProvenance(

@@ -32,7 +32,7 @@ from torch import nn
 
 from storage_schemas import TeacherProvenance
 
-from .base import PATCH_ONLY_OUTPUT, RESIZE, Teacher, TeacherOutput
+from .base import PATCH_ONLY_OUTPUT, RESIZE, Teacher, TeacherOutput, random_init_digest
 from .croco.blocks import EncoderBlock, layer_norm
 from .croco.checkpoint import CONFIG_NAME, HUB_PREFIX, WEIGHTS_NAME, config_from_kwargs, read_checkpoint
 from .croco.model import RELEASED, AsymmetricCroCo3DStereo, CroCoConfig, PatchEmbed
@@ -176,9 +176,7 @@ class MASt3REncoderTeacher(Teacher):
         else:
             torch.manual_seed(seed)
             model = CroCoEncoder(encoder_config(overrides))
-            digest = f"random-init:{seed}"
-            log.warning("!!! teacher %s has NO checkpoint: using RANDOM weights (%s). Its features are meaningless "
-                        "for real distillation; pass --checkpoint for real targets.", name, digest)
+            digest = random_init_digest(name, seed)
         cfg = model.cfg
         self.module = model.eval().requires_grad_(False).to(device)
         self.provenance = TeacherProvenance(

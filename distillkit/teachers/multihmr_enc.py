@@ -21,7 +21,7 @@ import torch
 from storage_schemas import TeacherProvenance
 
 from . import multihmr
-from .base import PATCH_ONLY_OUTPUT, RESIZE, Teacher, TeacherOutput
+from .base import PATCH_ONLY_OUTPUT, RESIZE, Teacher, TeacherOutput, random_init_digest
 from .checkpoints import fetch_checkpoint, read_state_dict, sha256
 from .dinov2 import IMAGENET_MEAN, IMAGENET_STD
 
@@ -62,9 +62,7 @@ class MultiHMREncoderTeacher(Teacher):
             multihmr.load_encoder(model, read_multihmr(data, checkpoint), checkpoint)
             log.info("teacher %s: loaded the encoder of %s (sha256 %s…)", name, checkpoint, digest[:12])
         else:
-            digest = f"random-init:{seed}"
-            log.warning("!!! teacher %s has NO checkpoint: using RANDOM weights (%s). Its features are meaningless "
-                        "for real distillation; pass --checkpoint for real targets.", name, digest)
+            digest = random_init_digest(name, seed)
         self.module = model.eval().requires_grad_(False).to(device)
         self.provenance = TeacherProvenance(
             name=name, family="multihmr", arch=multihmr.TIMM_ARCH, arch_overrides=dict(overrides),
