@@ -18,7 +18,8 @@ import torch
 import zarr
 from tqdm.auto import tqdm
 
-from storage_schemas import Manifest, TeacherProvenance
+from storage_schemas import Manifest
+from storage_schemas.v1 import utcnow
 
 from . import __version__
 from .config import CacheConfig, safe_url
@@ -291,7 +292,7 @@ def finalize_store(cfg: CacheConfig | str, storage_options: dict | None = None) 
             group[f"{base}/{tok}_std"][:] = stats.std_from(n, m2).astype(np.float32)
         group[f"{base}/count"][...] = int(counts.sum())
     manifest.status = "complete"
-    manifest.finished = _now()
+    manifest.finished = utcnow()
     manifest.n_valid = int(valid.sum())
     manifest.n_rejected = int(len(valid) - valid.sum())
     manifest.version += 1
@@ -305,12 +306,6 @@ def finalize_store(cfg: CacheConfig | str, storage_options: dict | None = None) 
 
 def _counts(m: Manifest) -> dict:
     return {"n_samples": m.n_samples, "n_valid": m.n_valid, "n_rejected": m.n_rejected, "version": m.version}
-
-
-def _now() -> str:
-    from storage_schemas.v1 import utcnow
-
-    return utcnow()
 
 
 def run_cache(cfg: CacheConfig, show_progress: bool = True, on_shard=None) -> dict:
