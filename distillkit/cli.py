@@ -122,6 +122,10 @@ def inspect(store: str = typer.Argument(..., help="store path or URL"),
     if as_json:
         console.print_json(json.dumps(s.as_dict()))
         return
+    if getattr(s, "kind", None) == "scenes":  # a DUSt3R scene store (distillkit/cli_scenes.py)
+        from .cli_scenes import print_scene_summary
+
+        return print_scene_summary(s)
     m = s.manifest
     console.print(f"[bold]{store}[/]  {m['schema_version']}  status [bold]{m['status']}[/]  "
                   f"completion {s.completion:.0f}% ({s.shards_done}/{s.n_shards} shards)  version {m['version']}")
@@ -238,9 +242,15 @@ def show(store: str = typer.Argument(..., help="store path or URL"),
          pca: bool = typer.Option(True, "--pca/--no-pca", help="top-3 PCA of teacher (and student) patch features"),
          checkpoint: Optional[str] = typer.Option(None, help="student checkpoint to add as a column"),
          n: int = typer.Option(4, help="number of images"),
-         out: Path = typer.Option(Path("pca.png"), help="output PNG")):
+         out: Path = typer.Option(Path("pca.png"), help="output PNG (with --scene: output folder)"),
+         scene: Optional[str] = typer.Option(None, help="scene store: PNGs of this scene's depth, confidence and "
+                                                        "pointmap (as RGB) into the --out folder")):
     """Write PNG views of a store: PCA images of each teacher's (and a student's) patch features."""
     _setup_logging()
+    if scene is not None:  # scene stores (distillkit/cli_scenes.py)
+        from .cli_scenes import show_scene
+
+        return show_scene(store, scene, Path(f"{scene}_views") if out == Path("pca.png") else out, n)
     from .viz import pca_figure
 
     try:
@@ -324,6 +334,10 @@ def _print_bench(res: dict, as_json: bool) -> None:
         t.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
     console.print(t)
 
+
+from .cli_scenes import register as _register_scene_commands  # noqa: E402  (cache-scenes, align, export-ply, ...)
+
+_register_scene_commands(app)
 
 if __name__ == "__main__":
     app()

@@ -21,7 +21,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import get_run_context
 
 from distillkit.cache import cache_shards, finalize_store, prepare_store
-from distillkit.config import CacheConfig
+from distillkit.config import CacheConfig, SceneCacheConfig
 from flows.common import resolve_config
 
 
@@ -105,17 +105,31 @@ def _fan_out(cfg: CacheConfig, chunks: list[list[int]], deployment: str) -> list
     return [{"samples": 0, "rejected": []} for _ in runs]
 
 
+def _align_scenes(scenes: SceneCacheConfig | dict | str) -> dict:
+    """The DUSt3R scenes part: the `align-scenes` flow as a sub-flow (a config, its fields, or a YAML path)."""
+    from flows.align_scenes import align_scenes
+
+    if isinstance(scenes, str):
+        return align_scenes(config_file=scenes)
+    return align_scenes(config=scenes)
+
+
 @flow(name="cache-teachers", log_prints=True)
 def cache_teachers(config: CacheConfig | None = None, config_file: str | None = None,
                    overrides: dict | None = None, parts: int = 1, runner: Literal["threads", "dask"] = "threads",
-                   fanout: str | None = None, finalize: bool = True) -> dict:
+                   fanout: str | None = None, finalize: bool = True,
+                   scenes: SceneCacheConfig | dict | str | None = None) -> dict:
     """Run the teachers once over `config.source` into `config.store`. Resumable; a complete store is a no-op.
 
     parts: split the pending shards into this many ranges; runner: where ranges run in this flow run ("dask":
     a local cluster of `parts` processes); fanout: instead launch one run of this deployment per range;
     finalize: merge statistics and mark the store complete at the end (fan-out children skip it).
+    scenes: DUSt3R scenes (SceneCacheConfig, its fields, or a YAML path) run as the `align-scenes` sub-flow into
+    their own scene store, after the features; alone (no config/config_file) only the scenes run.
     """
     log = get_run_logger()
+    if scenes is not None and config is None and config_file is None:  # scene stores only
+        return {"scenes": _align_scenes(scenes)}
     cfg = resolve_config(CacheConfig, config, config_file, overrides)
     plan = prepare(cfg)
     pending = plan["pending"]
@@ -145,6 +159,8 @@ def cache_teachers(config: CacheConfig | None = None, config_file: str | None = 
         f"Store `{cfg.store}` is **{fin['status']}**.\n\n"
         f"* inspect: `distillkit inspect {cfg.store}`\n* validate: `distillkit validate {cfg.store}`\n"
         f"* train: `distillkit train --store {cfg.store} --out runs/student`"))
+    if scenes is not None:
+        result["scenes"] = _align_scenes(scenes)
     return result
 
 

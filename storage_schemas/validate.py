@@ -82,6 +82,12 @@ def check_array(group: zarr.Group, spec: ArraySpec) -> list[Problem]:
 
 def validate_structure(group: zarr.Group) -> tuple[Manifest | None, dict[str, TeacherProvenance], list[Problem]]:
     """Check manifest, provenance and every array's metadata. Returns (manifest, provenances, problems)."""
+    # --- scene stores (storage_schemas.scenes): (SceneManifest, {scene: SceneInfo}, problems)
+    from .scenes import is_scene_store, validate_scene_structure
+
+    if is_scene_store(group):
+        return validate_scene_structure(group)  # type: ignore[return-value]
+    # --- end scene stores
     try:
         manifest = read_manifest(group)
     except ValueError as e:

@@ -8,7 +8,7 @@ from typing import Any, Callable
 import numpy as np
 import zarr
 
-from storage_schemas import Problem, expected_arrays, validate_structure
+from storage_schemas import Problem, expected_arrays, is_scene_store, validate_structure
 from storage_schemas.validate import read_manifest, read_provenance
 
 from .layout import open_group
@@ -42,6 +42,10 @@ class StoreSummary:
 
 def summarize(url: str, storage_options: dict | None = None) -> StoreSummary:
     group = open_group(url, "r", storage_options, consolidated=False)  # what is there, not what was consolidated
+    if is_scene_store(group):  # scene stores (distillkit.scenes) have their own summary
+        from ..scenes.check import summarize_scenes
+
+        return summarize_scenes(url, storage_options)  # type: ignore[return-value]
     manifest = read_manifest(group)
     provs = {t: read_provenance(group, t) for t in manifest.teachers}
     arrays = []
@@ -78,6 +82,10 @@ def validate_store(url: str, storage_options: dict | None = None,
         group = open_group(url, "r", storage_options, consolidated=False)
     except Exception as e:
         return [Problem(url, f"cannot open as a Zarr v3 group: {e}")]
+    if is_scene_store(group):  # scene stores (distillkit.scenes): their own content checks
+        from ..scenes.check import validate_scenes
+
+        return validate_scenes(url, storage_options, progress)
     manifest, provs, problems = validate_structure(group)
     if manifest is None or problems:
         return problems

@@ -1,0 +1,135 @@
+"""`distillkit inspect` / `distillkit validate` of scene stores: summary; schema, completeness and content checks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from storage_schemas import Problem
+from storage_schemas.scenes import read_alignment, validate_scene_structure
+
+from . import store as st
+
+
+@dataclass
+class SceneStoreSummary:
+    url: str
+    manifest: dict
+    scenes: list[dict]
+    arrays: list[dict]
+    kind: str = "scenes"
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def completion(self) -> float:
+        return 100.0 * sum(s["done"] for s in self.scenes) / max(len(self.scenes), 1)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"url": self.url, "kind": self.kind, "manifest": self.manifest, "scenes": self.scenes,
+                "arrays": self.arrays, "completion_pct": self.completion, "problems": self.problems}
+
+
+def _array_row(group, spec) -> dict:
+    from ..store.inspect import _codec
+
+    try:
+        arr = group[spec.path]
+    except KeyError:
+        return {"path": spec.path, "missing": True}
+    raw = int(np.prod(arr.shape, dtype=np.int64)) * (arr.dtype.itemsize if arr.dtype.kind != "T" else 0)
+    stored = int(arr.nbytes_stored())
+    return {"path": spec.path, "shape": list(arr.shape), "dtype": str(arr.dtype), "chunks": list(arr.chunks),
+            "shards": list(arr.shards) if arr.shards else None, "codec": _codec(arr), "stored_bytes": stored,
+            "raw_bytes": raw, "ratio": (raw / stored) if stored and raw else None}
+
+
+def summarize_scenes(url: str, storage_options: dict | None = None) -> SceneStoreSummary:
+    from storage_schemas.scenes import expected_root_arrays, expected_scene_arrays
+
+    group = st.open_store(url, "r", storage_options)
+    manifest, infos, problems = validate_scene_structure(group)
+    if manifest is None:
+        raise ValueError("; ".join(str(p) for p in problems))
+    pairs_done, scene_done = st.done_flags(group)
+    scenes, arrays = [], [_array_row(group, s) for s in expected_root_arrays(manifest)]
+    for k, name in enumerate(manifest.scenes):
+        info = infos.get(name)
+        row = {"scene": name, "pairs_done": bool(pairs_done[k]), "done": bool(scene_done[k])}
+        if info is not None:
+            row.update(layout=info.layout, n_frames=info.n_frames, n_edges=info.n_edges, image_hw=list(info.image_hw),
+                       has_gt=info.has_gt, n_skipped_invalid=info.n_skipped_invalid, notes=info.notes)
+            arrays += [_array_row(group, s) for s in expected_scene_arrays(manifest, info)]
+        rec = read_alignment(group, name)
+        if rec is not None:
+            row.update(loss=rec.loss, iterations=rec.iterations, used_known_poses=rec.used_known_poses,
+                       runs=rec.runs, gt_metrics=rec.gt_metrics, timings=rec.timings)
+        scenes.append(row)
+    return SceneStoreSummary(url, manifest.model_dump(mode="json"), scenes, arrays,
+                             problems=[str(p) for p in problems])
+
+
+def _check_scene(group, name: str, thr: float) -> list[Problem]:
+    base = f"scenes/{name}"
+    out = []
+    for key in ("pts3d", "depth", "conf", "cam2world", "intrinsics"):
+        if not np.isfinite(group[f"{base}/{key}"][:]).all():
+            out.append(Problem(f"{base}/{key}", "NaN/Inf in an aligned scene"))
+    conf = group[f"{base}/conf"][:]
+    if np.nanmin(conf) < 1.0 - 1e-6:
+        out.append(Problem(f"{base}/conf", f"confidence below 1 ({float(np.nanmin(conf)):.3g})"))
+    if (group[f"{base}/depth"][:] <= 0).any():
+        out.append(Problem(f"{base}/depth", "non-positive depth"))
+    c2w = group[f"{base}/cam2world"][:]
+    R = c2w[:, :3, :3]
+    if not np.allclose(c2w[:, 3], [0, 0, 0, 1]) or not np.allclose(R @ np.swapaxes(R, 1, 2), np.eye(3), atol=1e-5):
+        out.append(Problem(f"{base}/cam2world", "not rigid camera-to-world matrices"))
+    K = group[f"{base}/intrinsics"][:]
+    if (K[:, 0, 0] <= 0).any() or (K[:, 1, 1] <= 0).any():
+        out.append(Problem(f"{base}/intrinsics", "non-positive focal length"))
+    mask = group[f"{base}/mask"][:]
+    if not np.array_equal(mask, conf > thr):
+        out.append(Problem(f"{base}/mask", f"mask != conf > {thr}"))
+    for key in st.PAIR_KEYS:
+        arr = group[f"{base}/pairs/{key}"]
+        for e in range(0, arr.shape[0], max(1, arr.shards[0] if arr.shards else 1)):
+            if not np.isfinite(arr[e:e + (arr.shards[0] if arr.shards else 1)]).all():
+                out.append(Problem(f"{base}/pairs/{key}[{e}]", "NaN/Inf (or unwritten) pair outputs"))
+                break
+    return out
+
+
+def validate_scenes(url: str, storage_options: dict | None = None,
+                    progress: Callable[[int, int], None] | None = None) -> list[Problem]:
+    """Every problem found (empty = valid): structure, completion, content of every done scene."""
+    try:
+        group = st.open_store(url, "r", storage_options)
+    except Exception as e:
+        return [Problem(url, f"cannot open as a Zarr v3 group: {e}")]
+    manifest, infos, problems = validate_scene_structure(group)
+    if manifest is None or problems:
+        return problems
+    pairs_done, scene_done = st.done_flags(group)
+    for k, name in enumerate(manifest.scenes):
+        if not scene_done[k]:
+            problems.append(Problem(f"progress/scene_done[{k}]", f"scene {name} not aligned (run align-scenes again)"))
+            continue
+        if not pairs_done[k]:
+            problems.append(Problem(f"progress/pairs_done[{k}]", f"scene {name} is done but its pairs are not"))
+        rec = read_alignment(group, name)
+        if rec is None:
+            problems.append(Problem(f"scenes/{name}", "aligned scene without an alignment record"))
+            continue
+        ids = group[f"scenes/{name}/frame_id"][:].tolist()
+        if len(set(ids)) != len(ids):
+            problems.append(Problem(f"scenes/{name}/frame_id", "frame ids are not unique"))
+        edges = group[f"scenes/{name}/pairs/edges"][:]
+        if edges.min() < 0 or edges.max() >= infos[name].n_frames:
+            problems.append(Problem(f"scenes/{name}/pairs/edges", "edge index out of range"))
+        problems += _check_scene(group, name, float(rec.settings.get("min_conf_thr", 3.0)))
+        if progress:
+            progress(k + 1, len(manifest.scenes))
+    if scene_done.all() and manifest.status != "complete":
+        problems.append(Problem("/", "every scene is done but the manifest status is not 'complete'"))
+    return problems

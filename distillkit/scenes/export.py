@@ -1,0 +1,148 @@
+"""Looking at a scene store: a coloured, confidence-thresholded binary PLY point cloud, and PNG views
+(image, depth, confidence, pointmap as RGB) per frame plus an overview grid."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from storage_schemas.scenes import read_alignment, read_scene_info, read_scene_manifest
+
+from . import store as st
+
+
+def _scene(group, scene: str | None) -> str:
+    names = read_scene_manifest(group).scenes
+    if scene is None:
+        if len(names) == 1:
+            return names[0]
+        raise ValueError(f"the store holds several scenes; pick one with --scene ({', '.join(names)})")
+    st.scene_index(read_scene_manifest(group), scene)
+    return scene
+
+
+def _require_done(group, scene: str) -> None:
+    idx = st.scene_index(read_scene_manifest(group), scene)
+    if not st.done_flags(group)[1][idx]:
+        raise ValueError(f"scene {scene} is not aligned yet (run the align-scenes flow or `distillkit align`)")
+
+
+def default_conf_thr(group, scene: str) -> float:
+    rec = read_alignment(group, scene)
+    return float(rec.settings.get("min_conf_thr", 3.0)) if rec else 3.0
+
+
+def write_ply(path: str | Path, xyz: np.ndarray, rgb: np.ndarray, quality: np.ndarray | None = None) -> Path:
+    """Binary little-endian PLY: float x, y, z; uchar red, green, blue; float quality (MeshLab's per-vertex scalar)."""
+    fields = [("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")]
+    if quality is not None:
+        fields.append(("quality", "<f4"))
+    v = np.empty(len(xyz), dtype=fields)
+    v["x"], v["y"], v["z"] = xyz[:, 0], xyz[:, 1], xyz[:, 2]
+    v["red"], v["green"], v["blue"] = rgb[:, 0], rgb[:, 1], rgb[:, 2]
+    if quality is not None:
+        v["quality"] = quality
+    props = "".join(f"property {'float' if t.endswith('f4') else 'uchar'} {n}\n" for n, t in fields)
+    header = ("ply\nformat binary_little_endian 1.0\ncomment distillkit scene export\n"
+              f"element vertex {len(v)}\n{props}end_header\n")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(header.encode("ascii"))
+        f.write(v.tobytes())
+    return path
+
+
+def export_ply(url: str, out: str | Path, scene: str | None = None, conf_thr: float | None = None,
+               frames: list[int] | None = None, stride: int = 1, storage_options: dict | None = None) -> dict:
+    """World points of the frames (all by default) whose confidence exceeds ``conf_thr`` (default: the scene's
+    alignment threshold), every ``stride``-th pixel, coloured by the image."""
+    group = st.open_store(url, "r", storage_options)
+    scene = _scene(group, scene)
+    _require_done(group, scene)
+    thr = default_conf_thr(group, scene) if conf_thr is None else conf_thr
+    base = f"scenes/{scene}"
+    n = group[f"{base}/pts3d"].shape[0]
+    xyz, rgb, q = [], [], []
+    for k in (range(n) if frames is None else frames):
+        pts = group[f"{base}/pts3d"][k][::stride, ::stride].reshape(-1, 3)
+        conf = group[f"{base}/conf"][k][::stride, ::stride].reshape(-1)
+        img = group[f"{base}/image"][k][::stride, ::stride].reshape(-1, 3)
+        keep = (conf > thr) & np.isfinite(pts).all(1)
+        xyz.append(pts[keep])
+        rgb.append(img[keep])
+        q.append(conf[keep])
+    xyz, rgb, q = np.concatenate(xyz), np.concatenate(rgb), np.concatenate(q)
+    path = write_ply(out, xyz.astype(np.float32), rgb.astype(np.uint8), q.astype(np.float32))
+    return {"path": str(path), "points": int(len(xyz)), "conf_thr": thr, "scene": scene}
+
+
+# ---------------------------------------------------------------------------------------------- PNG views
+def _colormap(x: np.ndarray, valid: np.ndarray, name: str, lo=None, hi=None) -> np.ndarray:
+    from matplotlib import colormaps
+
+    vals = x[valid & np.isfinite(x)]
+    lo = float(np.percentile(vals, 2)) if lo is None and vals.size else (lo or 0.0)
+    hi = float(np.percentile(vals, 98)) if hi is None and vals.size else (hi or 1.0)
+    t = np.clip((x - lo) / max(hi - lo, 1e-12), 0, 1)
+    rgb = (colormaps[name](np.nan_to_num(t))[..., :3] * 255).astype(np.uint8)
+    rgb[~valid] = 0
+    return rgb
+
+
+def pointmap_rgb(pts: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """XYZ -> RGB with a scene-wide box (same colour = same place in every frame)."""
+    t = np.clip((pts - lo) / np.maximum(hi - lo, 1e-12), 0, 1)
+    return (np.nan_to_num(t) * 255).astype(np.uint8)
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def show_scene(url: str, out_dir: str | Path, scene: str | None = None, n_frames: int | None = 8,
+               storage_options: dict | None = None) -> dict:
+    """Per frame ``<frame>_{depth,conf,pts3d}.png`` and ``overview.png`` (rows: frames; columns: image, depth,
+    confidence, pointmap as RGB, and GT depth when stored)."""
+    group = st.open_store(url, "r", storage_options)
+    scene = _scene(group, scene)
+    _require_done(group, scene)
+    info = read_scene_info(group, scene)
+    base = f"scenes/{scene}"
+    n = info.n_frames
+    rows = list(range(n)) if n_frames is None or n_frames >= n else \
+        np.unique(np.round(np.linspace(0, n - 1, n_frames)).astype(int)).tolist()
+    ids = group[f"{base}/frame_id"][:]
+    pts_all = group[f"{base}/pts3d"][:]
+    conf_all = group[f"{base}/conf"][:]
+    thr = default_conf_thr(group, scene)
+    sel = conf_all > thr if (conf_all > thr).any() else np.isfinite(conf_all)
+    lo, hi = np.percentile(pts_all[sel], 2, axis=0), np.percentile(pts_all[sel], 98, axis=0)
+    depth_all = group[f"{base}/depth"][:]
+    dvalid = np.isfinite(depth_all) & (depth_all > 0)
+    dlo, dhi = np.percentile(depth_all[dvalid], [2, 98]) if dvalid.any() else (0.0, 1.0)
+    gt = group[f"{base}/gt_depth"][:] if info.has_gt_depth else None
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    clo, chi = 1.0, float(np.percentile(conf_all, 98))
+    written, grid = [], []
+    for k in rows:
+        image = group[f"{base}/image"][k]
+        panels = {"depth": _colormap(depth_all[k], dvalid[k], "turbo", dlo, dhi),
+                  "conf": _colormap(conf_all[k], np.isfinite(conf_all[k]), "viridis", clo, chi),
+                  "pts3d": pointmap_rgb(pts_all[k], lo, hi)}
+        if gt is not None:
+            panels["gt_depth"] = _colormap(gt[k], gt[k] > 0, "turbo", dlo, dhi)
+        stem = _safe(str(ids[k]))
+        for kind, rgb in panels.items():
+            path = out / f"{stem}_{kind}.png"
+            Image.fromarray(rgb).save(path)
+            written.append(str(path))
+        grid.append(np.concatenate([image] + list(panels.values()), axis=1))
+    overview = out / "overview.png"
+    Image.fromarray(np.concatenate(grid, axis=0)).save(overview)
+    return {"overview": str(overview), "files": written, "scene": scene, "frames": [str(ids[k]) for k in rows],
+            "columns": ["image", *panels.keys()]}
