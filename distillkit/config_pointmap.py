@@ -122,7 +122,10 @@ class PointmapTrainConfig(_Strict):
     # sampler
     sampler: Literal["image", "pixel"] = Field(default="image", description="image: whole-frame batches; pixel: "
                                                "random pixels across many frames (cnn/mobilenet: per-pixel head)")
-    pixels_per_step: int = Field(default=4096, ge=1)
+    pixels_per_step: int = Field(default=4096, ge=1, description="samples per step (pixel sampler)")
+    pixel_taps: Literal["cell", "bilinear"] = Field(
+        default="cell", description="cell: a feature cell vs the target at its centre pixel (one head evaluation, "
+        "as ACE); bilinear: any pixel, head on its 4 bilinear taps (exactly the dense prediction; 4x the cost)")
     frames_per_step: int = Field(default=16, ge=1, description="frames whose feature maps a pixel batch is drawn "
                                  "from (pixel sampler, trainable encoder)")
     buffer_views: int = Field(default=1, ge=1, description="pixel sampler with a frozen encoder: augmented views "

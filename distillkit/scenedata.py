@@ -211,8 +211,8 @@ def synthetic_scene(n_train: int = 240, n_test: int = 40, H: int = 96, W: int = 
     and phases), the test frames from two other laps in between (radius 1.0 and 1.4 m, other phases, headings and
     pitches): held out like a separate 12-Scenes test sequence, never a training frame's neighbour.
     X_w = T_c2w (d K^-1 [u, v, 1]) holds exactly. Texture: per surface, a sum of random 3-D sinusoids in world
-    coordinates at two scales (aperiodic at scene scale, so a location is recognisable from its appearance). Confidence is 1 + a
-    smooth function, / 5 at depth discontinuities; `hole_fraction` masks out random blocks (tests the mask path).
+    coordinates at two scales (aperiodic at scene scale, so a location is recognisable from its appearance).
+    Confidence is 1 + a smooth function, / 5 at depth discontinuities; `hole_fraction` masks out random blocks (tests the mask path).
     """
     from .geometry.synthetic import _cast, _discontinuities, _random_layout  # the colleague's ray caster
 
@@ -224,7 +224,7 @@ def synthetic_scene(n_train: int = 240, n_test: int = 40, H: int = 96, W: int = 
     def lap(n, radius, height, phase, yaw_amp, pitch0, jitter):
         t = phase + 2 * math.pi * np.arange(n) / n
         out = []
-        for k, th in enumerate(t):
+        for th in t:
             r = radius * (1 + jitter * math.sin(3 * th + phase))
             c = np.array([r * math.sin(th), height + 0.15 * math.sin(2 * th + phase), r * math.cos(th)])
             yaw = th + yaw_amp * math.sin(2.5 * th + phase)  # looking outwards, swinging left/right
@@ -235,7 +235,8 @@ def synthetic_scene(n_train: int = 240, n_test: int = 40, H: int = 96, W: int = 
     laps = ((0.8, -0.35, 0.0, 0.15), (1.2, -0.05, 0.9, 0.2), (1.6, -0.25, 2.1, 0.17))  # radius, height, phase, pitch
     sizes = [n_train // 3 + (k < n_train % 3) for k in range(3)]
     c2w = [T for (r, h, ph, pi), m in zip(laps, sizes) for T in lap(m, r, h, ph, 0.6, pi, 0.1)]
-    c2w += lap(n_test - n_test // 2, 1.0, -0.2, 1.4, 0.55, 0.18, 0.08) + lap(n_test // 2, 1.4, -0.15, 0.5, 0.55, 0.17, 0.08)
+    c2w += lap(n_test - n_test // 2, 1.0, -0.2, 1.4, 0.55, 0.18, 0.08)
+    c2w += lap(n_test // 2, 1.4, -0.15, 0.5, 0.55, 0.17, 0.08)
     c2w = np.stack(c2w)
     n = len(c2w)
     split = np.r_[np.zeros(n_train, np.int8), np.ones(n_test, np.int8)]
