@@ -88,16 +88,20 @@ def _finish(base, symmetrize: bool) -> np.ndarray:
     return symmetrized(p) if symmetrize else p
 
 
-def is_connected(pairs, n: int) -> bool:
-    """Whether the (undirected) pair graph connects all ``n`` images."""
-    parent = list(range(n))
-
+def _root_finder(parent: list[int]):
+    """Union-find lookup with path halving over ``parent`` (shared by the connectivity check and Kruskal)."""
     def find(a):
         while parent[a] != a:
             parent[a] = parent[parent[a]]
             a = parent[a]
         return a
+    return find
 
+
+def is_connected(pairs, n: int) -> bool:
+    """Whether the (undirected) pair graph connects all ``n`` images."""
+    parent = list(range(n))
+    find = _root_finder(parent)
     for i, j in np.asarray(pairs).reshape(-1, 2).tolist():
         parent[find(i)] = find(j)
     return len({find(i) for i in range(n)}) == 1
@@ -109,13 +113,7 @@ def max_spanning_tree(scores: np.ndarray) -> list[tuple[int, int]]:
     cand = sorted(((-float(scores[i, j]), i, j) for i in range(n) for j in range(i + 1, n)
                    if np.isfinite(scores[i, j])))
     parent = list(range(n))
-
-    def find(a):
-        while parent[a] != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return a
-
+    find = _root_finder(parent)
     tree = []
     for _, i, j in cand:
         ri, rj = find(i), find(j)
