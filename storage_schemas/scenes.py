@@ -29,8 +29,9 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import zarr
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from .attrs import read_attr_model
 from .v1 import MANIFEST_ATTR, ArraySpec, utcnow
 
 SCENES_SCHEMA_VERSION = "distillkit-scenes/v1"
@@ -132,32 +133,17 @@ def is_scene_store(group: zarr.Group) -> bool:
     return isinstance(raw, dict) and raw.get("schema_version") == SCENES_SCHEMA_VERSION
 
 
-def _errors(e: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in e.errors())
-
-
 def read_scene_manifest(group: zarr.Group) -> SceneManifest:
-    raw = group.attrs.get(MANIFEST_ATTR)
-    if raw is None:
-        raise ValueError(f"root attribute '{MANIFEST_ATTR}' is missing: not a distillkit store")
-    try:
-        return SceneManifest.model_validate(raw)
-    except ValidationError as e:
-        raise ValueError(f"root attribute '{MANIFEST_ATTR}' is invalid: {_errors(e)}") from None
+    return read_attr_model(group.attrs, MANIFEST_ATTR, SceneManifest, missing_hint=": not a distillkit store")
 
 
 def read_scene_info(group: zarr.Group, scene: str) -> SceneInfo:
     path = f"scenes/{scene}"
     try:
-        raw = group[path].attrs.get(SCENE_ATTR)
+        node = group[path]
     except KeyError:
         raise ValueError(f"{path}: group is missing") from None
-    if raw is None:
-        raise ValueError(f"{path}: attribute '{SCENE_ATTR}' is missing")
-    try:
-        return SceneInfo.model_validate(raw)
-    except ValidationError as e:
-        raise ValueError(f"{path}: attribute '{SCENE_ATTR}' is invalid: {_errors(e)}") from None
+    return read_attr_model(node.attrs, SCENE_ATTR, SceneInfo, where=f"{path}: attribute")
 
 
 def read_alignment(group: zarr.Group, scene: str) -> SceneAlignment | None:

@@ -6,8 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import zarr
-from pydantic import ValidationError
-
+from .attrs import read_attr_model
 from .v1 import MANIFEST_ATTR, PROVENANCE_ATTR, ArraySpec, Manifest, TeacherProvenance, expected_arrays
 
 
@@ -20,19 +19,9 @@ class Problem:
         return f"{self.where}: {self.what}"
 
 
-def _errors(e: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in e.errors())
-
-
 def read_manifest(group: zarr.Group) -> Manifest:
     """The store's manifest; raises ValueError naming what is wrong."""
-    raw = group.attrs.get(MANIFEST_ATTR)
-    if raw is None:
-        raise ValueError(f"root attribute '{MANIFEST_ATTR}' is missing: not a distillkit store")
-    try:
-        return Manifest.model_validate(raw)
-    except ValidationError as e:
-        raise ValueError(f"root attribute '{MANIFEST_ATTR}' is invalid: {_errors(e)}") from None
+    return read_attr_model(group.attrs, MANIFEST_ATTR, Manifest, missing_hint=": not a distillkit store")
 
 
 def read_provenance(group: zarr.Group, teacher: str) -> TeacherProvenance:
@@ -41,13 +30,7 @@ def read_provenance(group: zarr.Group, teacher: str) -> TeacherProvenance:
         node = group[path]
     except KeyError:
         raise ValueError(f"{path}: group is missing") from None
-    raw = node.attrs.get(PROVENANCE_ATTR)
-    if raw is None:
-        raise ValueError(f"{path}: attribute '{PROVENANCE_ATTR}' is missing")
-    try:
-        return TeacherProvenance.model_validate(raw)
-    except ValidationError as e:
-        raise ValueError(f"{path}: attribute '{PROVENANCE_ATTR}' is invalid: {_errors(e)}") from None
+    return read_attr_model(node.attrs, PROVENANCE_ATTR, TeacherProvenance, where=f"{path}: attribute")
 
 
 def _dtype_name(arr: zarr.Array) -> str:
