@@ -193,38 +193,57 @@ def validate(store: str = typer.Argument(..., help="store path or URL")):
 
 @app.command()
 def train(
-    store: Optional[list[str]] = typer.Option(None, help="store(s) to stream (repeat to zip several)"),
+    store: Optional[list[str]] = typer.Option(None, help="store(s) to stream (repeat to zip several); pointmap: the "
+                                                         "scene store"),
     out: Optional[str] = typer.Option(None, help="output folder for checkpoints and metrics"),
-    teacher: Optional[list[str]] = typer.Option(None, help="subset of teachers (default: all)"),
-    preset: Optional[str] = typer.Option(None, help="student size: vit_tiny | vit_small | vit_base"),
-    depth: Optional[int] = typer.Option(None, help="override the student depth"),
-    embed_dim: Optional[int] = typer.Option(None, help="override the student width"),
-    heads: Optional[int] = typer.Option(None, help="override the student heads"),
-    projector: Optional[str] = typer.Option(None, help="tp (transformer projector) | mlp"),
+    task: Optional[str] = typer.Option(None, help="dune (default): multi-teacher features | pointmap: one "
+                                                  "scene-specific pointmap student per scene of a scene store"),
+    teacher: Optional[list[str]] = typer.Option(None, help="dune: subset of teachers (default: all)"),
+    preset: Optional[str] = typer.Option(None, help="dune: student size vit_tiny | vit_small | vit_base"),
+    depth: Optional[int] = typer.Option(None, help="dune: override the student depth"),
+    embed_dim: Optional[int] = typer.Option(None, help="dune: override the student width"),
+    heads: Optional[int] = typer.Option(None, help="dune: override the student heads"),
+    projector: Optional[str] = typer.Option(None, help="dune: tp (transformer projector) | mlp"),
+    student: Optional[str] = typer.Option(None, help="pointmap: small_cnn | paper_cnn | paper_mobilenet | paper_vit "
+                                                     "(presets) or cnn | mobilenet | vit"),
+    scene: Optional[list[str]] = typer.Option(None, help="pointmap: scene(s) to train (default: every aligned one)"),
+    image_size: Optional[str] = typer.Option(None, help="pointmap: training resolution HxW (default: the store's)"),
+    max_minutes: Optional[float] = typer.Option(None, help="pointmap: training-time budget per scene"),
     batch_size: Optional[int] = typer.Option(None),
     epochs: Optional[float] = typer.Option(None),
     max_steps: Optional[int] = typer.Option(None),
     lr: Optional[float] = typer.Option(None),
-    num_workers: Optional[int] = typer.Option(None),
+    num_workers: Optional[int] = typer.Option(None, help="dune: DataLoader workers"),
     device: Optional[str] = typer.Option(None),
     seed: Optional[int] = typer.Option(None),
     no_resume: bool = typer.Option(False, help="start fresh even if a checkpoint exists"),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML file with TrainConfig fields"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML file with TrainConfig fields (or "
+                                                                       "PointmapJobConfig fields with task: pointmap)"),
 ):
-    """Train a DUNE-style student by streaming cached teacher features."""
+    """Train a DUNE-style student by streaming cached teacher features, or (--task pointmap) scene-specific
+    pointmap students on a DUSt3R scene store."""
     _setup_logging()
-    from .config import TrainConfig, load_config
-    from .training.trainer import train as run_train
+    from .config import load_train_config, read_config_file
 
-    student = None
-    if any(v is not None for v in (preset, depth, embed_dim, heads)):
-        student = {k: v for k, v in {"preset": preset, "depth": depth, "embed_dim": embed_dim,
-                                     "num_heads": heads}.items() if v is not None}
+    common = dict(out_dir=out, task=task, batch_size=batch_size, epochs=epochs, max_steps=max_steps, lr=lr,
+                  device=device, seed=seed, resume=False if no_resume else None)
     try:
-        cfg = load_config(TrainConfig, config, stores=store or None, out_dir=out, teachers=teacher or None,
-                          student=student, projector=projector, batch_size=batch_size, epochs=epochs,
-                          max_steps=max_steps, lr=lr, num_workers=num_workers, device=device, seed=seed,
-                          resume=False if no_resume else None)
+        if (task or read_config_file(config).get("task")) == "pointmap":  # the task decides which options apply
+            if len(store or []) > 1:
+                raise ValueError("--task pointmap reads one scene store: give --store once")
+            stu = None if student is None else ({"preset": student} if student in STUDENT_PRESET_NAMES else
+                                                {"kind": student})
+            cfg = load_train_config(config, **common, store=(store or [None])[0], scenes=scene or None,
+                                    student=stu, image_size=image_size, max_minutes=max_minutes)
+            return _train_pointmap(cfg)
+        dune = None
+        if any(v is not None for v in (preset, depth, embed_dim, heads)):
+            dune = {k: v for k, v in {"preset": preset, "depth": depth, "embed_dim": embed_dim,
+                                      "num_heads": heads}.items() if v is not None}
+        cfg = load_train_config(config, **common, stores=store or None, teachers=teacher or None, student=dune,
+                                projector=projector, num_workers=num_workers)
+        from .training.trainer import train as run_train
+
         result = run_train(cfg)
     except ValueError as e:
         _fail(str(e))
@@ -237,20 +256,53 @@ def train(
     console.print(f"checkpoint {result['checkpoint']}\nmetrics {result['metrics']}\nloss curve {result['loss_curve']}")
 
 
+STUDENT_PRESET_NAMES = ("small_cnn", "paper_cnn", "paper_mobilenet", "paper_vit")
+
+
+def _train_pointmap(cfg) -> None:
+    """`distillkit train --task pointmap`: a progress bar per scene, then the per-scene table."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from .training.pointmap_job import train_pointmap_scenes
+
+    bars: dict[str, int] = {}
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
+                  TimeElapsedColumn(), console=console, disable=not console.is_terminal) as progress:
+        def on_step(scene: str, step: int, total: int, rec: dict) -> None:
+            if scene not in bars:
+                bars[scene] = progress.add_task(f"{scene} ({cfg.student.kind})", total=total, loss="-")
+            progress.update(bars[scene], completed=step, total=total, loss=f"{rec['loss']:.4g}")
+
+        res = train_pointmap_scenes(cfg, on_step)
+    t = Table(title=f"pointmap students ({cfg.student.kind}) on {cfg.store}")
+    cols = ("scene", "size_mb", "steps", "train_s", "mean_l2", "mean_l2_over_extent", "pct_10cm_10deg",
+            "median_t_cm", "median_r_deg")
+    for c in cols:
+        t.add_column(c)
+    for r in res["rows"]:
+        t.add_row(*[f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c]) for c in cols])
+    console.print(t)
+    console.print(f"summary {res['summary_json']} and {res['summary_csv']}; per-scene checkpoints, metrics and "
+                  f"loss curves under {cfg.out_dir}/<scene>/")
+
+
 @app.command()
 def show(store: str = typer.Argument(..., help="store path or URL"),
          pca: bool = typer.Option(True, "--pca/--no-pca", help="top-3 PCA of teacher (and student) patch features"),
-         checkpoint: Optional[str] = typer.Option(None, help="student checkpoint to add as a column"),
+         checkpoint: Optional[str] = typer.Option(None, help="student checkpoint to add as a column (with --scene: "
+                                                            "a pointmap student, shown beside the teacher)"),
          n: int = typer.Option(4, help="number of images"),
          out: Path = typer.Option(Path("pca.png"), help="output PNG (with --scene: output folder)"),
          scene: Optional[str] = typer.Option(None, help="scene store: PNGs of this scene's depth, confidence and "
-                                                        "pointmap (as RGB) into the --out folder")):
+                                                        "pointmap (as RGB) into the --out folder; with --checkpoint "
+                                                        "the student's pointmap and error on test frames")):
     """Write PNG views of a store: PCA images of each teacher's (and a student's) patch features."""
     _setup_logging()
     if scene is not None:  # scene stores (distillkit/cli_scenes.py)
         from .cli_scenes import show_scene
 
-        return show_scene(store, scene, Path(f"{scene}_views") if out == Path("pca.png") else out, n)
+        return show_scene(store, scene, Path(f"{scene}_views") if out == Path("pca.png") else out, n, checkpoint)
     from .viz import pca_figure
 
     try:

@@ -62,11 +62,22 @@ def print_scene_summary(s) -> None:
         c.console.print(f"[red]✗[/] {p}")
 
 
-def show_scene(store: str, scene: str, out: Path, n: int) -> None:
-    """`distillkit show --scene`: PNG views of one scene."""
+def show_scene(store: str, scene: str, out: Path, n: int, checkpoint: str | None = None) -> None:
+    """`distillkit show --scene`: PNG views of one scene (with a pointmap student's checkpoint: student vs
+    teacher on test frames)."""
     from .scenes.export import show_scene as run
 
     c = _cli()
+    if checkpoint is not None:
+        from .training.pointmap_viz import show_student
+
+        try:
+            res = show_student(store, scene, checkpoint, out, n)
+        except (ValueError, KeyError) as e:
+            c._fail(str(e))
+        c.console.print(f"wrote {res['overview']} ({len(res['frames'])} test frames: image, teacher, student, "
+                        f"L2 error; mean L2 {res['mean_l2']:.4g}) and {len(res['files'])} PNGs")
+        return
     try:
         res = run(store, out, scene, n_frames=n)
     except (ValueError, KeyError) as e:

@@ -113,8 +113,11 @@ class GroupConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    """Parameters of `distillkit train` and the `train-student` flow."""
+    """Parameters of `distillkit train` and the `train-student` flow (DUNE-style students from feature stores;
+    ``task: pointmap`` selects `config_pointmap.PointmapJobConfig` instead)."""
 
+    task: Literal["dune"] = Field(default="dune", description="dune: multi-teacher feature distillation; "
+                                  "pointmap: scene-specific pointmap students (PointmapJobConfig)")
     stores: list[str] = Field(default_factory=list, description="teacher stores to stream (zipped by sample id)")
     out_dir: str = Field(description="where checkpoints, metrics.json and loss_curve.png go")
     teachers: list[str] | None = Field(default=None, description="subset of teachers; None = all in the stores")
@@ -179,26 +182,59 @@ class TrainConfig(_Strict):
         return list(self.stores) + [s for g in (self.groups or []) for s in g.stores]
 
 
-def load_config(model: type[BaseModel], path: str | Path | None = None, **overrides: Any) -> BaseModel:
-    """Build a config from an optional YAML file plus overrides; errors name the file and the field."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            with open(path) as f:
-                data = yaml.safe_load(f) or {}
-        except OSError as e:
-            raise ValueError(f"cannot read config file {path}: {e.strerror}") from None
-        except yaml.YAMLError as e:
-            raise ValueError(f"config file {path} is not valid YAML: {e}") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"config file {path} must hold a mapping, got {type(data).__name__}")
-    data.update({k: v for k, v in overrides.items() if v is not None})
+def read_config_file(path: str | Path | None) -> dict[str, Any]:
+    """The mapping in a YAML config file ({} without a file); errors name the file."""
+    if path is None:
+        return {}
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    except OSError as e:
+        raise ValueError(f"cannot read config file {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise ValueError(f"config file {path} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path} must hold a mapping, got {type(data).__name__}")
+    return data
+
+
+def validate_config(model: type[BaseModel], data: dict[str, Any], path: str | Path | None = None) -> BaseModel:
+    """`model` from `data`; errors name the file (if any) and every bad field."""
     try:
         return model.model_validate(data)
     except ValidationError as e:
         where = f"config file {path}" if path else "config"
         msgs = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in e.errors())
         raise ValueError(f"{where}: {msgs}") from None
+
+
+def load_config(model: type[BaseModel], path: str | Path | None = None, **overrides: Any) -> BaseModel:
+    """Build a config from an optional YAML file plus overrides (None = not given); errors name the file and field."""
+    data = read_config_file(path)
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return validate_config(model, data, path)
+
+
+TRAIN_TASKS = ("dune", "pointmap")
+
+
+def train_config_model(data: dict[str, Any]) -> type[BaseModel]:
+    """The config model of a training task: TrainConfig (``task: dune``, the default) or PointmapJobConfig."""
+    task = data.get("task") or "dune"
+    if task not in TRAIN_TASKS:
+        raise ValueError(f"task: unknown training task {task!r} (choose from {', '.join(TRAIN_TASKS)})")
+    if task == "pointmap":
+        from .config_pointmap import PointmapJobConfig
+
+        return PointmapJobConfig
+    return TrainConfig
+
+
+def load_train_config(path: str | Path | None = None, **overrides: Any) -> BaseModel:
+    """`load_config` for `distillkit train` / `train-student`: the task (file or override) picks the model."""
+    data = read_config_file(path)
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return validate_config(train_config_model(data), data, path)
 
 
 _SECRET_WORDS = ("secret", "password", "token", "key", "credential", "session")

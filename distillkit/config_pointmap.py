@@ -193,3 +193,19 @@ class AblationConfig(_Strict):
         if not self.grid and not self.runs:
             raise ValueError("give a `grid` and/or `runs`")
         return self
+
+
+class PointmapJobConfig(PointmapTrainConfig):
+    """`distillkit train --task pointmap` and the `train-student` flow with ``task: pointmap``: one scene-specific
+    student per scene of a DUSt3R scene store, each into ``<out_dir>/<scene>/``."""
+
+    task: Literal["pointmap"] = "pointmap"
+    store: str = Field(description="DUSt3R scene store (`distillkit cache-scenes`): local path or fsspec URL")
+    scenes: list[str] | None = Field(default=None, description="scenes to train on (default: every aligned scene)")
+    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for the store")
+    out_dir: str = Field(description="a folder per scene (checkpoint, metrics, loss curve) and summary.json/.csv")
+
+    def scene_config(self, scene: str) -> PointmapTrainConfig:
+        """The single-scene training config of one scene."""
+        fields = self.model_dump(exclude={"task", "store", "scenes", "storage_options", "preset"})
+        return PointmapTrainConfig.model_validate({**fields, "out_dir": f"{self.out_dir.rstrip('/')}/{scene}"})

@@ -4,7 +4,7 @@ A small, in-memory (numpy-backed) interface: the trainer (`distillkit.training.p
 (`distillkit.training.pose_eval`) take nothing else. Three ways to get one:
 
 * `SceneData.from_arrays(...)`: any arrays (validated, defaults filled in);
-* `SceneData.from_store(url, scene)`: a scene of the DUSt3R scene store (PROVISIONAL, see its docstring);
+* `SceneData.from_store(url, scene)`: an aligned scene of a DUSt3R scene store (`distillkit cache-scenes`);
 * `synthetic_scene(...)`: a ray-cast box room with *exact* world pointmaps, K and camera poses (tests, benchmarks).
 
 Conventions: images uint8 [n, H, W, 3]; pts3d float32 [n, H, W, 3] in the world frame (metres where the scene is
@@ -24,8 +24,7 @@ from typing import Any
 
 import numpy as np
 
-STORE_ARRAYS_REQUIRED = ("image", "pts3d", "conf", "intrinsics", "mask", "cam2world")
-STORE_ARRAYS_OPTIONAL = ("gt_cam2world", "split", "depth")
+STORE_ARRAYS_REQUIRED = ("image", "pts3d", "conf", "intrinsics", "mask", "cam2world", "split")
 
 
 @dataclass
@@ -91,41 +90,44 @@ class SceneData:
     @classmethod
     def from_store(cls, url: str, scene: str, storage_options: dict[str, Any] | None = None,
                    test_every: int = 8) -> "SceneData":
-        """PROVISIONAL — written against the announced scene-store layout, to be finished when the store lands.
+        """One aligned scene of a DUSt3R scene store (``storage_schemas/scenes.py``; local path or fsspec URL).
 
-        Reads ``scenes/<scene>/{image, pts3d, conf, depth, cam2world, intrinsics, mask, gt_cam2world?, split?}``
-        from a Zarr v3 store (local path or fsspec URL). Required here: ``image`` uint8 [n,H,W,3], ``pts3d``
-        [n,H,W,3] (world frame, after global alignment), ``conf`` [n,H,W], ``intrinsics`` [n,3,3] (at the stored
-        resolution), ``mask`` [n,H,W], ``cam2world`` [n,4,4] (the aligned teacher poses). Optional:
-        ``gt_cam2world`` [n,4,4] (dataset GT, used for pose evaluation), ``split`` [n] (0 train / 1 test; without it
-        every `test_every`-th frame is held out). ``depth`` is not needed (pts3d already holds the points).
-        TODO(scene store): confirm dtypes, the split encoding and whether ``mask`` may be absent (conf threshold).
+        Reads ``scenes/<scene>/{image, pts3d, conf, mask, intrinsics, cam2world, split, gt_cam2world?}``: the
+        globally aligned world pointmaps with their confidences and validity mask, the intrinsics at the stored
+        resolution, the aligned (teacher) poses, the dataset's split (0 train / 1 test) and, where the dataset has
+        them, its ground-truth poses (used for pose evaluation). The scene must be aligned (``progress/scene_done``).
         """
-        from .store.layout import open_group
+        from .scenes.store import done_flags, open_store
+        from storage_schemas.scenes import read_scene_manifest
 
-        root = open_group(url, "r", storage_options)
         try:
-            scenes = root["scenes"]
-        except KeyError:
-            raise ValueError(f"{url}: no 'scenes' group; expected scenes/<scene>/{{{', '.join(STORE_ARRAYS_REQUIRED)}"
-                             f", ...}} (is this a DUSt3R scene store?)") from None
-        try:
-            group = scenes[scene]
-        except KeyError:
-            have = sorted(k for k, _ in scenes.groups())
-            raise ValueError(f"{url}: scene {scene!r} not in the store (scenes: {have})") from None
-        present = set(group.array_keys())
+            group = open_store(url, "r", storage_options)
+            manifest = read_scene_manifest(group)
+        except (FileNotFoundError, KeyError, ValueError) as e:
+            raise ValueError(f"{url}: not a readable DUSt3R scene store ({e})") from None
+        if scene not in manifest.scenes:
+            raise ValueError(f"{url}: scene {scene!r} not in the store (scenes: {manifest.scenes})")
+        if not done_flags(group)[1][manifest.scenes.index(scene)]:
+            raise ValueError(f"{url}: scene {scene!r} is not aligned yet (progress/scene_done is 0); run "
+                             f"`distillkit cache-scenes` or `distillkit align` first")
+        sg = group[f"scenes/{scene}"]
+        present = set(sg.array_keys())
         missing = [a for a in STORE_ARRAYS_REQUIRED if a not in present]
         if missing:
-            raise ValueError(f"{url}: scenes/{scene} lacks {missing} (has {sorted(present)}); the pointmap students "
-                             f"need {list(STORE_ARRAYS_REQUIRED)}")
+            raise ValueError(f"{url}: scenes/{scene} lacks {missing} (has {sorted(present)})")
 
         def read(key: str):
-            return np.asarray(group[key][...]) if key in present else None
+            return np.asarray(sg[key][...]) if key in present else None
 
-        return cls.from_arrays(images=read("image"), pts3d=read("pts3d"), K=read("intrinsics"), conf=read("conf"),
+        data = cls.from_arrays(images=read("image"), pts3d=read("pts3d"), K=read("intrinsics"), conf=read("conf"),
                                mask=read("mask"), split=read("split"), gt_cam2world=read("gt_cam2world"),
                                cam2world=read("cam2world"), name=scene, test_every=test_every)
+        if data.gt_cam2world is not None and not np.isfinite(data.gt_cam2world).all():
+            data.gt_cam2world = None  # frames without GT pose: evaluate against the aligned poses instead
+            data.notes.append("some frames lack ground-truth poses: pose metrics use the aligned poses")
+        if not (data.split == 1).any():
+            data.notes.append("the store's split has no test frames: held-out metrics are empty")
+        return data
 
     # ------------------------------------------------------------------------------------------------ properties
     @property
@@ -214,10 +216,10 @@ def synthetic_scene(n_train: int = 240, n_test: int = 40, H: int = 96, W: int = 
     coordinates at two scales (aperiodic at scene scale, so a location is recognisable from its appearance).
     Confidence is 1 + a smooth function, / 5 at depth discontinuities; `hole_fraction` masks out random blocks (tests the mask path).
     """
-    from .geometry.synthetic import _cast, _discontinuities, _random_layout  # the colleague's ray caster
+    from .geometry.synthetic import cast_rays, depth_discontinuities, random_layout
 
     rng = np.random.default_rng(seed)
-    room_lo, room_hi, boxes = _random_layout(rng, n_boxes)
+    room_lo, room_hi, boxes = random_layout(rng, n_boxes)
     f = 0.85 * W if focal is None else float(focal)
     K = np.array([[f, 0, (W - 1) / 2], [0, f, (H - 1) / 2], [0, 0, 1.0]])
 
@@ -255,7 +257,7 @@ def synthetic_scene(n_train: int = 240, n_test: int = 40, H: int = 96, W: int = 
     conf = np.empty((n, H, W), np.float32)
     for k in range(n):
         dirs = rays @ c2w[k, :3, :3].T
-        d, sid = _cast(c2w[k, :3, 3], dirs, room_lo, room_hi, boxes)
+        d, sid = cast_rays(c2w[k, :3, 3], dirs, room_lo, room_hi, boxes)
         P = c2w[k, :3, 3] + d[:, None] * dirs
         pts[k] = P.reshape(H, W, 3)
         col = np.empty((len(P), 3))
@@ -263,7 +265,7 @@ def synthetic_scene(n_train: int = 240, n_test: int = 40, H: int = 96, W: int = 
             arg = np.einsum("pd,pmd->pm", P, freqs[sid, ch]) + phases[sid, ch]
             col[:, ch] = tints[sid, ch] + (amps * np.sin(arg)).sum(1)
         images[k] = np.clip(col, 0, 255).astype(np.uint8).reshape(H, W, 3)
-        disc = _discontinuities(d.reshape(H, W), sid.reshape(H, W))
+        disc = depth_discontinuities(d.reshape(H, W), sid.reshape(H, W))
         conf[k] = (1 + 4 * np.exp(-d / 4)).reshape(H, W) / np.where(disc, 5.0, 1.0)
     mask = np.ones((n, H, W), bool)
     if hole_fraction > 0:
@@ -275,6 +277,16 @@ def synthetic_scene(n_train: int = 240, n_test: int = 40, H: int = 96, W: int = 
         pts[~mask] = np.nan  # invalid targets are not even finite: the loss must never see them
     return SceneData.from_arrays(images=images, pts3d=pts, K=K, conf=conf, mask=mask, split=split,
                                  gt_cam2world=c2w, name=name or f"synthetic-{seed}")
+
+
+def aligned_scenes(url: str, storage_options: dict[str, Any] | None = None) -> list[str]:
+    """Names of the aligned scenes of a scene store, in store order."""
+    from .scenes.store import done_flags, open_store
+    from storage_schemas.scenes import read_scene_manifest
+
+    group = open_store(url, "r", storage_options)
+    names = read_scene_manifest(group).scenes
+    return [s for s, done in zip(names, done_flags(group)[1]) if done]
 
 
 # -------------------------------------------------------------------------------------------- data references

@@ -1,4 +1,5 @@
-"""`train-student`: stream a store into a DUNE-style student; metrics as artifacts."""
+"""`train-student`: stream a store into a DUNE-style student, or (``task: pointmap``) train one scene-specific
+pointmap student per scene of a DUSt3R scene store (one task per scene); metrics as artifacts."""
 
 from __future__ import annotations
 
@@ -8,15 +9,17 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
     update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
-from distillkit.config import TrainConfig
+from distillkit.config import TrainConfig, train_config_model
+from distillkit.config_pointmap import PointmapJobConfig
+from distillkit.training.pointmap_job import job_scenes, train_scene, write_summary
 from distillkit.training.trainer import train
 from flows.common import resolve_config
 
 
-@task(name="train", cache_policy=NO_CACHE)
-def run_training(cfg: TrainConfig) -> dict:
+def _progress_reporter(description: str):
+    """An on_step callback that moves a progress artifact and logs about 20 times per run."""
     log = get_run_logger()
-    progress_id = create_progress_artifact(0.0, description=f"training steps ({cfg.out_dir})")
+    progress_id = create_progress_artifact(0.0, description=description)
     every = {"n": 0}
 
     def on_step(step: int, total: int, rec: dict) -> None:
@@ -25,14 +28,43 @@ def run_training(cfg: TrainConfig) -> dict:
             update_progress_artifact(progress_id, progress=100.0 * step / total)
             log.info("step %d/%d loss %.4f lr %.2e", step, total, rec["loss"], rec["lr"])
 
-    return train(cfg, on_step=on_step)
+    return on_step
+
+
+@task(name="train", cache_policy=NO_CACHE)
+def run_training(cfg: TrainConfig) -> dict:
+    return train(cfg, on_step=_progress_reporter(f"training steps ({cfg.out_dir})"))
+
+
+@task(name="train-scene", cache_policy=NO_CACHE, task_run_name="train-{scene}")
+def run_scene(job: PointmapJobConfig, scene: str) -> dict:
+    result, row = train_scene(job, scene, _progress_reporter(f"{scene}: training steps"))
+    get_run_logger().info("%s: held-out mean L2 %.4g (%.2f%% of extent), %s%% of frames within 10 cm/10 deg, "
+                          "%.0f s", scene, row["mean_l2"], 100 * row["mean_l2_over_extent"], row["pct_10cm_10deg"],
+                          row["train_s"])
+    return row
+
+
+def _train_pointmap(job: PointmapJobConfig) -> dict:
+    rows = [run_scene(job, scene) for scene in job_scenes(job)]  # one scene after another: one device
+    summary_json, summary_csv = write_summary(rows, job.out_dir)
+    create_table_artifact(key="pointmap-students", table=[{k: v for k, v in r.items() if k != "checkpoint"}
+                                                          for r in rows],
+                          description=f"{job.student.kind} students on {job.store}: held-out mean L2 (world units, "
+                                      f"/ extent) and PnP pose accuracy")
+    create_markdown_artifact(key="pointmap-result", markdown=(
+        f"{len(rows)} scene(s), student **{job.student.kind}**.\n\n* summary: `{summary_json}`, `{summary_csv}`\n"
+        + "".join(f"* {r['scene']}: `{r['checkpoint']}`\n" for r in rows)))
+    return {"task": "pointmap", "rows": rows, "summary_json": str(summary_json), "summary_csv": str(summary_csv)}
 
 
 @flow(name="train-student", log_prints=True)
-def train_student(config: TrainConfig | None = None, config_file: str | None = None,
-                   overrides: dict | None = None) -> dict:
-    """Train (or resume) a student from cached teacher stores."""
-    cfg = resolve_config(TrainConfig, config, config_file, overrides)
+def train_student(config: TrainConfig | PointmapJobConfig | dict | None = None, config_file: str | None = None,
+                  overrides: dict | None = None) -> dict:
+    """Train (or resume) a student from cached teacher stores, or pointmap students (``task: pointmap``)."""
+    cfg = resolve_config(train_config_model, config, config_file, overrides)
+    if isinstance(cfg, PointmapJobConfig):
+        return _train_pointmap(cfg)
     result = run_training(cfg)
     rows = [{"teacher": t, **{k: round(v, 5) if isinstance(v, float) else v for k, v in m.items()}}
             for t, m in result["final_eval"].items() if isinstance(m, dict)]

@@ -136,3 +136,24 @@ def s3_bucket(s3_server, request):
     fs.mkdir(name)
     s3fs.S3FileSystem.clear_instance_cache()
     return name
+
+
+@pytest.fixture(scope="session")
+def oracle_scene_store(tmp_path_factory) -> Path:
+    """A scene store of two synthetic 12-Scenes scenes (portrait 128x96 and landscape 96x128 colour), aligned from
+    exact GT-depth pairs with the dataset's poses: world pointmaps = the true scene (metres)."""
+    from distillkit.config import SceneCacheConfig
+    from distillkit.scenes.pipeline import run_scenes
+    from distillkit.scenes.synthetic_layout import write_12scenes
+
+    root = tmp_path_factory.mktemp("pm_scenes")
+    write_12scenes(root / "office" / "wide", n_frames=16, color_hw=(96, 128), depth_hw=(48, 64), seed=4,
+                   n_test=4, n_inf=1, n_holes=1)
+    write_12scenes(root / "office" / "tall", n_frames=12, color_hw=(128, 96), depth_hw=(64, 48), seed=9,
+                   n_test=3, n_inf=0, n_holes=1)
+    store = root / "scenes.zarr"
+    run_scenes(SceneCacheConfig(source=str(root), store=str(store), image_size=64, graph="swin-2-noncyclic",
+                                predictor="gt-depth", device="cpu", max_frames=None, frames_per_shard=8,
+                                align={"known_poses": True, "known_intrinsics": True, "pose_pixels": 1024,
+                                       "max_iters": 15}))
+    return store

@@ -308,3 +308,26 @@ def test_ablation_flow_2x2(harness, tmp_path):
     assert all(float(r["mean_l2"]) > 0 and r["pct_10cm_10deg"] != "" for r in rows)
     assert os.path.getsize(res["png"]) > 1000
     assert Artifact.get("student-ablation") is not None
+
+
+@pytest.mark.slow
+def test_train_student_flow_selects_pointmap_students(harness, oracle_scene_store, tmp_path):
+    import flows  # noqa: F401
+    from prefect.artifacts import Artifact
+
+    from distillkit.config_pointmap import PointmapJobConfig
+    from flows.train_student import train_student
+
+    res = train_student(config={"task": "pointmap", "store": str(oracle_scene_store), "scenes": ["office_wide"],
+                                "out_dir": str(tmp_path), "student": TINY["vit"], "image_size": [48, 64],
+                                "max_steps": 6, "batch_size": 4, "pnp_iterations": 30})
+    (row,) = res["rows"]
+    assert res["task"] == "pointmap" and row["scene"] == "office_wide" and row["kind"] == "vit"
+    assert row["steps"] == 6 and row["mean_l2"] > 0
+    assert json.loads(open(res["summary_json"]).read()) == res["rows"]
+    assert Artifact.get("pointmap-students") is not None
+    # a config object (task left at its default) reaches the same branch; the finished run resumes as done
+    job = PointmapJobConfig(store=str(oracle_scene_store), scenes=["office_wide"], out_dir=str(tmp_path),
+                            student=TINY["vit"], image_size=(48, 64), max_steps=6, batch_size=4, pnp_iterations=30)
+    again = train_student(config=job)
+    assert again["rows"][0]["steps"] == 6 and again["rows"][0]["mean_l2"] == pytest.approx(row["mean_l2"])

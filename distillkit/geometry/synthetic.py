@@ -30,7 +30,7 @@ def _look_at(centre, target):
     return np.stack((x, y, z), 1)
 
 
-def _random_layout(rng, n_boxes):
+def random_layout(rng, n_boxes):
     room_lo = np.array([-3.0, -2.0, -3.0]) * (1 + rng.uniform(-0.1, 0.1, 3))
     room_hi = np.array([3.0, 1.2, 3.0]) * (1 + rng.uniform(-0.1, 0.1, 3))
     room_hi[1] = 1.2  # floor (+y is down)
@@ -58,7 +58,7 @@ def _cameras(rng, n, arc_deg, radius):
     return c2w
 
 
-def _cast(o, dirs, room_lo, room_hi, boxes):
+def cast_rays(o, dirs, room_lo, room_hi, boxes):
     """Ray parameter (= depth, as rays have unit z in the camera) and surface id of the first hit."""
     with np.errstate(divide="ignore", invalid="ignore"):
         dsafe = np.where(np.abs(dirs) < 1e-12, 1e-12, dirs)
@@ -78,7 +78,7 @@ def _cast(o, dirs, room_lo, room_hi, boxes):
     return depth, sid
 
 
-def _discontinuities(depth, sid, rel: float = 0.02):
+def depth_discontinuities(depth, sid, rel: float = 0.02):
     disc = np.zeros(depth.shape, bool)
     for axis in (0, 1):
         a = [slice(None)] * 2
@@ -99,7 +99,7 @@ def make_scene(n: int = 6, H: int = 48, W: int = 64, graph: str = "complete", no
     ``pred2_pts3d_in_other_view``, ``pred1_conf``, ``pred2_conf``, ``images_uint8``, ``gt_K``,
     ``gt_cam2world``, ``gt_depth``, ``gt_pts3d_world``, ``gt_pair_scales``, ``gt_depth_discontinuity``)."""
     rng = np.random.default_rng(seed)
-    room_lo, room_hi, boxes = _random_layout(rng, n_boxes)
+    room_lo, room_hi, boxes = random_layout(rng, n_boxes)
     c2w = _cameras(rng, n, arc_deg, radius)
     f = 0.9 * W if focal is None else float(focal)
     K = np.array([[f, 0, W / 2], [0, f, H / 2], [0, 0, 1.0]])
@@ -111,11 +111,11 @@ def make_scene(n: int = 6, H: int = 48, W: int = 64, graph: str = "complete", no
     images = np.empty((n, H, W, 3), np.uint8)
     for k in range(n):
         dirs = rays @ c2w[k, :3, :3].T
-        d, sid = _cast(c2w[k, :3, 3], dirs, room_lo, room_hi, boxes)
+        d, sid = cast_rays(c2w[k, :3, 3], dirs, room_lo, room_hi, boxes)
         P = c2w[k, :3, 3] + d[:, None] * dirs
         depth[k] = d.reshape(H, W)
         world[k] = P.reshape(H, W, 3)
-        disc[k] = _discontinuities(d.reshape(H, W), sid.reshape(H, W))
+        disc[k] = depth_discontinuities(d.reshape(H, W), sid.reshape(H, W))
         tint = np.stack((np.sin(sid * 1.7), np.sin(sid * 2.3 + 1), np.sin(sid * 3.1 + 2)), -1)
         pattern = np.sin(4 * P[:, :1]) * np.cos(4 * P[:, 2:3]) + np.sin(4 * P[:, 1:2])
         images[k] = np.clip(128 + 60 * tint + 50 * pattern, 0, 255).astype(np.uint8).reshape(H, W, 3)

@@ -81,7 +81,7 @@ def export_ply(url: str, out: str | Path, scene: str | None = None, conf_thr: fl
 
 
 # ---------------------------------------------------------------------------------------------- PNG views
-def _colormap(x: np.ndarray, valid: np.ndarray, name: str, lo=None, hi=None) -> np.ndarray:
+def colormap(x: np.ndarray, valid: np.ndarray, name: str, lo=None, hi=None) -> np.ndarray:
     from matplotlib import colormaps
 
     vals = x[valid & np.isfinite(x)]
@@ -131,11 +131,11 @@ def show_scene(url: str, out_dir: str | Path, scene: str | None = None, n_frames
     written, grid = [], []
     for k in rows:
         image = group[f"{base}/image"][k]
-        panels = {"depth": _colormap(depth_all[k], dvalid[k], "turbo", dlo, dhi),
-                  "conf": _colormap(conf_all[k], np.isfinite(conf_all[k]), "viridis", clo, chi),
+        panels = {"depth": colormap(depth_all[k], dvalid[k], "turbo", dlo, dhi),
+                  "conf": colormap(conf_all[k], np.isfinite(conf_all[k]), "viridis", clo, chi),
                   "pts3d": pointmap_rgb(pts_all[k], lo, hi)}
         if gt is not None:
-            panels["gt_depth"] = _colormap(gt[k], gt[k] > 0, "turbo", dlo, dhi)
+            panels["gt_depth"] = colormap(gt[k], gt[k] > 0, "turbo", dlo, dhi)
         stem = _safe(str(ids[k]))
         for kind, rgb in panels.items():
             path = out / f"{stem}_{kind}.png"

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..geometry.synthetic import _cast, _random_layout  # the colleague's exact ray caster and room layout
+from ..geometry.synthetic import cast_rays, random_layout
 from .frames import rescale_K
 from .sources import SEVEN_SCENES_DEPTH, SEVEN_SCENES_HW, SEVEN_SCENES_RGB, intrinsics
 
@@ -37,7 +37,7 @@ class Room:
 
 def make_room(seed: int = 0, n_boxes: int = 4) -> Room:
     rng = np.random.default_rng(seed)
-    lo, hi, boxes = _random_layout(rng, n_boxes)
+    lo, hi, boxes = random_layout(rng, n_boxes)
     tints = rng.uniform(0.35, 1.0, (3 + n_boxes, 3))
     dirs = rng.standard_normal((6, 3))
     dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
@@ -51,7 +51,7 @@ def render(room: Room, cam2world: np.ndarray, K: np.ndarray, hw: tuple[int, int]
     v, u = np.mgrid[:H, :W].astype(np.float64)
     rays = np.stack(((u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones((H, W))), -1).reshape(-1, 3)
     dirs = rays @ cam2world[:3, :3].T  # unit z in the camera: the ray parameter is the z-depth
-    depth, sid = _cast(cam2world[:3, 3], dirs, room.lo, room.hi, room.boxes)
+    depth, sid = cast_rays(cam2world[:3, 3], dirs, room.lo, room.hi, room.boxes)
     P = cam2world[:3, 3] + depth[:, None] * dirs
     checker = (np.floor(P / 0.3).sum(1) % 2) * 2 - 1
     waves = np.sin(P @ room.waves.T + room.phases).sum(1) / 3
@@ -71,18 +71,29 @@ def _look_at(centre: np.ndarray, target: np.ndarray, roll: float = 0.0) -> np.nd
     return R @ np.array([[c, -s, 0], [s, c, 0], [0, 0, 1.0]])
 
 
-def camera_path(n: int, seed: int = 0, arc_deg: float = 110.0, radius: float = 2.0) -> np.ndarray:
-    """``[n, 4, 4]`` camera-to-world poses along a smooth arc, looking past the room centre, slight bob/roll."""
+def camera_path(n: int, seed: int = 0, arc_deg: float = 110.0, radius: float = 2.0, height: float = -0.2,
+                aim_offset: float = 0.0) -> np.ndarray:
+    """``[n, 4, 4]`` camera-to-world poses along a smooth arc, looking past the room centre, slight bob/roll.
+    The arc's start angle depends on `seed` only, so two paths with the same seed cover the same part of the room
+    (`radius`, `height` and `aim_offset` (radians) vary the second pass)."""
     rng = np.random.default_rng(seed + 1)
     start = rng.uniform(0, 2 * math.pi)
     th = start + np.radians(arc_deg) * (np.arange(n) / max(n - 1, 1))
     c2w = np.tile(np.eye(4), (n, 1, 1))
     for k, t in enumerate(th):
-        centre = np.array([radius * math.cos(t), -0.2 + 0.08 * math.sin(3 * t), radius * math.sin(t)])
-        target = np.array([0.6 * math.cos(t + 2.2), 0.5, 0.6 * math.sin(t + 2.2)])
+        centre = np.array([radius * math.cos(t), height + 0.08 * math.sin(3 * t), radius * math.sin(t)])
+        a = t + 2.2 + aim_offset
+        target = np.array([0.6 * math.cos(a), 0.5, 0.6 * math.sin(a)])
         c2w[k, :3, :3] = _look_at(centre, target, 0.04 * math.sin(2 * t))
         c2w[k, :3, 3] = centre
     return c2w
+
+
+def two_pass_path(n_frames: int, n_test: int, seed: int = 0) -> np.ndarray:
+    """12-Scenes style: the test frames (first) are their own recording of the same part of the room, a second
+    pass along the arc slightly closer, higher and aimed a little differently; the training frames follow."""
+    test = camera_path(n_test, seed, radius=1.75, height=-0.32, aim_offset=0.15)
+    return np.concatenate((test, camera_path(n_frames - n_test, seed)))
 
 
 def _pose_text(M: np.ndarray | None) -> str:
@@ -111,22 +122,24 @@ def _pick(n: int, k: int, rng: np.random.Generator, avoid: set[int] = frozenset(
 
 def write_12scenes(out: str | Path, n_frames: int = 24, color_hw: tuple[int, int] = (968, 1296),
                    depth_hw: tuple[int, int] = (480, 640), seed: int = 0, n_test: int | None = None,
-                   n_inf: int = 2, n_holes: int = 2, jpeg_quality: int = 95) -> dict:
-    """A synthetic scene folder in the 12-Scenes layout. Returns the ground truth it was written from:
+                   n_inf: int = 2, n_holes: int = 2, jpeg_quality: int = 95, two_pass: bool = True) -> dict:
+    """A synthetic scene folder in the 12-Scenes layout; with `two_pass` the test frames (split.txt's sequence0)
+    are a separate pass over the same part of the room, as in the real dataset, else the first frames of one
+    arc (test poses outside the training poses). Returns the ground truth it was written from:
     ``room``, ``cam2world`` [n,4,4] (rows of INF frames included), ``color_K``, ``depth_K``, ``inf`` (frame
     indices with INF poses), ``holes`` (frame indices with depth holes), ``n_test``."""
     out = Path(out)
     (out / "data").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed + 2)
     room = make_room(seed)
-    c2w = camera_path(n_frames, seed)
+    n_test = max(1, n_frames // 4) if n_test is None else n_test
+    c2w = two_pass_path(n_frames, n_test, seed) if two_pass else camera_path(n_frames, seed)
     Hc, Wc = color_hw
     Hd, Wd = depth_hw
     fc = 0.894 * Wc  # 12-Scenes: fx 1158 at 1296 px
     Kc = intrinsics(fc, fc, (Wc - 1) / 2, (Hc - 1) / 2)
     fd = fc * Hd / Hc  # depth focal = colour focal x 480/968 (notes §3.5)
     Kd = intrinsics(fd, fd, (Wd - 1) / 2, (Hd - 1) / 2)
-    n_test = max(1, n_frames // 4) if n_test is None else n_test
     inf = _pick(n_frames, n_inf, rng)
     holes = _pick(n_frames, n_holes, rng, inf)
     for k in range(n_frames):

@@ -1,0 +1,81 @@
+"""`distillkit train --task pointmap`: one scene-specific pointmap student per scene of a DUSt3R scene store.
+
+Each scene trains into ``<out_dir>/<scene>/`` (resumable on its own); the job writes ``<out_dir>/summary.json``
+and ``summary.csv`` with one row per scene (held-out mean L2, its ratio to the scene extent, PnP pose accuracy,
+model size, CPU/GPU training time).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+from typing import Callable
+
+from ..config_pointmap import PointmapJobConfig
+from ..scenedata import SceneData, aligned_scenes
+from .pointmap import train_pointmap_student
+
+log = logging.getLogger("distillkit")
+
+SUMMARY_COLUMNS = ("scene", "kind", "size_mb", "frames_train", "frames_test", "steps", "epochs", "train_s",
+                   "extent", "mean_l2", "mean_l2_over_extent", "pct_5cm_5deg", "pct_10cm_10deg", "median_t_cm",
+                   "median_r_deg", "pose_reference", "checkpoint")
+
+
+def job_scenes(job: PointmapJobConfig) -> list[str]:
+    """The scenes a job trains on: the ones asked for (each must be aligned) or every aligned scene."""
+    aligned = aligned_scenes(job.store, job.storage_options)
+    if job.scenes is None:
+        if not aligned:
+            raise ValueError(f"{job.store}: no aligned scene (run `distillkit cache-scenes` first)")
+        return aligned
+    missing = [s for s in job.scenes if s not in aligned]
+    if missing:
+        raise ValueError(f"{job.store}: scenes {missing} are not aligned scenes of the store (aligned: {aligned})")
+    return list(job.scenes)
+
+
+def summary_row(result: dict, data: SceneData, kind: str) -> dict:
+    ev = result["final_eval"]
+    row = {"scene": result["scene"], "kind": kind, "size_mb": result["model"].get("size_mb"),
+           "frames_train": len(data.train_idx), "frames_test": len(data.test_idx), "steps": result["steps"],
+           "epochs": result["epochs"], "train_s": round(result["train_s"], 1), "extent": round(result["extent"], 4),
+           "pose_reference": data.eval_poses[1], "checkpoint": result["checkpoint"]}
+    row.update({k: ev.get(k) for k in SUMMARY_COLUMNS if k in ev})
+    return {k: row.get(k) for k in SUMMARY_COLUMNS}
+
+
+def write_summary(rows: list[dict], out_dir: str | Path) -> tuple[Path, Path]:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(rows, indent=1))
+    with open(out / "summary.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=SUMMARY_COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+    return out / "summary.json", out / "summary.csv"
+
+
+def train_scene(job: PointmapJobConfig, scene: str,
+                on_step: Callable[[int, int, dict], None] | None = None) -> tuple[dict, dict]:
+    """Train one scene's student; returns (the trainer's result, its summary row)."""
+    data = SceneData.from_store(job.store, scene, job.storage_options)
+    for note in data.notes:
+        log.info("%s: %s", scene, note)
+    result = train_pointmap_student(job.scene_config(scene), data, on_step=on_step)
+    return result, summary_row(result, data, job.student.kind)
+
+
+def train_pointmap_scenes(job: PointmapJobConfig,
+                          on_step: Callable[[str, int, int, dict], None] | None = None) -> dict:
+    """Train every scene of the job in turn; ``on_step(scene, step, total, record)`` reports progress."""
+    rows, results = [], []
+    for scene in job_scenes(job):
+        cb = (lambda step, total, rec, _s=scene: on_step(_s, step, total, rec)) if on_step else None
+        result, row = train_scene(job, scene, cb)
+        results.append(result)
+        rows.append(row)
+    summary_json, summary_csv = write_summary(rows, job.out_dir)
+    return {"rows": rows, "results": results, "summary_json": str(summary_json), "summary_csv": str(summary_csv)}

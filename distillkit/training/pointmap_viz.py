@@ -1,0 +1,77 @@
+"""`distillkit show --scene S --checkpoint C`: a pointmap student's prediction beside the teacher's on test frames.
+
+Columns: the image, the teacher's (globally aligned) world pointmap and the student's, both coloured by xyz in
+one scene-wide box (same colour = same place), and the per-pixel L2 error in world units. Rows: held-out frames.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..scenedata import SceneData
+from ..scenes.export import colormap, pointmap_rgb
+from .pointmap import SceneTensors, load_pointmap_student, predict_frames
+
+
+def _pick(idx: np.ndarray, n: int) -> np.ndarray:
+    if n >= len(idx):
+        return idx
+    return idx[np.unique(np.round(np.linspace(0, len(idx) - 1, n)).astype(int))]
+
+
+def show_student(store: str, scene: str, checkpoint: str | Path, out_dir: str | Path, n_frames: int = 4,
+                 storage_options: dict | None = None, frames: str = "test") -> dict:
+    """Write ``overview.png`` (matplotlib grid with an error colour bar) and per frame ``<frame>_student.png`` and
+    ``<frame>_error.png`` into `out_dir`; returns the files and each frame's mean L2 error."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = SceneData.from_store(store, scene, storage_options)
+    model, cfg, hw = load_pointmap_student(checkpoint)
+    pool = data.test_idx if frames == "test" and len(data.test_idx) else data.train_idx
+    idx = _pick(pool, n_frames)
+    pred = predict_frames(model, SceneTensors(data, hw), idx, "cpu")
+    err = np.linalg.norm(pred["pred"].astype(np.float64) - np.nan_to_num(pred["target"]), axis=-1)
+    err[~pred["mask"]] = np.nan  # [n, H, W] per-pixel L2; NaN where the target is invalid
+    valid_pts = data.pts3d[data.mask]
+    lo, hi = np.percentile(valid_pts, 2, axis=0), np.percentile(valid_pts, 98, axis=0)
+    emax = float(np.nanpercentile(err, 95)) if np.isfinite(err).any() else 1.0
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ids = [f"frame{int(k):05d}" for k in idx]
+    files, per_frame = [], []
+    fig, axes = plt.subplots(len(idx), 4, figsize=(13, 2.6 * len(idx) + 0.6), squeeze=False)
+    for r, k in enumerate(idx):
+        image = np.asarray(Image.fromarray(data.images[k]).resize(hw[::-1], Image.BILINEAR))
+        teacher = pointmap_rgb(np.where(pred["mask"][r][..., None], pred["target"][r], np.nan), lo, hi)
+        student = pointmap_rgb(pred["pred"][r], lo, hi)
+        e = err[r]
+        error_rgb = colormap(e, np.isfinite(e), "inferno", 0.0, emax)
+        mean_l2 = float(np.nanmean(e)) if np.isfinite(e).any() else float("nan")
+        per_frame.append({"frame": int(k), "mean_l2": mean_l2})
+        for kind, rgb in (("student", student), ("error", error_rgb)):
+            path = out / f"{ids[r]}_{kind}.png"
+            Image.fromarray(rgb).save(path)
+            files.append(str(path))
+        for c, (title, rgb) in enumerate((("image", image), ("teacher (aligned DUSt3R)", teacher),
+                                           (f"student ({cfg.student.kind})", student))):
+            axes[r, c].imshow(rgb)
+            axes[r, c].set_title(f"{ids[r]}: {title}" if c == 0 else title, fontsize=9)
+        im = axes[r, 3].imshow(np.where(np.isfinite(e), e, np.nan), cmap="inferno", vmin=0, vmax=emax)
+        axes[r, 3].set_title(f"L2 error, mean {mean_l2:.3g}", fontsize=9)
+        fig.colorbar(im, ax=axes[r, 3], fraction=0.046, pad=0.02)
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    fig.suptitle(f"{scene}: student {Path(checkpoint).parent.name} vs teacher ({frames} frames, {hw[0]}x{hw[1]}; "
+                 f"xyz colours share one scene box)", fontsize=10)
+    fig.tight_layout()
+    overview = out / "overview.png"
+    fig.savefig(overview, dpi=90)
+    plt.close(fig)
+    return {"overview": str(overview), "files": files, "frames": per_frame, "scene": scene,
+            "mean_l2": float(np.nanmean(err)) if np.isfinite(err).any() else float("nan")}

@@ -1,0 +1,129 @@
+"""Pointmap students on a real DUSt3R scene store: SceneData.from_store, `distillkit train --task pointmap`,
+`distillkit show --scene --checkpoint`, and the config plumbing that selects the task."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from PIL import Image
+from typer.testing import CliRunner
+
+from distillkit.cli import app
+from distillkit.config import TrainConfig, load_train_config
+from distillkit.config_pointmap import PointmapJobConfig
+from distillkit.scenedata import SceneData, aligned_scenes
+from distillkit.scenes import store as st
+from distillkit.scenes.quality import gt_world_points
+
+TINY_CNN = {"kind": "cnn", "cnn_widths": [16, 32, 32], "cnn_strides": [2, 2, 1], "head_widths": [32]}
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_from_store_reads_the_aligned_scene(oracle_scene_store):
+    assert aligned_scenes(str(oracle_scene_store)) == ["office_tall", "office_wide"]
+    g = zarr.open_group(str(oracle_scene_store), mode="r")
+    for name in ("office_wide", "office_tall"):
+        d = SceneData.from_store(str(oracle_scene_store), name)
+        b = f"scenes/{name}"
+        assert d.n == g[f"{b}/image"].shape[0] and d.hw == g[f"{b}/image"].shape[1:3]
+        np.testing.assert_array_equal(d.images, g[f"{b}/image"][:])
+        np.testing.assert_array_equal(d.split, g[f"{b}/split"][:].astype(np.int8))
+        np.testing.assert_array_equal(d.K, g[f"{b}/intrinsics"][:])
+        assert d.eval_poses[1] == "gt" and (d.split == 1).any() and (d.split == 0).any()
+        # the stored pointmaps are the true world points (oracle pairs + known poses), masked where depth is 0
+        ref = gt_world_points(g[f"{b}/gt_depth"][:], g[f"{b}/gt_intrinsics"][:], d.gt_cam2world)
+        valid = d.mask & (g[f"{b}/gt_depth"][:] > 0)
+        assert valid.mean() > 0.8
+        assert np.abs(d.pts3d - ref)[valid].max() < 1e-3
+    tall = SceneData.from_store(str(oracle_scene_store), "office_tall")
+    assert tall.hw[0] > tall.hw[1]  # portrait frames stay portrait
+
+
+def test_from_store_errors_name_the_problem(oracle_scene_store, tmp_path, cached_store):
+    with pytest.raises(ValueError, match="scene 'nope' not in the store"):
+        SceneData.from_store(str(oracle_scene_store), "nope")
+    with pytest.raises(ValueError, match="not a readable DUSt3R scene store"):
+        SceneData.from_store(str(tmp_path / "missing.zarr"), "x")
+    with pytest.raises(ValueError, match="not a readable DUSt3R scene store"):
+        SceneData.from_store(str(cached_store), "x")  # a teacher-feature store
+    import shutil
+
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(oracle_scene_store, copy)
+    st.set_flag(zarr.open_group(str(copy), mode="r+"), "scene_done", 0, 0)
+    with pytest.raises(ValueError, match="is not aligned yet"):
+        SceneData.from_store(str(copy), "office_tall")
+    assert aligned_scenes(str(copy)) == ["office_wide"]
+
+
+def test_task_selects_the_config_model(tmp_path, oracle_scene_store):
+    cfg_file = tmp_path / "pm.yaml"
+    cfg_file.write_text(f"task: pointmap\nstore: {oracle_scene_store}\nout_dir: {tmp_path}\n"
+                        f"student: {{preset: paper_vit}}\nepochs: 5\n")
+    job = load_train_config(cfg_file)
+    assert isinstance(job, PointmapJobConfig) and job.student.kind == "vit" and job.student.latent == 256
+    one = job.scene_config("office_wide")
+    assert one.out_dir == f"{tmp_path}/office_wide" and one.epochs == 5 and one.student == job.student
+    assert isinstance(load_train_config(None, stores=["a.zarr"], out_dir="x"), TrainConfig)
+    with pytest.raises(ValueError, match="unknown training task 'nerf'"):
+        load_train_config(None, task="nerf", out_dir="x")
+    with pytest.raises(ValueError, match=f"config file {cfg_file}: .*latent"):
+        load_train_config(cfg_file, student={"kind": "vit", "latent": 30, "heads": 4})
+
+
+def test_cli_train_pointmap_every_scene_then_show(oracle_scene_store, tmp_path):
+    out = tmp_path / "pm"
+    cfg = tmp_path / "pm.yaml"
+    cfg.write_text(json.dumps({"student": TINY_CNN, "lr": 3e-3, "batch_size": 4, "warmup_fraction": 0.0,
+                               "pnp_iterations": 50}))
+    r = runner.invoke(app, ["train", "--task", "pointmap", "--store", str(oracle_scene_store), "--out", str(out),
+                            "--max-steps", "30", "--device", "cpu", "-c", str(cfg)])
+    assert r.exit_code == 0, r.output
+    rows = json.loads((out / "summary.json").read_text())
+    assert [x["scene"] for x in rows] == ["office_tall", "office_wide"]
+    assert (out / "summary.csv").read_text().count("\n") == 3
+    for row in rows:
+        m = json.loads((out / row["scene"] / "metrics.json").read_text())
+        losses = [x["loss"] for x in m["train"]]
+        assert len(losses) == 30 and np.mean(losses[-5:]) < 0.7 * np.mean(losses[:3])
+        assert row["kind"] == "cnn" and row["steps"] == 30 and row["pose_reference"] == "gt"
+        assert row["mean_l2"] > 0 and 0 <= row["pct_10cm_10deg"] <= 100
+        assert row["frames_test"] == int((SceneData.from_store(str(oracle_scene_store), row["scene"]).split == 1)
+                                         .sum())
+
+    # the student beside the teacher on every test frame: the error shown is the trainer's held-out error
+    show_dir = tmp_path / "show"
+    ck = out / "office_wide" / "checkpoint-last.pt"
+    r = runner.invoke(app, ["show", str(oracle_scene_store), "--scene", "office_wide", "--checkpoint", str(ck),
+                            "--out", str(show_dir), "--n", "10"])
+    assert r.exit_code == 0, r.output
+    assert Image.open(show_dir / "overview.png").size[0] > 500
+    from distillkit.training.pointmap_viz import show_student
+
+    res = show_student(str(oracle_scene_store), "office_wide", ck, tmp_path / "show2", n_frames=10)
+    m = json.loads((out / "office_wide" / "metrics.json").read_text())
+    np.testing.assert_allclose([f["mean_l2"] for f in res["frames"]], m["final"]["per_frame_l2"], rtol=1e-4)
+    d = SceneData.from_store(str(oracle_scene_store), "office_wide")
+    assert [f["frame"] for f in res["frames"]] == d.test_idx.tolist()
+    student_png = np.asarray(Image.open(show_dir / f"frame{d.test_idx[0]:05d}_student.png"))
+    assert student_png.shape[:2] == d.hw and student_png.std() > 0
+
+    # clear errors
+    r = runner.invoke(app, ["train", "--task", "pointmap", "--store", str(oracle_scene_store), "--out", str(out),
+                            "--scene", "nope"])
+    assert r.exit_code == 2 and "not aligned scenes of the store" in r.output
+    r = runner.invoke(app, ["show", str(oracle_scene_store), "--scene", "office_wide", "--checkpoint",
+                            str(tmp_path / "none.pt"), "--out", str(show_dir)])
+    assert r.exit_code == 2 and "no such checkpoint" in r.output
