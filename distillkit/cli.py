@@ -228,7 +228,15 @@ def train(
     common = dict(out_dir=out, task=task, batch_size=batch_size, epochs=epochs, max_steps=max_steps, lr=lr,
                   device=device, seed=seed, resume=False if no_resume else None)
     try:
-        if (task or read_config_file(config).get("task")) == "pointmap":  # the task decides which options apply
+        pointmap = (task or read_config_file(config).get("task")) == "pointmap"  # the task decides the options
+        dune_only = {"--teacher": teacher, "--preset": preset, "--depth": depth, "--embed-dim": embed_dim,
+                     "--heads": heads, "--projector": projector, "--num-workers": num_workers}
+        pointmap_only = {"--student": student, "--scene": scene, "--image-size": image_size,
+                         "--max-minutes": max_minutes}
+        wrong = [k for k, v in (dune_only if pointmap else pointmap_only).items() if v]
+        if wrong:
+            raise ValueError(f"{', '.join(wrong)} do not apply to --task {'pointmap' if pointmap else 'dune'}")
+        if pointmap:
             if len(store or []) > 1:
                 raise ValueError("--task pointmap reads one scene store: give --store once")
             stu = None if student is None else ({"preset": student} if student in STUDENT_PRESET_NAMES else

@@ -25,6 +25,18 @@ REPO = Path(__file__).resolve().parents[1]
 TINY_TEACHER = {"name": "dinov2_vits14_reg", "overrides": {"depth": 2}}  # real timm DINOv2 arch, 2 blocks
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models on a shared 2-core box: one intra-op thread is as fast and does not stall when the cores are
+    busy (OpenMP). Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_PREFECT_HOME, ignore_errors=True)
 

@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 import zarr
 from PIL import Image
 from typer.testing import CliRunner
@@ -23,12 +22,7 @@ TINY_CNN = {"kind": "cnn", "cnn_widths": [16, 32, 32], "cnn_strides": [2, 2, 1],
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_from_store_reads_the_aligned_scene(oracle_scene_store):
@@ -124,6 +118,16 @@ def test_cli_train_pointmap_every_scene_then_show(oracle_scene_store, tmp_path):
     r = runner.invoke(app, ["train", "--task", "pointmap", "--store", str(oracle_scene_store), "--out", str(out),
                             "--scene", "nope"])
     assert r.exit_code == 2 and "not aligned scenes of the store" in r.output
+    r = runner.invoke(app, ["train", "--task", "pointmap", "--store", str(oracle_scene_store), "--out", str(out),
+                            "--preset", "vit_small"])
+    assert r.exit_code == 2 and "--preset do not apply to --task pointmap" in r.output
     r = runner.invoke(app, ["show", str(oracle_scene_store), "--scene", "office_wide", "--checkpoint",
                             str(tmp_path / "none.pt"), "--out", str(show_dir)])
     assert r.exit_code == 2 and "no such checkpoint" in r.output
+
+
+def test_example_deploy_config_is_a_pointmap_job():
+    from pathlib import Path
+
+    job = load_train_config(Path(__file__).resolve().parents[1] / "deploy" / "configs" / "pointmap-students.yaml")
+    assert isinstance(job, PointmapJobConfig) and job.student.kind == "cnn" and job.crop_scale == (0.5, 1.0)

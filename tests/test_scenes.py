@@ -25,19 +25,11 @@ TINY = {"enc_embed_dim": 64, "enc_depth": 2, "enc_num_heads": 2, "dec_embed_dim"
 TINY_DPT = {"enc_embed_dim": 64, "enc_depth": 2, "enc_num_heads": 2, "dec_embed_dim": 32, "dec_depth": 4,
             "dec_num_heads": 2, "dpt_feature_dim": 16, "dpt_last_dim": 8, "dpt_layer_dims": [8, 16, 32, 32]}
 # the random network's garbage pair outputs make the aligner's line searches overflow on the way (harmless)
-pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning",
-                                        "ignore:invalid value encountered:RuntimeWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning",
+                                         "ignore:invalid value encountered:RuntimeWarning"),
+              pytest.mark.usefixtures("one_torch_thread")]
 SMALL = dict(n_frames=8, color_hw=(96, 128), depth_hw=(48, 64), n_inf=2, n_holes=2)
 FAST_ALIGN = {"pose_pixels": 1024, "max_iters": 15}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny networks on a shared 2-core box: one intra-op thread is fastest and immune to contention."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")
