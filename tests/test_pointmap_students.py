@@ -242,9 +242,8 @@ def test_resume_continues_from_checkpoint(scene, tmp_path):
         train_pointmap_student(PointmapTrainConfig(**{**base, "student": TINY["vit"]}, max_steps=9), scene)
 
 
-def test_scenedata_from_arrays_and_store(scene, tmp_path):
-    import zarr
-
+def test_scenedata_from_arrays(scene):
+    """(SceneData.from_store on a real scene store: tests/test_pointmap_store.py.)"""
     pts = scene.pts3d.copy()
     pts[~scene.mask] = np.nan
     d = SceneData.from_arrays(scene.images, pts, scene.K[0], split=None)
@@ -252,22 +251,6 @@ def test_scenedata_from_arrays_and_store(scene, tmp_path):
     assert not d.mask.all() and np.isfinite(d.pts3d).all()  # NaN holes masked and zeroed
     with pytest.raises(ValueError, match="pts3d"):
         SceneData.from_arrays(scene.images, scene.pts3d[:, :-1], scene.K)
-    url = str(tmp_path / "scenes.zarr")
-    g = zarr.open_group(url, mode="w", zarr_format=3).require_group("scenes").require_group("kitchen")
-    arrays = {"image": scene.images, "pts3d": np.nan_to_num(scene.pts3d), "conf": scene.conf,
-              "intrinsics": scene.K, "mask": scene.mask, "cam2world": scene.gt_cam2world, "split": scene.split,
-              "gt_cam2world": scene.gt_cam2world}
-    for k, a in arrays.items():
-        g.create_array(k, data=np.asarray(a))
-    s2 = SceneData.from_store(url, "kitchen")
-    assert s2.name == "kitchen" and np.array_equal(s2.images, scene.images) and np.array_equal(s2.split, scene.split)
-    assert s2.eval_poses[1] == "gt"
-    with pytest.raises(ValueError, match="not in the store"):
-        SceneData.from_store(url, "office")
-    g2 = zarr.open_group(url, mode="a", zarr_format=3)["scenes"].require_group("bare")
-    g2.create_array("image", data=scene.images)
-    with pytest.raises(ValueError, match=r"lacks \['pts3d'"):
-        SceneData.from_store(url, "bare")
 
 
 # ------------------------------------------------------------------------------------------------------- flow
@@ -280,7 +263,7 @@ def harness():
 
 
 @pytest.mark.slow
-def test_ablation_flow_2x2(harness, tmp_path):
+def test_ablation_flow_2x2(harness, oracle_scene_store, tmp_path):
     import csv
 
     import flows  # noqa: F401
@@ -288,17 +271,20 @@ def test_ablation_flow_2x2(harness, tmp_path):
 
     from flows.ablate_students import ablate_students
 
-    spec = {"synthetic": {"n_train": 6, "n_test": 2, "H": 32, "W": 48, "seed": 2}}
+    spec = {"store": str(oracle_scene_store), "scene": "office_tall"}  # every run reads the same scene store
     res = ablate_students(config={
         "out_dir": str(tmp_path), "scenes": [spec],
-        "base": {"batch_size": 3, "pnp_iterations": 30,
+        "base": {"batch_size": 3, "pnp_iterations": 30, "image_size": [32, 24],
                  "student": {**TINY["cnn"], "mobilenet_variant": "mobilenetv3_small_050"}},
         "grid": {"student.kind": ["cnn", "mobilenet"], "epochs": [1, 2]},
         "runs": [{"student.kind": "cnn", "epochs": 1}]})  # a duplicate of a grid run: kept once
     assert res["runs"] == 4 and len(res["rows"]) == 4
     rows = list(csv.DictReader(open(res["csv"])))
     assert len(rows) == 4 and {r["kind"] for r in rows} == {"cnn", "mobilenet"}
-    assert sorted(int(r["steps"]) for r in rows) == [2, 2, 4, 4]  # 6 training frames / batch 3 = 2 steps an epoch
+    n_train = len(SceneData.from_store(str(oracle_scene_store), "office_tall").train_idx)
+    per_epoch = math.ceil(n_train / 3)
+    assert sorted(int(r["steps"]) for r in rows) == [per_epoch, per_epoch, 2 * per_epoch, 2 * per_epoch]
+    assert {r["scene"] for r in rows} == {"office_tall"}
     assert all(float(r["mean_l2"]) > 0 and r["pct_10cm_10deg"] != "" for r in rows)
     assert os.path.getsize(res["png"]) > 1000
     assert Artifact.get("student-ablation") is not None
