@@ -205,7 +205,8 @@ def train(
     heads: Optional[int] = typer.Option(None, help="dune: override the student heads"),
     projector: Optional[str] = typer.Option(None, help="dune: tp (transformer projector) | mlp"),
     student: Optional[str] = typer.Option(None, help="pointmap: small_cnn | paper_cnn | paper_mobilenet | paper_vit "
-                                                     "(presets) or cnn | mobilenet | vit"),
+                                                     "| paper_vit_best (+ its 200 epochs, targets x100) or cnn | "
+                                                     "mobilenet | vit"),
     scene: Optional[list[str]] = typer.Option(None, help="pointmap: scene(s) to train (default: every aligned one)"),
     image_size: Optional[str] = typer.Option(None, help="pointmap: training resolution HxW (default: the store's)"),
     max_minutes: Optional[float] = typer.Option(None, help="pointmap: training-time budget per scene"),
@@ -239,10 +240,13 @@ def train(
         if pointmap:
             if len(store or []) > 1:
                 raise ValueError("--task pointmap reads one scene store: give --store once")
-            stu = None if student is None else ({"preset": student} if student in STUDENT_PRESET_NAMES else
-                                                {"kind": student})
+            from .config_pointmap import STUDENT_PRESETS, TRAIN_PRESETS
+
+            train_preset = student if student in TRAIN_PRESETS else None  # e.g. paper_vit_best: student + epochs
+            stu = None if student is None or train_preset else (
+                {"preset": student} if student in STUDENT_PRESETS else {"kind": student})
             cfg = load_train_config(config, **common, store=(store or [None])[0], scenes=scene or None,
-                                    student=stu, image_size=image_size, max_minutes=max_minutes)
+                                    student=stu, preset=train_preset, image_size=image_size, max_minutes=max_minutes)
             return _train_pointmap(cfg)
         dune = None
         if any(v is not None for v in (preset, depth, embed_dim, heads)):
@@ -262,9 +266,6 @@ def train(
             console.print(f"  held-out {t}: " + ", ".join(f"{k} {x:.4f}" if isinstance(x, float) else f"{k} {x}"
                                                         for k, x in v.items()))
     console.print(f"checkpoint {result['checkpoint']}\nmetrics {result['metrics']}\nloss curve {result['loss_curve']}")
-
-
-STUDENT_PRESET_NAMES = ("small_cnn", "paper_cnn", "paper_mobilenet", "paper_vit")
 
 
 def _train_pointmap(cfg) -> None:

@@ -70,6 +70,9 @@ def test_task_selects_the_config_model(tmp_path, oracle_scene_store):
     assert isinstance(job, PointmapJobConfig) and job.student.kind == "vit" and job.student.latent == 256
     one = job.scene_config("office_wide")
     assert one.out_dir == f"{tmp_path}/office_wide" and one.epochs == 5 and one.student == job.student
+    best = load_train_config(None, task="pointmap", store="s", out_dir="o", preset="paper_vit_best")
+    assert (best.student.kind, best.student.latent, best.student.blocks, best.student.heads, best.epochs,
+            best.target_scale) == ("vit", 256, 6, 4, 200, 100)
     assert isinstance(load_train_config(None, stores=["a.zarr"], out_dir="x"), TrainConfig)
     with pytest.raises(ValueError, match="unknown training task 'nerf'"):
         load_train_config(None, task="nerf", out_dir="x")
