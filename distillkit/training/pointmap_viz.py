@@ -67,8 +67,8 @@ def show_student(store: str, scene: str, checkpoint: str | Path, out_dir: str | 
         fig.colorbar(im, ax=axes[r, 3], fraction=0.046, pad=0.02)
     for ax in axes.ravel():
         ax.set_axis_off()
-    fig.suptitle(f"{scene}: student {Path(checkpoint).parent.name} vs teacher ({frames} frames, {hw[0]}x{hw[1]}; "
-                 f"xyz colours share one scene box)", fontsize=10)
+    fig.suptitle(f"{scene}: {cfg.student.kind} student ({checkpoint}) vs teacher, {frames} frames at "
+                 f"{hw[0]}x{hw[1]}; xyz colours share one scene box", fontsize=9)
     fig.tight_layout()
     overview = out / "overview.png"
     fig.savefig(overview, dpi=90)
