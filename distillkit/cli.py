@@ -206,7 +206,7 @@ def train(
     projector: Optional[str] = typer.Option(None, help="dune: tp (transformer projector) | mlp"),
     student: Optional[str] = typer.Option(None, help="pointmap: small_cnn | paper_cnn | paper_mobilenet | paper_vit "
                                                      "| paper_vit_best (+ its 200 epochs, targets x100) or cnn | "
-                                                     "mobilenet | vit"),
+                                                     "mobilenet | vit; replaces the config file's student"),
     scene: Optional[list[str]] = typer.Option(None, help="pointmap: scene(s) to train (default: every aligned one)"),
     image_size: Optional[str] = typer.Option(None, help="pointmap: training resolution HxW (default: the store's)"),
     max_minutes: Optional[float] = typer.Option(None, help="pointmap: training-time budget per scene"),
@@ -224,29 +224,28 @@ def train(
     """Train a DUNE-style student by streaming cached teacher features, or (--task pointmap) scene-specific
     pointmap students on a DUSt3R scene store."""
     _setup_logging()
-    from .config import load_train_config, read_config_file
+    from .config import load_train_config, read_config_file, train_config_model
 
     common = dict(out_dir=out, task=task, batch_size=batch_size, epochs=epochs, max_steps=max_steps, lr=lr,
                   device=device, seed=seed, resume=False if no_resume else None)
     try:
-        pointmap = (task or read_config_file(config).get("task")) == "pointmap"  # the task decides the options
+        file_data = read_config_file(config)
+        chosen = task or file_data.get("task") or "dune"
+        train_config_model({"task": chosen}, config)  # an unknown task fails here, naming the file
+        pointmap = chosen == "pointmap"  # the task decides which options apply
         dune_only = {"--teacher": teacher, "--preset": preset, "--depth": depth, "--embed-dim": embed_dim,
                      "--heads": heads, "--projector": projector, "--num-workers": num_workers}
         pointmap_only = {"--student": student, "--scene": scene, "--image-size": image_size,
                          "--max-minutes": max_minutes}
-        wrong = [k for k, v in (dune_only if pointmap else pointmap_only).items() if v]
+        wrong = [k for k, v in (dune_only if pointmap else pointmap_only).items() if v is not None]
         if wrong:
-            raise ValueError(f"{', '.join(wrong)} do not apply to --task {'pointmap' if pointmap else 'dune'}")
+            raise ValueError(f"{', '.join(wrong)} do not apply to --task {chosen}")
         if pointmap:
             if len(store or []) > 1:
                 raise ValueError("--task pointmap reads one scene store: give --store once")
-            from .config_pointmap import STUDENT_PRESETS, TRAIN_PRESETS
-
-            train_preset = student if student in TRAIN_PRESETS else None  # e.g. paper_vit_best: student + epochs
-            stu = None if student is None or train_preset else (
-                {"preset": student} if student in STUDENT_PRESETS else {"kind": student})
-            cfg = load_train_config(config, **common, store=(store or [None])[0], scenes=scene or None,
-                                    student=stu, preset=train_preset, image_size=image_size, max_minutes=max_minutes)
+            cfg = load_train_config(config, **{**common, "store": (store or [None])[0], "scenes": scene or None,
+                                               "image_size": image_size, "max_minutes": max_minutes,
+                                               **_pointmap_student_overrides(student, common)})
             return _train_pointmap(cfg)
         dune = None
         if any(v is not None for v in (preset, depth, embed_dim, heads)):
@@ -266,6 +265,20 @@ def train(
             console.print(f"  held-out {t}: " + ", ".join(f"{k} {x:.4f}" if isinstance(x, float) else f"{k} {x}"
                                                         for k, x in v.items()))
     console.print(f"checkpoint {result['checkpoint']}\nmetrics {result['metrics']}\nloss curve {result['loss_curve']}")
+
+
+def _pointmap_student_overrides(student: str | None, given: dict) -> dict:
+    """--student as config overrides. It replaces the config file's whole `student:` block: a student preset
+    (small_cnn, paper_vit, ...), a kind (cnn | mobilenet | vit) with default fields, or a training preset
+    (paper_vit_best) whose student and training fields beat the file's (options given on the command line win)."""
+    from .config_pointmap import STUDENT_PRESETS, TRAIN_PRESETS
+
+    if student is None:
+        return {}
+    if student in TRAIN_PRESETS:
+        preset = {k: v for k, v in TRAIN_PRESETS[student].items() if given.get(k) is None}
+        return {"preset": student, **preset}
+    return {"student": {"preset": student} if student in STUDENT_PRESETS else {"kind": student}}
 
 
 def _train_pointmap(cfg) -> None:
@@ -306,7 +319,8 @@ def show(store: str = typer.Argument(..., help="store path or URL"),
          scene: Optional[str] = typer.Option(None, help="scene store: PNGs of this scene's depth, confidence and "
                                                         "pointmap (as RGB) into the --out folder; with --checkpoint "
                                                         "the student's pointmap and error on test frames")):
-    """Write PNG views of a store: PCA images of each teacher's (and a student's) patch features."""
+    """Write PNG views of a store: PCA images of each teacher's (and a student's) patch features; with --scene, a
+    scene store's depth/confidence/pointmap, or with --checkpoint a pointmap student beside the teacher."""
     _setup_logging()
     if scene is not None:  # scene stores (distillkit/cli_scenes.py)
         from .cli_scenes import show_scene

@@ -75,8 +75,8 @@ def show_scene(store: str, scene: str, out: Path, n: int, checkpoint: str | None
             res = show_student(store, scene, checkpoint, out, n)
         except (ValueError, KeyError) as e:
             c._fail(str(e))
-        c.console.print(f"wrote {res['overview']} ({len(res['frames'])} test frames: image, teacher, student, "
-                        f"L2 error; mean L2 {res['mean_l2']:.4g}) and {len(res['files'])} PNGs")
+        c.console.print(f"wrote {res['overview']} ({len(res['frames'])} {res['pool']} frames: image, teacher, "
+                        f"student, L2 error; mean L2 {res['mean_l2']:.4g}) and {len(res['files'])} PNGs")
         return
     try:
         res = run(store, out, scene, n_frames=n)

@@ -208,21 +208,27 @@ def validate_config(model: type[BaseModel], data: dict[str, Any], path: str | Pa
         raise ValueError(f"{where}: {msgs}") from None
 
 
-def load_config(model: type[BaseModel], path: str | Path | None = None, **overrides: Any) -> BaseModel:
-    """Build a config from an optional YAML file plus overrides (None = not given); errors name the file and field."""
+def merged_config_data(path: str | Path | None, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The YAML file's mapping with the overrides that were given (None = not given) on top."""
     data = read_config_file(path)
     data.update({k: v for k, v in overrides.items() if v is not None})
-    return validate_config(model, data, path)
+    return data
+
+
+def load_config(model: type[BaseModel], path: str | Path | None = None, **overrides: Any) -> BaseModel:
+    """Build a config from an optional YAML file plus overrides (None = not given); errors name the file and field."""
+    return validate_config(model, merged_config_data(path, overrides), path)
 
 
 TRAIN_TASKS = ("dune", "pointmap")
 
 
-def train_config_model(data: dict[str, Any]) -> type[BaseModel]:
+def train_config_model(data: dict[str, Any], path: str | Path | None = None) -> type[BaseModel]:
     """The config model of a training task: TrainConfig (``task: dune``, the default) or PointmapJobConfig."""
     task = data.get("task") or "dune"
     if task not in TRAIN_TASKS:
-        raise ValueError(f"task: unknown training task {task!r} (choose from {', '.join(TRAIN_TASKS)})")
+        where = f"config file {path}" if path else "config"
+        raise ValueError(f"{where}: task: unknown training task {task!r} (choose from {', '.join(TRAIN_TASKS)})")
     if task == "pointmap":
         from .config_pointmap import PointmapJobConfig
 
@@ -232,9 +238,8 @@ def train_config_model(data: dict[str, Any]) -> type[BaseModel]:
 
 def load_train_config(path: str | Path | None = None, **overrides: Any) -> BaseModel:
     """`load_config` for `distillkit train` / `train-student`: the task (file or override) picks the model."""
-    data = read_config_file(path)
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    return validate_config(train_config_model(data), data, path)
+    data = merged_config_data(path, overrides)
+    return validate_config(train_config_model(data, path), data, path)
 
 
 _SECRET_WORDS = ("secret", "password", "token", "key", "credential", "session")

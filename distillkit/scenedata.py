@@ -94,20 +94,14 @@ class SceneData:
 
         Reads ``scenes/<scene>/{image, pts3d, conf, mask, intrinsics, cam2world, split, gt_cam2world?}``: the
         globally aligned world pointmaps with their confidences and validity mask, the intrinsics at the stored
-        resolution, the aligned (teacher) poses, the dataset's split (0 train / 1 test) and, where the dataset has
-        them, its ground-truth poses (used for pose evaluation). The scene must be aligned (``progress/scene_done``).
+        resolution, the aligned (teacher) poses, the dataset's split (0 train / 1 test; when it holds no test frame,
+        e.g. an image folder, every `test_every`-th frame is held out) and, where the dataset has them, its
+        ground-truth poses (used for pose evaluation). The scene must be aligned (``progress/scene_done``).
         """
-        from .scenes.store import done_flags, open_store
-        from storage_schemas.scenes import read_scene_manifest
-
-        try:
-            group = open_store(url, "r", storage_options)
-            manifest = read_scene_manifest(group)
-        except (FileNotFoundError, KeyError, ValueError) as e:
-            raise ValueError(f"{url}: not a readable DUSt3R scene store ({e})") from None
-        if scene not in manifest.scenes:
-            raise ValueError(f"{url}: scene {scene!r} not in the store (scenes: {manifest.scenes})")
-        if not done_flags(group)[1][manifest.scenes.index(scene)]:
+        group, names, done = _open_scene_store(url, storage_options)
+        if scene not in names:
+            raise ValueError(f"{url}: scene {scene!r} not in the store (scenes: {names})")
+        if not done[names.index(scene)]:
             raise ValueError(f"{url}: scene {scene!r} is not aligned yet (progress/scene_done is 0); run "
                              f"`distillkit cache-scenes` or `distillkit align` first")
         sg = group[f"scenes/{scene}"]
@@ -119,14 +113,15 @@ class SceneData:
         def read(key: str):
             return np.asarray(sg[key][...]) if key in present else None
 
+        split = read("split")
+        if not (split == 1).any():
+            split = None  # no test frame in the dataset's split: from_arrays holds out every test_every-th (noted)
         data = cls.from_arrays(images=read("image"), pts3d=read("pts3d"), K=read("intrinsics"), conf=read("conf"),
-                               mask=read("mask"), split=read("split"), gt_cam2world=read("gt_cam2world"),
+                               mask=read("mask"), split=split, gt_cam2world=read("gt_cam2world"),
                                cam2world=read("cam2world"), name=scene, test_every=test_every)
         if data.gt_cam2world is not None and not np.isfinite(data.gt_cam2world).all():
-            data.gt_cam2world = None  # frames without GT pose: evaluate against the aligned poses instead
+            data.gt_cam2world = None  # (the readers skip frames without GT pose, so this is a safety net)
             data.notes.append("some frames lack ground-truth poses: pose metrics use the aligned poses")
-        if not (data.split == 1).any():
-            data.notes.append("the store's split has no test frames: held-out metrics are empty")
         return data
 
     # ------------------------------------------------------------------------------------------------ properties
@@ -279,14 +274,23 @@ def synthetic_scene(n_train: int = 240, n_test: int = 40, H: int = 96, W: int = 
                                  gt_cam2world=c2w, name=name or f"synthetic-{seed}")
 
 
-def aligned_scenes(url: str, storage_options: dict[str, Any] | None = None) -> list[str]:
-    """Names of the aligned scenes of a scene store, in store order."""
+def _open_scene_store(url: str, storage_options: dict[str, Any] | None):
+    """(group, scene names, aligned flags) of a scene store; a clear error for anything else."""
     from .scenes.store import done_flags, open_store
     from storage_schemas.scenes import read_scene_manifest
 
-    group = open_store(url, "r", storage_options)
-    names = read_scene_manifest(group).scenes
-    return [s for s, done in zip(names, done_flags(group)[1]) if done]
+    try:
+        group = open_store(url, "r", storage_options)
+        names = read_scene_manifest(group).scenes
+        return group, names, done_flags(group)[1]
+    except (FileNotFoundError, KeyError, ValueError) as e:
+        raise ValueError(f"{url}: not a readable DUSt3R scene store ({e})") from None
+
+
+def aligned_scenes(url: str, storage_options: dict[str, Any] | None = None) -> list[str]:
+    """Names of the aligned scenes of a scene store, in store order."""
+    _, names, done = _open_scene_store(url, storage_options)
+    return [s for s, d in zip(names, done) if d]
 
 
 # -------------------------------------------------------------------------------------------- data references

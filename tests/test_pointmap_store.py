@@ -134,3 +134,56 @@ def test_example_deploy_config_is_a_pointmap_job():
 
     job = load_train_config(Path(__file__).resolve().parents[1] / "deploy" / "configs" / "pointmap-students.yaml")
     assert isinstance(job, PointmapJobConfig) and job.student.kind == "cnn" and job.crop_scale == (0.5, 1.0)
+
+
+def test_store_without_test_frames_and_mismatched_checkpoint(oracle_scene_store, tmp_path):
+    import shutil
+
+    copy = tmp_path / "nosplit.zarr"
+    shutil.copytree(oracle_scene_store, copy)
+    g = zarr.open_group(str(copy), mode="r+")
+    g["scenes/office_wide/split"][:] = 0  # e.g. an image-folder dataset: no test sequence
+    d = SceneData.from_store(str(copy), "office_wide", test_every=4)
+    assert d.test_idx.tolist() == list(range(3, d.n, 4)) and any("held out" in n for n in d.notes)
+
+    out = tmp_path / "pm"
+    r = runner.invoke(app, ["train", "--task", "pointmap", "--store", str(copy), "--scene", "office_wide",
+                            "--student", "cnn", "--image-size", "24x32", "--max-steps", "2", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    row = json.loads((out / "summary.json").read_text())[0]
+    assert row["frames_test"] == len(range(7, d.n, 8)) and row["mean_l2"] > 0  # default test_every = 8
+    ck = out / "office_wide" / "checkpoint-last.pt"
+    r = runner.invoke(app, ["show", str(copy), "--scene", "office_tall", "--checkpoint", str(ck),
+                            "--out", str(tmp_path / "s")])
+    assert r.exit_code == 2 and "student of scene 'office_wide', not 'office_tall'" in r.output
+    r = runner.invoke(app, ["train", "--task", "pointmap", "--store", str(tmp_path / "nowhere.zarr"),
+                            "--out", str(out)])
+    assert r.exit_code == 2 and "not a readable DUSt3R scene store" in r.output
+    # a second run on the other scene adds its row to the summary instead of replacing the file
+    r = runner.invoke(app, ["train", "--task", "pointmap", "--store", str(copy), "--scene", "office_tall",
+                            "--student", "cnn", "--image-size", "24x32", "--max-steps", "2", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert [x["scene"] for x in json.loads((out / "summary.json").read_text())] == ["office_wide", "office_tall"]
+
+
+def test_cli_student_presets_and_flow_config_objects(tmp_path):
+    from distillkit.cli import _pointmap_student_overrides
+    from distillkit.config import train_config_model
+    from flows.common import resolve_config
+
+    yaml_file = tmp_path / "pm.yaml"
+    yaml_file.write_text("task: pointmap\nstore: s.zarr\nout_dir: o\nstudent: {preset: small_cnn}\nepochs: 250\n")
+    best = load_train_config(yaml_file, **_pointmap_student_overrides("paper_vit_best", {"epochs": None}))
+    assert (best.student.kind, best.student.latent, best.epochs, best.target_scale) == ("vit", 256, 200, 100)
+    mine = load_train_config(yaml_file, epochs=7, **_pointmap_student_overrides("paper_vit_best", {"epochs": 7}))
+    assert mine.epochs == 7 and mine.student.kind == "vit"
+    mob = load_train_config(yaml_file, **_pointmap_student_overrides("mobilenet", {}))
+    assert mob.student.kind == "mobilenet" and mob.epochs == 250
+    with pytest.raises(ValueError, match=f"config file {yaml_file}: task: unknown training task 'nerf'"):
+        yaml_file.write_text("task: nerf\n")
+        load_train_config(yaml_file)
+    # a config object changed after construction (nested too) reaches the flow as it is now
+    job = PointmapJobConfig(store="s.zarr", out_dir="o")
+    job.student.kind = "vit"
+    assert resolve_config(train_config_model, job, None).student.kind == "vit"
+    assert isinstance(resolve_config(train_config_model, {"stores": ["a"], "out_dir": "o"}, None), TrainConfig)

@@ -287,8 +287,8 @@ def evaluate_scene(model, scene: SceneTensors, cfg: PointmapTrainConfig, device:
 
 
 def load_pointmap_student(checkpoint: str | Path, device: str | torch.device = "cpu"):
-    """(model in eval mode, its PointmapTrainConfig, its training resolution (H, W)) from a checkpoint written by
-    `train_pointmap_student`."""
+    """(model in eval mode, its PointmapTrainConfig, its spec: scene, image_hw (the training resolution), student,
+    sampler) from a checkpoint written by `train_pointmap_student`."""
     path = Path(checkpoint)
     if not path.is_file():
         raise ValueError(f"{path}: no such checkpoint (expected <out_dir>/<scene>/{CKPT_NAME})")
@@ -296,11 +296,10 @@ def load_pointmap_student(checkpoint: str | Path, device: str | torch.device = "
     if not isinstance(ck, dict) or "spec" not in ck or "model" not in ck:
         raise ValueError(f"{path}: not a pointmap-student checkpoint (no 'spec'/'model'; a DUNE checkpoint?)")
     cfg = PointmapTrainConfig.model_validate(ck["config"])
-    hw = tuple(ck["spec"]["image_hw"])
     student = cfg.student.model_copy(update={"pretrained": None})  # the weights come from the checkpoint
-    model = build_pointmap_student(student, hw)
+    model = build_pointmap_student(student, tuple(ck["spec"]["image_hw"]))
     model.load_state_dict(ck["model"])
-    return model.to(device).eval(), cfg, hw
+    return model.to(device).eval(), cfg, ck["spec"]
 
 
 def plot_pointmap_curve(metrics: dict, path: str | Path, title: str = "") -> Path:

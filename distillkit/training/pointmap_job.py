@@ -1,8 +1,8 @@
 """`distillkit train --task pointmap`: one scene-specific pointmap student per scene of a DUSt3R scene store.
 
-Each scene trains into ``<out_dir>/<scene>/`` (resumable on its own); the job writes ``<out_dir>/summary.json``
-and ``summary.csv`` with one row per scene (held-out mean L2, its ratio to the scene extent, PnP pose accuracy,
-model size, CPU/GPU training time).
+Each scene trains into ``<out_dir>/<scene>/`` (resumable on its own); after each scene the job merges its row
+into ``<out_dir>/summary.json`` and ``summary.csv`` (one row per scene (held-out mean L2, its ratio to the scene extent, PnP pose accuracy,
+model size, CPU/GPU training time)).
 """
 
 from __future__ import annotations
@@ -42,14 +42,19 @@ def summary_row(result: dict, data: SceneData, kind: str) -> dict:
     row = {"scene": result["scene"], "kind": kind, "size_mb": result["model"].get("size_mb"),
            "frames_train": len(data.train_idx), "frames_test": len(data.test_idx), "steps": result["steps"],
            "epochs": result["epochs"], "train_s": round(result["train_s"], 1), "extent": round(result["extent"], 4),
-           "pose_reference": data.eval_poses[1], "checkpoint": result["checkpoint"]}
+           "pose_reference": ev.get("pose_reference", "none"), "checkpoint": result["checkpoint"]}
     row.update({k: ev.get(k) for k in SUMMARY_COLUMNS if k in ev})
     return {k: row.get(k) for k in SUMMARY_COLUMNS}
 
 
 def write_summary(rows: list[dict], out_dir: str | Path) -> tuple[Path, Path]:
+    """Merge `rows` into ``summary.json``/``.csv`` by scene: earlier runs' other scenes are kept, a scene trained
+    again replaces its row."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    old = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else []
+    new = {r["scene"] for r in rows}
+    rows = [r for r in old if r.get("scene") not in new] + list(rows)
     (out / "summary.json").write_text(json.dumps(rows, indent=1))
     with open(out / "summary.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=SUMMARY_COLUMNS)
@@ -77,5 +82,5 @@ def train_pointmap_scenes(job: PointmapJobConfig,
         result, row = train_scene(job, scene, cb)
         results.append(result)
         rows.append(row)
-    summary_json, summary_csv = write_summary(rows, job.out_dir)
+        summary_json, summary_csv = write_summary(rows, job.out_dir)  # after each scene: a failure keeps the rest
     return {"rows": rows, "results": results, "summary_json": str(summary_json), "summary_csv": str(summary_csv)}

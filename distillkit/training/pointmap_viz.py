@@ -31,9 +31,15 @@ def show_student(store: str, scene: str, checkpoint: str | Path, out_dir: str | 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    model, cfg, spec = load_pointmap_student(checkpoint)
+    if spec["scene"] != scene:
+        raise ValueError(f"{checkpoint} is a student of scene {spec['scene']!r}, not {scene!r} (scene-specific "
+                         f"students only predict their own scene)")
     data = SceneData.from_store(store, scene, storage_options)
-    model, cfg, hw = load_pointmap_student(checkpoint)
-    pool = data.test_idx if frames == "test" and len(data.test_idx) else data.train_idx
+    hw = tuple(spec["image_hw"])
+    if frames == "test" and not len(data.test_idx):
+        frames = "train"  # nothing held out: show training frames, and say so
+    pool = data.test_idx if frames == "test" else data.train_idx
     idx = _pick(pool, n_frames)
     pred = predict_frames(model, SceneTensors(data, hw), idx, "cpu")
     err = np.linalg.norm(pred["pred"].astype(np.float64) - np.nan_to_num(pred["target"]), axis=-1)
@@ -73,5 +79,5 @@ def show_student(store: str, scene: str, checkpoint: str | Path, out_dir: str | 
     overview = out / "overview.png"
     fig.savefig(overview, dpi=90)
     plt.close(fig)
-    return {"overview": str(overview), "files": files, "frames": per_frame, "scene": scene,
+    return {"overview": str(overview), "files": files, "frames": per_frame, "scene": scene, "pool": frames,
             "mean_l2": float(np.nanmean(err)) if np.isfinite(err).any() else float("nan")}
