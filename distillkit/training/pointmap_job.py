@@ -1,8 +1,8 @@
 """`distillkit train --task pointmap`: one scene-specific pointmap student per scene of a DUSt3R scene store.
 
 Each scene trains into ``<out_dir>/<scene>/`` (resumable on its own); after each scene the job merges its row
-into ``<out_dir>/summary.json`` and ``summary.csv`` (one row per scene (held-out mean L2, its ratio to the scene extent, PnP pose accuracy,
-model size, CPU/GPU training time)).
+into ``<out_dir>/summary.json`` and ``summary.csv``: one row per scene with the held-out mean L2, its ratio to the
+scene extent, PnP pose accuracy, model size and training time.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def write_summary(rows: list[dict], out_dir: str | Path) -> tuple[Path, Path]:
     rows = [r for r in old if r.get("scene") not in new] + list(rows)
     (out / "summary.json").write_text(json.dumps(rows, indent=1))
     with open(out / "summary.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=SUMMARY_COLUMNS)
+        w = csv.DictWriter(f, fieldnames=SUMMARY_COLUMNS, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
     return out / "summary.json", out / "summary.csv"
