@@ -8,6 +8,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from storage_schemas.attrs import field_errors
+
 
 def parse_hw(value: Any) -> tuple[int, int]:
     """224 -> (224, 224); '224x336' / [224, 336] -> (224, 336) as (height, width)."""
@@ -204,8 +206,7 @@ def validate_config(model: type[BaseModel], data: dict[str, Any], path: str | Pa
         return model.model_validate(data)
     except ValidationError as e:
         where = f"config file {path}" if path else "config"
-        msgs = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in e.errors())
-        raise ValueError(f"{where}: {msgs}") from None
+        raise ValueError(f"{where}: {field_errors(e)}") from None
 
 
 def merged_config_data(path: str | Path | None, overrides: dict[str, Any]) -> dict[str, Any]:
