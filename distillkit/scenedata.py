@@ -98,12 +98,13 @@ class SceneData:
         e.g. an image folder, every `test_every`-th frame is held out) and, where the dataset has them, its
         ground-truth poses (used for pose evaluation). The scene must be aligned (``progress/scene_done``).
         """
-        group, names, done = _open_scene_store(url, storage_options)
-        if scene not in names:
-            raise ValueError(f"{url}: scene {scene!r} not in the store (scenes: {names})")
-        if not done[names.index(scene)]:
-            raise ValueError(f"{url}: scene {scene!r} is not aligned yet (progress/scene_done is 0); run "
-                             f"`distillkit cache-scenes` or `distillkit align` first")
+        from .scenes.store import require_aligned
+
+        group, manifest = _open_scene_store(url, storage_options)
+        try:
+            require_aligned(group, manifest, scene)
+        except ValueError as e:
+            raise ValueError(f"{url}: {e}") from None
         sg = group[f"scenes/{scene}"]
         present = set(sg.array_keys())
         missing = [a for a in STORE_ARRAYS_REQUIRED if a not in present]
@@ -275,22 +276,23 @@ def synthetic_scene(n_train: int = 240, n_test: int = 40, H: int = 96, W: int = 
 
 
 def _open_scene_store(url: str, storage_options: dict[str, Any] | None):
-    """(group, scene names, aligned flags) of a scene store; a clear error for anything else."""
-    from .scenes.store import done_flags, open_store
+    """(group, manifest) of a scene store; a clear error for anything else."""
+    from .scenes.store import open_store
     from storage_schemas.scenes import read_scene_manifest
 
     try:
         group = open_store(url, "r", storage_options)
-        names = read_scene_manifest(group).scenes
-        return group, names, done_flags(group)[1]
+        return group, read_scene_manifest(group)
     except (FileNotFoundError, KeyError, ValueError) as e:
         raise ValueError(f"{url}: not a readable DUSt3R scene store ({e})") from None
 
 
 def aligned_scenes(url: str, storage_options: dict[str, Any] | None = None) -> list[str]:
     """Names of the aligned scenes of a scene store, in store order."""
-    _, names, done = _open_scene_store(url, storage_options)
-    return [s for s, d in zip(names, done) if d]
+    from .scenes.store import done_flags
+
+    group, manifest = _open_scene_store(url, storage_options)
+    return [s for s, d in zip(manifest.scenes, done_flags(group)[1]) if d]
 
 
 # -------------------------------------------------------------------------------------------- data references

@@ -24,12 +24,6 @@ def _scene(group, scene: str | None) -> str:
     return scene
 
 
-def _require_done(group, scene: str) -> None:
-    idx = st.scene_index(read_scene_manifest(group), scene)
-    if not st.done_flags(group)[1][idx]:
-        raise ValueError(f"scene {scene} is not aligned yet (run the align-scenes flow or `distillkit align`)")
-
-
 def default_conf_thr(group, scene: str) -> float:
     rec = read_alignment(group, scene)
     return float(rec.settings.get("min_conf_thr", 3.0)) if rec else 3.0
@@ -62,7 +56,7 @@ def export_ply(url: str, out: str | Path, scene: str | None = None, conf_thr: fl
     alignment threshold), every ``stride``-th pixel, coloured by the image."""
     group = st.open_store(url, "r", storage_options)
     scene = _scene(group, scene)
-    _require_done(group, scene)
+    st.require_aligned(group, read_scene_manifest(group), scene)
     thr = default_conf_thr(group, scene) if conf_thr is None else conf_thr
     base = f"scenes/{scene}"
     n = group[f"{base}/pts3d"].shape[0]
@@ -109,7 +103,7 @@ def show_scene(url: str, out_dir: str | Path, scene: str | None = None, n_frames
     confidence, pointmap as RGB, and GT depth when stored)."""
     group = st.open_store(url, "r", storage_options)
     scene = _scene(group, scene)
-    _require_done(group, scene)
+    st.require_aligned(group, read_scene_manifest(group), scene)
     info = read_scene_info(group, scene)
     base = f"scenes/{scene}"
     n = info.n_frames

@@ -121,11 +121,18 @@ def scene_index(manifest: SceneManifest, scene: str) -> int:
     try:
         return manifest.scenes.index(scene)
     except ValueError:
-        raise ValueError(f"no scene {scene!r} in the store (scenes: {', '.join(manifest.scenes)})") from None
+        raise ValueError(f"scene {scene!r} not in the store (scenes: {', '.join(manifest.scenes)})") from None
 
 
 def done_flags(group: zarr.Group) -> tuple[np.ndarray, np.ndarray]:
     return group["progress/pairs_done"][:].astype(bool), group["progress/scene_done"][:].astype(bool)
+
+
+def require_aligned(group: zarr.Group, manifest: SceneManifest, scene: str) -> None:
+    """ValueError unless `scene` is in the store and aligned (its world pointmaps are written)."""
+    if not done_flags(group)[1][scene_index(manifest, scene)]:
+        raise ValueError(f"scene {scene!r} is not aligned yet (progress/scene_done is 0); run `distillkit "
+                         f"cache-scenes`, the align-scenes flow or `distillkit align` first")
 
 
 def set_flag(group: zarr.Group, name: str, index: int, value: int) -> None:
