@@ -106,7 +106,8 @@ def test_cli_train_pointmap_every_scene_then_show(oracle_scene_store, tmp_path):
     r = runner.invoke(app, ["show", str(oracle_scene_store), "--scene", "office_wide", "--checkpoint", str(ck),
                             "--out", str(show_dir), "--n", "10"])
     assert r.exit_code == 0, r.output
-    assert Image.open(show_dir / "overview.png").size[0] > 500
+    with Image.open(show_dir / "overview.png") as overview:
+        assert overview.size[0] > 500
     from distillkit.training.pointmap_viz import show_student
 
     res = show_student(str(oracle_scene_store), "office_wide", ck, tmp_path / "show2", n_frames=10)
