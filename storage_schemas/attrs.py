@@ -22,3 +22,12 @@ def read_attr_model(attrs, attr: str, model: type[M], where: str = "root attribu
         return model.model_validate(raw)
     except ValidationError as e:
         raise ValueError(f"{where} '{attr}' is invalid: {field_errors(e)}") from None
+
+
+def read_node_attr_model(group, path: str, attr: str, model: type[M]) -> M:
+    """`read_attr_model` on the attributes of the node at `path` below `group` ("<path>: group is missing" if absent)."""
+    try:
+        node = group[path]
+    except KeyError:
+        raise ValueError(f"{path}: group is missing") from None
+    return read_attr_model(node.attrs, attr, model, where=f"{path}: attribute")

@@ -31,7 +31,7 @@ from typing import Any, Literal
 import zarr
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .attrs import read_attr_model
+from .attrs import read_attr_model, read_node_attr_model
 from .v1 import MANIFEST_ATTR, ArraySpec, utcnow
 
 SCENES_SCHEMA_VERSION = "distillkit-scenes/v1"
@@ -138,12 +138,7 @@ def read_scene_manifest(group: zarr.Group) -> SceneManifest:
 
 
 def read_scene_info(group: zarr.Group, scene: str) -> SceneInfo:
-    path = f"scenes/{scene}"
-    try:
-        node = group[path]
-    except KeyError:
-        raise ValueError(f"{path}: group is missing") from None
-    return read_attr_model(node.attrs, SCENE_ATTR, SceneInfo, where=f"{path}: attribute")
+    return read_node_attr_model(group, f"scenes/{scene}", SCENE_ATTR, SceneInfo)
 
 
 def read_alignment(group: zarr.Group, scene: str) -> SceneAlignment | None:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import zarr
-from .attrs import read_attr_model
+from .attrs import read_attr_model, read_node_attr_model
 from .v1 import MANIFEST_ATTR, PROVENANCE_ATTR, ArraySpec, Manifest, TeacherProvenance, expected_arrays
 
 
@@ -25,12 +25,7 @@ def read_manifest(group: zarr.Group) -> Manifest:
 
 
 def read_provenance(group: zarr.Group, teacher: str) -> TeacherProvenance:
-    path = f"teachers/{teacher}"
-    try:
-        node = group[path]
-    except KeyError:
-        raise ValueError(f"{path}: group is missing") from None
-    return read_attr_model(node.attrs, PROVENANCE_ATTR, TeacherProvenance, where=f"{path}: attribute")
+    return read_node_attr_model(group, f"teachers/{teacher}", PROVENANCE_ATTR, TeacherProvenance)
 
 
 def _dtype_name(arr: zarr.Array) -> str:
