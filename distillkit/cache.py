@@ -18,17 +18,18 @@ import torch
 import zarr
 from tqdm.auto import tqdm
 
-from storage_schemas import Manifest
-from storage_schemas.v1 import utcnow
+from distillkit_schemas import Manifest
+from distillkit_schemas.v1 import utcnow
 
-from . import __version__
-from .config import CacheConfig, safe_url
-from .sources import BadImage, SampleRef, list_source, load_rgb, source_fingerprint
-from .sources.images import split_of
-from .store import layout, stats
-from .store.writer import AsyncShardWriter, ShardResult, TeacherShard
-from .teachers import Teacher, load_teacher
-from .views import center_view, random_view, render, view_seed
+from distillkit import __version__
+from distillkit.config.cache import CacheConfig
+from distillkit.config.common import safe_url
+from distillkit.sources import BadImage, SampleRef, list_source, load_rgb, source_fingerprint
+from distillkit.sources.images import split_of
+from distillkit.store import layout, stats
+from distillkit.store.writer import AsyncShardWriter, ShardResult, TeacherShard
+from distillkit.teachers import Teacher, load_teacher
+from distillkit.sources.views import center_view, random_view, render, view_seed
 
 log = logging.getLogger("distillkit")
 

@@ -15,11 +15,13 @@ from pathlib import Path
 
 
 def main(out: str = "demo_out") -> int:
-    import flows  # noqa: F401  (offline Prefect defaults)
-    from flows.cache_teachers import cache_teachers
-    from flows.train_student import train_student
+    import distillkit_flows  # noqa: F401  (offline Prefect defaults)
+    from distillkit_flows.cache_teachers import cache_teachers
+    from distillkit_flows.train_student import train_student
 
-    from distillkit.config import CacheConfig, TrainConfig
+    from distillkit.config.cache import CacheConfig
+
+    from distillkit.training.dune.config import TrainConfig
     from distillkit.demo_data import write_demo_images
 
     warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")

@@ -1,11 +1,11 @@
 """`ablate-students`: a grid of scene-specific pointmap students (seed 000), one sub-flow per run and scene.
 
 Every run reads the same scene data (a small JSON reference per scene, loaded once per process; see
-`distillkit.scenedata.load_scene`). Result: a table artifact (`student-ablation`), `<out_dir>/ablation.csv` and
+`distillkit.scenes.data.load_scene`). Result: a table artifact (`student-ablation`), `<out_dir>/ablation.csv` and
 `<out_dir>/ablation.png` (loss curves and per-scene held-out error).
 
 ```python
-from flows.ablate_students import ablate_students
+from distillkit_flows.ablate_students import ablate_students
 ablate_students(config={"out_dir": "runs/ablate", "scenes": [{"store": "s3://b/scenes.zarr", "scene": "apt1_kitchen"}],
                         "base": {"epochs": 200, "image_size": [384, 512]},
                         "grid": {"student.kind": ["cnn", "mobilenet", "vit"]},
@@ -17,15 +17,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import flows  # noqa: F401  (environment defaults before prefect)
+import distillkit_flows  # noqa: F401  (environment defaults before prefect)
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from distillkit.config_pointmap import AblationConfig, PointmapTrainConfig
-from distillkit.scenedata import load_scene
-from distillkit.training.pointmap import (ABLATION_COLUMNS, ablation_row, expand_ablation, plot_ablation,
+from distillkit.training.pointmap.config import AblationConfig, PointmapTrainConfig
+from distillkit.scenes.data import load_scene
+from distillkit.training.pointmap.trainer import (ABLATION_COLUMNS, ablation_row, expand_ablation, plot_ablation,
                                           train_pointmap_student, write_ablation_csv)
-from flows.common import resolve_config
+from distillkit_flows.common import resolve_config
 
 
 @flow(name="train-pointmap-student", log_prints=True)

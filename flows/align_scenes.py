@@ -5,16 +5,16 @@ skipped; a scene whose pair outputs are stored is only re-aligned. Also run by `
 
 from __future__ import annotations
 
-import flows  # noqa: F401  (environment defaults before prefect)
+import distillkit_flows  # noqa: F401  (environment defaults before prefect)
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, \
     update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from distillkit.config import SceneCacheConfig
+from distillkit.config.scenes import SceneCacheConfig
 from distillkit.scenes import pipeline
-from flows.common import resolve_config
+from distillkit_flows.common import resolve_config
 
 
 @task(name="plan-scenes", cache_policy=NO_CACHE)

@@ -13,7 +13,7 @@ import hashlib
 import time
 from typing import Literal
 
-import flows  # noqa: F401  (environment defaults before prefect)
+import distillkit_flows  # noqa: F401  (environment defaults before prefect)
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, \
     update_progress_artifact
@@ -21,8 +21,9 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import get_run_context
 
 from distillkit.cache import cache_shards, finalize_store, prepare_store
-from distillkit.config import CacheConfig, SceneCacheConfig
-from flows.common import resolve_config
+from distillkit.config.cache import CacheConfig
+from distillkit.config.scenes import SceneCacheConfig
+from distillkit_flows.common import resolve_config
 
 
 @task(name="prepare-store", cache_policy=NO_CACHE)
@@ -107,7 +108,7 @@ def _fan_out(cfg: CacheConfig, chunks: list[list[int]], deployment: str) -> list
 
 def _align_scenes(scenes: SceneCacheConfig | dict | str) -> dict:
     """The DUSt3R scenes part: the `align-scenes` flow as a sub-flow (a config, its fields, or a YAML path)."""
-    from flows.align_scenes import align_scenes
+    from distillkit_flows.align_scenes import align_scenes
 
     if isinstance(scenes, str):
         return align_scenes(config_file=scenes)

@@ -6,7 +6,7 @@ from typing import Callable, TypeVar
 
 from pydantic import BaseModel
 
-from distillkit.config import merged_config_data, validate_config
+from distillkit.config.common import merged_config_data, validate_config
 
 M = TypeVar("M", bound=BaseModel)
 

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import flows  # noqa: F401  (environment defaults before prefect)
+import distillkit_flows  # noqa: F401  (environment defaults before prefect)
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from distillkit.config import TrainConfig
-from distillkit.training.retrain import retrain
-from flows.common import resolve_config
+from distillkit.training.dune.config import TrainConfig
+from distillkit.training.dune.retrain import retrain
+from distillkit_flows.common import resolve_config
 
 
 @task(name="retrain", cache_policy=NO_CACHE)

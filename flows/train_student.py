@@ -3,17 +3,19 @@ pointmap student per scene of a DUSt3R scene store (one task per scene); metrics
 
 from __future__ import annotations
 
-import flows  # noqa: F401  (environment defaults before prefect)
+import distillkit_flows  # noqa: F401  (environment defaults before prefect)
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, \
     update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
-from distillkit.config import TrainConfig, train_config_model
-from distillkit.config_pointmap import PointmapJobConfig
-from distillkit.training.pointmap_job import job_scenes, train_scene, write_summary
-from distillkit.training.trainer import train
-from flows.common import resolve_config
+from distillkit.training.dune.config import TrainConfig
+
+from distillkit.training.tasks import train_config_model
+from distillkit.training.pointmap.config import PointmapJobConfig
+from distillkit.training.pointmap.job import job_scenes, train_scene, write_summary
+from distillkit.training.dune.trainer import train
+from distillkit_flows.common import resolve_config
 
 
 def _progress_reporter(description: str):

@@ -60,7 +60,7 @@ def check_array(group: zarr.Group, spec: ArraySpec) -> list[Problem]:
 
 def validate_structure(group: zarr.Group) -> tuple[Manifest | None, dict[str, TeacherProvenance], list[Problem]]:
     """Check manifest, provenance and every array's metadata. Returns (manifest, provenances, problems)."""
-    # --- scene stores (storage_schemas.scenes): (SceneManifest, {scene: SceneInfo}, problems)
+    # --- scene stores (distillkit_schemas.scenes): (SceneManifest, {scene: SceneInfo}, problems)
     from .scenes import is_scene_store, validate_scene_structure
 
     if is_scene_store(group):

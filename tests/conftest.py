@@ -19,7 +19,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from distillkit.config import CacheConfig  # noqa: E402
+from distillkit.config.cache import CacheConfig  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_TEACHER = {"name": "dinov2_vits14_reg", "overrides": {"depth": 2}}  # real timm DINOv2 arch, 2 blocks
@@ -154,9 +154,9 @@ def s3_bucket(s3_server, request):
 def oracle_scene_store(tmp_path_factory) -> Path:
     """A scene store of two synthetic 12-Scenes scenes (portrait 128x96 and landscape 96x128 colour), aligned from
     exact GT-depth pairs with the dataset's poses: world pointmaps = the true scene (metres)."""
-    from distillkit.config import SceneCacheConfig
+    from distillkit.config.scenes import SceneCacheConfig
     from distillkit.scenes.pipeline import run_scenes
-    from distillkit.scenes.synthetic_layout import write_12scenes
+    from distillkit.scenes.synthetic import write_12scenes
 
     root = tmp_path_factory.mktemp("pm_scenes")
     write_12scenes(root / "office" / "wide", n_frames=16, color_hw=(96, 128), depth_hw=(48, 64), seed=4,

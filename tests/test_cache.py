@@ -57,7 +57,7 @@ def test_cli_cache_then_rerun_is_noop_and_store_is_valid(photos, tmp_path):
 
 def test_features_match_a_direct_teacher_forward_and_stats_are_exact(cached_store, photos):
     from distillkit.cache import decode_sample
-    from distillkit.config import TeacherConfig
+    from distillkit.config.cache import TeacherConfig
     from distillkit.teachers import load_teacher
     import torch
 

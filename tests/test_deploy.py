@@ -119,7 +119,7 @@ def test_nightly_schedule_and_gpu_pool_template(stack):
 def test_fan_out_over_deployment_runs_is_byte_identical(stack, tmp_path, monkeypatch):
     from conftest import read_all
     from distillkit.cache import run_cache
-    from distillkit.config import CacheConfig
+    from distillkit.config.cache import CacheConfig
 
     common = {"teachers": [TINY_TEACHER], "image_size": 56, "shard_size": 8}
     fanned = tmp_path / "fanned.zarr"

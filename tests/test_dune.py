@@ -12,11 +12,11 @@ import torch
 
 from conftest import tiny_cache_config
 from distillkit.cache import run_cache
-from distillkit.config import TrainConfig
+from distillkit.training.dune.config import TrainConfig
 from distillkit.store.reader import StoreSource
-from distillkit.training.normalize import TargetNorm
-from distillkit.training.objectives import combine, lowest_loss_drop, sharing_mask
-from distillkit.training.trainer import train
+from distillkit.training.dune.normalize import TargetNorm
+from distillkit.training.dune.objectives import combine, lowest_loss_drop, sharing_mask
+from distillkit.training.dune.trainer import train
 
 STUDENT = {"preset": "custom", "embed_dim": 48, "depth": 2, "num_heads": 2}
 TEACHERS = [{"name": "dinov2_vits14_reg", "overrides": {"depth": 2}}, {"name": "dinov2_vits14", "overrides": {"depth": 2}}]
@@ -131,7 +131,7 @@ def test_phi_s_is_isotropic_and_invertible(cached_store):
 
 @pytest.mark.parametrize("c", [4, 12, 192, 384, 768, 1024, 1536])
 def test_hadamard_orders(c):
-    from distillkit.training.normalize import hadamard
+    from distillkit.training.dune.normalize import hadamard
 
     h = hadamard(c)
     assert h is not None and h.shape == (c, c)

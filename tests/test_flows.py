@@ -31,12 +31,14 @@ def harness():
 
 
 def test_cache_then_train_flows(harness, photos, tmp_path):
-    import flows  # noqa: F401
+    import distillkit_flows  # noqa: F401
     from prefect.artifacts import Artifact
-    from flows.cache_teachers import cache_teachers
-    from flows.train_student import train_student
+    from distillkit_flows.cache_teachers import cache_teachers
+    from distillkit_flows.train_student import train_student
 
-    from distillkit.config import CacheConfig, TrainConfig
+    from distillkit.config.cache import CacheConfig
+
+    from distillkit.training.dune.config import TrainConfig
     from distillkit.store.inspect import validate_store
 
     store = tmp_path / "flow.zarr"
@@ -65,7 +67,7 @@ def test_cache_then_train_flows(harness, photos, tmp_path):
 
 
 def test_flow_reports_bad_config_clearly(harness, tmp_path):
-    from flows.cache_teachers import cache_teachers
+    from distillkit_flows.cache_teachers import cache_teachers
 
     bad = tmp_path / "bad.yaml"
     bad.write_text("source: /nowhere\nstore: /tmp/x.zarr\nteachers: [dinov2_vits14_reg]\nshard_size: 0\n")
@@ -74,7 +76,7 @@ def test_flow_reports_bad_config_clearly(harness, tmp_path):
 
 
 def test_dask_fan_out_is_byte_identical_to_serial(harness, photos, tmp_path):
-    from flows.cache_teachers import cache_teachers
+    from distillkit_flows.cache_teachers import cache_teachers
 
     from conftest import read_all, tiny_cache_config
     from distillkit.cache import run_cache
@@ -94,11 +96,11 @@ def test_retrain_only_when_a_store_changed(harness, photos, tmp_path):
     import json
     import shutil
 
-    from flows.retrain_student import retrain_student
+    from distillkit_flows.retrain_student import retrain_student
 
     from conftest import tiny_cache_config
     from distillkit.cache import run_cache
-    from distillkit.config import TrainConfig
+    from distillkit.training.dune.config import TrainConfig
 
     store = tmp_path / "s.zarr"
     run_cache(tiny_cache_config(photos, store), show_progress=False)
@@ -126,8 +128,8 @@ def test_retrain_only_when_a_store_changed(harness, photos, tmp_path):
 def test_multi_teacher_demo_config_through_both_flows(harness, tmp_path, monkeypatch):
     """DINOv2 + MASt3R encoder + Multi-HMR encoder (small random-init configs) through cache-teachers and
     train-student: the student gets one projector per teacher and is evaluated per teacher."""
-    from flows.cache_teachers import cache_teachers
-    from flows.train_student import train_student
+    from distillkit_flows.cache_teachers import cache_teachers
+    from distillkit_flows.train_student import train_student
 
     from conftest import REPO
     from distillkit.store.inspect import validate_store

@@ -14,7 +14,7 @@ from distillkit.geometry.align import AlignConfig, align
 from distillkit.geometry.metrics import aligned_point_errors, relative_rotation_errors, similarity_scale
 from distillkit.geometry.predictions import PairPredictions
 from distillkit.geometry.procrustes import apply_similarity, weighted_umeyama
-from distillkit.geometry.synthetic import make_scene
+from distillkit.scenes.synthetic import make_scene
 
 FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "dust3r" / "ga_scene6.npz"
 needs_fixture = pytest.mark.skipif(not FIXTURE.exists(), reason=f"fixture {FIXTURE} not present")
@@ -302,7 +302,7 @@ def test_pairs_by_view_overlap():
 
 @needs_fixture
 def test_bench_align_fixture_keys():
-    from distillkit.geometry.bench import bench_align
+    from distillkit.bench.align import bench_align
 
     r = bench_align(fixture=str(FIXTURE), reference=True, reference_iters=5)
     for key in ("wall_s", "iterations", "peak_rss_mb", "mean_dist_to_reference_over_depth", "rel_rot_err_deg_mean",

@@ -12,9 +12,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from distillkit.cli import app
-from distillkit.config import TrainConfig, load_train_config
-from distillkit.config_pointmap import PointmapJobConfig
-from distillkit.scenedata import SceneData, aligned_scenes
+from distillkit.training.dune.config import TrainConfig
+from distillkit.training.tasks import load_train_config
+from distillkit.training.pointmap.config import PointmapJobConfig
+from distillkit.scenes.data import SceneData, aligned_scenes
 from distillkit.scenes import store as st
 from distillkit.scenes.quality import gt_world_points
 
@@ -108,7 +109,7 @@ def test_cli_train_pointmap_every_scene_then_show(oracle_scene_store, tmp_path):
     assert r.exit_code == 0, r.output
     with Image.open(show_dir / "overview.png") as overview:
         assert overview.size[0] > 500
-    from distillkit.training.pointmap_viz import show_student
+    from distillkit.training.pointmap.plots import show_student
 
     res = show_student(str(oracle_scene_store), "office_wide", ck, tmp_path / "show2", n_frames=10)
     m = json.loads((out / "office_wide" / "metrics.json").read_text())
@@ -169,8 +170,8 @@ def test_store_without_test_frames_and_mismatched_checkpoint(oracle_scene_store,
 
 def test_cli_student_presets_and_flow_config_objects(tmp_path):
     from distillkit.cli import _pointmap_student_overrides
-    from distillkit.config import train_config_model
-    from flows.common import resolve_config
+    from distillkit.training.tasks import train_config_model
+    from distillkit_flows.common import resolve_config
 
     yaml_file = tmp_path / "pm.yaml"
     yaml_file.write_text("task: pointmap\nstore: s.zarr\nout_dir: o\nstudent: {preset: small_cnn}\nepochs: 250\n")

@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from distillkit.config_pointmap import PointmapStudentConfig, PointmapTrainConfig
-from distillkit.scenedata import SceneData, synthetic_scene
+from distillkit.training.pointmap.config import PointmapStudentConfig, PointmapTrainConfig
+from distillkit.scenes.data import SceneData
+from distillkit.scenes.synthetic import synthetic_scene
 from distillkit.students.pointmap import build_pointmap_student
-from distillkit.training.pointmap import (View, apply_view, full_view, pointmap_loss, sample_view,
+from distillkit.training.pointmap.trainer import (View, apply_view, full_view, pointmap_loss, sample_view,
                                           train_pointmap_student, view_indices, view_K)
-from distillkit.training.pose_eval import evaluate_predictions, l2_errors, pnp_pose, pose_errors
+from distillkit.training.pointmap.metrics import evaluate_predictions, l2_errors, pnp_pose, pose_errors
 
 TINY = {
     "cnn": {"kind": "cnn", "cnn_widths": [16, 32, 32], "cnn_strides": [2, 2, 1], "head_widths": [32]},
@@ -266,10 +267,10 @@ def harness():
 def test_ablation_flow_2x2(harness, oracle_scene_store, tmp_path):
     import csv
 
-    import flows  # noqa: F401
+    import distillkit_flows  # noqa: F401
     from prefect.artifacts import Artifact
 
-    from flows.ablate_students import ablate_students
+    from distillkit_flows.ablate_students import ablate_students
 
     spec = {"store": str(oracle_scene_store), "scene": "office_tall"}  # every run reads the same scene store
     res = ablate_students(config={
@@ -292,11 +293,11 @@ def test_ablation_flow_2x2(harness, oracle_scene_store, tmp_path):
 
 @pytest.mark.slow
 def test_train_student_flow_selects_pointmap_students(harness, oracle_scene_store, tmp_path):
-    import flows  # noqa: F401
+    import distillkit_flows  # noqa: F401
     from prefect.artifacts import Artifact
 
-    from distillkit.config_pointmap import PointmapJobConfig
-    from flows.train_student import train_student
+    from distillkit.training.pointmap.config import PointmapJobConfig
+    from distillkit_flows.train_student import train_student
 
     res = train_student(config={"task": "pointmap", "store": str(oracle_scene_store), "scenes": ["office_wide"],
                                 "out_dir": str(tmp_path), "student": TINY["vit"], "image_size": [48, 64],

@@ -15,9 +15,9 @@ import zarr
 
 from conftest import REPO, TINY_TEACHER, read_all, tiny_cache_config
 from distillkit.cache import run_cache
-from distillkit.config import TrainConfig
+from distillkit.training.dune.config import TrainConfig
 from distillkit.store.inspect import summarize, validate_store
-from distillkit.training.trainer import train
+from distillkit.training.dune.trainer import train
 
 pytestmark = pytest.mark.slow
 SECRET = "testing-secret-DO-NOT-LEAK"
@@ -95,7 +95,7 @@ def test_sigkill_and_resume_against_s3(photos, s3_bucket, tmp_path):
 def test_bench_loader_counts_requests_on_s3(cached_store, s3_bucket):
     fs = s3fs.S3FileSystem()
     fs.put(str(cached_store) + "/", f"{s3_bucket}/store.zarr/", recursive=True)
-    from distillkit.bench import bench_loader
+    from distillkit.bench.loader import bench_loader
 
     res = bench_loader(f"s3://{s3_bucket}/store.zarr", batch_size=4, epochs=1)
     assert res["samples"] == 12 and res["ratio_vs_memmap"] > 0

@@ -10,13 +10,13 @@ import torch
 import zarr
 from PIL import Image
 
-from distillkit.config import SceneCacheConfig
+from distillkit.config.scenes import SceneCacheConfig
 from distillkit.geometry import make_pairs
 from distillkit.scenes import pipeline
 from distillkit.scenes import store as st
 from distillkit.scenes.frames import crop_geometry, load_frame
 from distillkit.scenes.sources import discover, read_7scenes, select_frames
-from distillkit.scenes.synthetic_layout import render, write_7scenes, write_12scenes
+from distillkit.scenes.synthetic import render, write_7scenes, write_12scenes
 from distillkit.teachers.croco import AsymmetricCroCo3DStereo, resize_and_crop
 
 # tiny random DUSt3R (linear head): exercises the real network code in milliseconds
@@ -213,7 +213,7 @@ def test_pipeline_store_is_valid_and_opens_in_xarray(network_store, dataset):
     (r,) = result["scenes"]
     assert result["finalize"]["status"] == "complete" and r["n_frames"] == 6 and r["n_edges"] == 18
     assert validate_store(cfg.store) == []
-    from storage_schemas import SceneManifest, validate_structure
+    from distillkit_schemas import SceneManifest, validate_structure
 
     manifest, infos, problems = validate_structure(zarr.open_group(cfg.store, mode="r"))  # the schema-only hook
     assert isinstance(manifest, SceneManifest) and problems == [] and infos["office_synth"].n_skipped_invalid == 2
@@ -346,12 +346,12 @@ def harness():
 
 @pytest.mark.slow
 def test_align_scenes_flow_end_to_end(harness, tmp_path):
-    import flows  # noqa: F401
+    import distillkit_flows  # noqa: F401
     from prefect.artifacts import Artifact
 
     from distillkit.store.inspect import validate_store
-    from flows.align_scenes import align_scenes
-    from flows.cache_teachers import cache_teachers
+    from distillkit_flows.align_scenes import align_scenes
+    from distillkit_flows.cache_teachers import cache_teachers
 
     root = tmp_path / "data"
     write_12scenes(root / "office" / "synth", seed=3, **SMALL)

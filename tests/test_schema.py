@@ -1,4 +1,4 @@
-"""storage_schemas: pydantic models, structural validation, content validation and the inspect/validate CLI."""
+"""distillkit_schemas: pydantic models, structural validation, content validation and the inspect/validate CLI."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 import zarr
 from pydantic import ValidationError
 
-from storage_schemas import (
+from distillkit_schemas import (
     MANIFEST_ATTR,
     PROVENANCE_ATTR,
     Manifest,

@@ -10,10 +10,14 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from distillkit.config import CacheConfig, TrainConfig, load_config, parse_hw
+from distillkit.config.cache import CacheConfig
+
+from distillkit.training.dune.config import TrainConfig
+
+from distillkit.config.common import load_config, parse_hw
 from distillkit.sources import BadImage, list_source, load_rgb
 from distillkit.sources.decode import decode_rgb
-from distillkit.views import center_view, render
+from distillkit.sources.views import center_view, render
 
 RNG = np.random.default_rng(0)
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from distillkit.config import TeacherConfig
+from distillkit.config.cache import TeacherConfig
 from distillkit.teachers import registry
 from distillkit.teachers.registry import load_teacher, teacher_input_hw
 

@@ -14,8 +14,9 @@ import zarr
 
 from conftest import REPO, TINY_TEACHER, tiny_cache_config
 from distillkit.cache import decode_sample, run_cache
-from storage_schemas.validate import read_provenance
-from distillkit.config import CacheConfig, TeacherConfig, load_config
+from distillkit_schemas.validate import read_provenance
+from distillkit.config.cache import CacheConfig, TeacherConfig
+from distillkit.config.common import load_config
 from distillkit.store import StoreMismatch
 from distillkit.store.inspect import validate_store
 from distillkit.teachers import multihmr, registry

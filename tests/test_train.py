@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from conftest import REPO
-from distillkit.config import TrainConfig
-from distillkit.training.trainer import train
+from distillkit.training.dune.config import TrainConfig
+from distillkit.training.dune.trainer import train
 
 TINY_STUDENT = {"preset": "custom", "embed_dim": 64, "depth": 2, "num_heads": 2}
 

@@ -8,11 +8,11 @@ import zarr
 
 from conftest import TINY_TEACHER, tiny_cache_config
 from distillkit.cache import run_cache
-from distillkit.config import TeacherConfig
+from distillkit.config.cache import TeacherConfig
 from distillkit.sources import load_rgb
 from distillkit.store.reader import ShardStream, StoreSource, make_loader
 from distillkit.teachers import load_teacher
-from distillkit.views import View, random_view, render
+from distillkit.sources.views import View, random_view, render
 
 
 def test_random_views_replay_exactly(photos, tmp_path):

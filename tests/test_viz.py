@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 
 from conftest import REPO
-from distillkit.viz import pca_rgb
+from distillkit.training.dune.plots import pca_rgb
 
 
 def test_pca_rgb_recovers_a_planted_3d_structure():
@@ -29,8 +29,8 @@ def test_pca_rgb_recovers_a_planted_3d_structure():
 
 
 def test_show_pca_cli(cached_store, tmp_path):
-    from distillkit.config import TrainConfig
-    from distillkit.training.trainer import train
+    from distillkit.training.dune.config import TrainConfig
+    from distillkit.training.dune.trainer import train
 
     res = train(TrainConfig(stores=[str(cached_store)], out_dir=str(tmp_path / "s"), max_steps=2, num_workers=0,
                             batch_size=3, student={"preset": "custom", "embed_dim": 32, "depth": 1, "num_heads": 2}))

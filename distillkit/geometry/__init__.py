@@ -6,9 +6,9 @@ Modules: ``pairs`` (scene graphs), ``predictions`` (input container), ``align`` 
 ``reference_ga`` (official-style Adam loop), ``synthetic`` (scene generator), ``metrics``, ``bench``.
 """
 
-from .align import AlignConfig, AlignResult, align
-from .pairs import make_pairs, pairs_by_overlap, pairs_by_retrieval, pairs_from_scores, symmetrized, view_overlap
-from .predictions import PairPredictions
+from distillkit.geometry.align import AlignConfig, AlignResult, align
+from distillkit.geometry.pairs import make_pairs, pairs_by_overlap, pairs_by_retrieval, pairs_from_scores, symmetrized, view_overlap
+from distillkit.geometry.predictions import PairPredictions
 
 __all__ = ["AlignConfig", "AlignResult", "PairPredictions", "align", "make_pairs", "pairs_by_overlap",
            "pairs_by_retrieval", "pairs_from_scores", "symmetrized", "view_overlap"]

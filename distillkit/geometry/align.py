@@ -41,12 +41,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .dense import dense_depths, problem_depths
-from .init import spanning_tree_init
-from .predictions import PairPredictions
-from .problem import Problem, State, grid_index, strided_index, weighted_loss
-from .procrustes import similarity_to_matrix
-from .solver import Freedom, SolverOptions, solve
+from distillkit.geometry.dense import dense_depths, problem_depths
+from distillkit.geometry.init import spanning_tree_init
+from distillkit.geometry.predictions import PairPredictions
+from distillkit.geometry.problem import Problem, State, grid_index, strided_index, weighted_loss
+from distillkit.geometry.procrustes import similarity_to_matrix
+from distillkit.geometry.solver import Freedom, SolverOptions, solve
 
 
 @dataclass

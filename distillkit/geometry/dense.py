@@ -17,9 +17,9 @@ import math
 
 import numpy as np
 
-from .cameras import pixel_offsets
-from .predictions import PairPredictions
-from .problem import Problem, State, mm
+from distillkit.geometry.cameras import pixel_offsets
+from distillkit.geometry.predictions import PairPredictions
+from distillkit.geometry.problem import Problem, State, mm
 
 
 def _pixel_terms(preds: PairPredictions, k: int, sl: slice, v: np.ndarray, a: np.ndarray, t: np.ndarray, sR, T):

@@ -24,10 +24,10 @@ import math
 
 import numpy as np
 
-from .cameras import camera_points, estimate_focal, focal_base
-from .pairs import max_spanning_tree
-from .problem import Problem, State
-from .procrustes import apply_similarity, weighted_umeyama
+from distillkit.geometry.cameras import camera_points, estimate_focal, focal_base
+from distillkit.geometry.pairs import max_spanning_tree
+from distillkit.geometry.problem import Problem, State
+from distillkit.geometry.procrustes import apply_similarity, weighted_umeyama
 
 
 def tree_edges(prob: Problem) -> list[int]:

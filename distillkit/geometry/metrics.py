@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .cameras import rotation_angle_deg
-from .procrustes import apply_similarity, weighted_umeyama
+from distillkit.geometry.cameras import rotation_angle_deg
+from distillkit.geometry.procrustes import apply_similarity, weighted_umeyama
 
 
 def aligned_point_errors(pts, ref, ref_depth, ref_to_metric: float = 1.0) -> np.ndarray:

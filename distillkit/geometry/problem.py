@@ -16,8 +16,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from .cameras import camera_points, pixel_offsets
-from .predictions import PairPredictions
+from distillkit.geometry.cameras import camera_points, pixel_offsets
+from distillkit.geometry.predictions import PairPredictions
 
 
 def mm(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -20,7 +20,7 @@ import time
 import numpy as np
 import torch
 
-from .predictions import PairPredictions
+from distillkit.geometry.predictions import PairPredictions
 
 
 def _signed_log1p(x):

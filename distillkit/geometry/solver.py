@@ -33,8 +33,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .cameras import so3_exp
-from .problem import Problem, State, mm, weighted_loss
+from distillkit.geometry.cameras import so3_exp
+from distillkit.geometry.problem import Problem, State, mm, weighted_loss
 
 
 def _feature_maps():

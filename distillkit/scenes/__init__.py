@@ -11,7 +11,7 @@ __all__ = ["finalize", "prepare", "realign", "run_scene", "run_scenes"]
 
 def __getattr__(name: str):  # lazy: `distillkit inspect/validate` use store/check without torch or the aligner
     if name in __all__:
-        from . import pipeline
+        from distillkit.scenes import pipeline
 
         return getattr(pipeline, name)
     raise AttributeError(name)

@@ -7,10 +7,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from storage_schemas import Problem
-from storage_schemas.scenes import read_alignment, validate_scene_structure
+from distillkit_schemas import Problem
+from distillkit_schemas.scenes import read_alignment, validate_scene_structure
 
-from . import store as st
+from distillkit.scenes import store as st
 
 
 @dataclass
@@ -32,7 +32,7 @@ class SceneStoreSummary:
 
 
 def _array_row(group, spec) -> dict:
-    from ..store.inspect import _codec
+    from distillkit.store.inspect import _codec
 
     try:
         arr = group[spec.path]
@@ -46,7 +46,7 @@ def _array_row(group, spec) -> dict:
 
 
 def summarize_scenes(url: str, storage_options: dict | None = None) -> SceneStoreSummary:
-    from storage_schemas.scenes import expected_root_arrays, expected_scene_arrays
+    from distillkit_schemas.scenes import expected_root_arrays, expected_scene_arrays
 
     group = st.open_store(url, "r", storage_options)
     manifest, infos, problems = validate_scene_structure(group)

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from storage_schemas.scenes import read_alignment, read_scene_info, read_scene_manifest
+from distillkit_schemas.scenes import read_alignment, read_scene_info, read_scene_manifest
 
-from . import store as st
+from distillkit.scenes import store as st
 
 
 def _scene(group, scene: str | None) -> str:

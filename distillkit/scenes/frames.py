@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps
 
-from ..teachers.croco.preprocess import resize_and_crop
-from .sources import Frame, SceneSource
+from distillkit.teachers.croco.preprocess import resize_and_crop
+from distillkit.scenes.sources import Frame, SceneSource
 
 
 @dataclass(frozen=True)

@@ -17,12 +17,12 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from storage_schemas import NetworkProvenance
+from distillkit_schemas import NetworkProvenance
 
-from .. import __version__
-from ..teachers.croco import RELEASED, AsymmetricCroCo3DStereo, CroCoConfig, load_model
-from ..teachers.croco.model import INF
-from .frames import to_network
+from distillkit import __version__
+from distillkit.teachers.croco import RELEASED, AsymmetricCroCo3DStereo, CroCoConfig, load_model
+from distillkit.teachers.croco.model import INF
+from distillkit.scenes.frames import to_network
 
 log = logging.getLogger("distillkit")
 
@@ -57,7 +57,7 @@ def build_network(checkpoint: str | None, seed: int = 0, base: str = "DUSt3R_ViT
                   ) -> tuple[AsymmetricCroCo3DStereo, NetworkProvenance]:
     """Load a DUSt3R/MASt3R checkpoint strictly, or build a random network (loudly; provenance random-init:<seed>)."""
     if checkpoint:
-        from ..teachers.mast3r_enc import checkpoint_digest  # sha256 of .pth or config.json + safetensors
+        from distillkit.teachers.mast3r_enc import checkpoint_digest  # sha256 of .pth or config.json + safetensors
 
         model = load_model(checkpoint, head_overrides or None, device, storage_options=storage_options)
         digest = checkpoint_digest(checkpoint, storage_options)

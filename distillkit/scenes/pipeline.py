@@ -23,17 +23,17 @@ from typing import Any
 
 import numpy as np
 
-from storage_schemas import SceneAlignment, SceneInfo, SceneManifest
-from storage_schemas.scenes import read_alignment, read_scene_info, read_scene_manifest
+from distillkit_schemas import SceneAlignment, SceneInfo, SceneManifest
+from distillkit_schemas.scenes import read_alignment, read_scene_info, read_scene_manifest
 
-from .. import __version__
-from ..config import SceneAlignSettings, SceneCacheConfig
-from ..geometry import AlignConfig, AlignResult, align, make_pairs, pairs_by_overlap
-from ..store.layout import is_url
-from . import store as st
-from .frames import crop_geometry, gt_intrinsics, image_hw, load_frame
-from .quality import alignment_residuals, gt_metrics
-from .sources import SceneSource, discover, fingerprint_parts, select_frames
+from distillkit import __version__
+from distillkit.config.scenes import SceneAlignSettings, SceneCacheConfig
+from distillkit.geometry import AlignConfig, AlignResult, align, make_pairs, pairs_by_overlap
+from distillkit.store.layout import is_url
+from distillkit.scenes import store as st
+from distillkit.scenes.frames import crop_geometry, gt_intrinsics, image_hw, load_frame
+from distillkit.scenes.quality import alignment_residuals, gt_metrics
+from distillkit.scenes.sources import SceneSource, discover, fingerprint_parts, select_frames
 
 log = logging.getLogger("distillkit")
 
@@ -100,11 +100,11 @@ def plan_scene(scene: SceneSource, cfg: SceneCacheConfig) -> tuple[SceneSource, 
 
 def network(cfg: SceneCacheConfig):
     """(model, provenance), loaded once per process; (None, oracle provenance) for the gt-depth predictor."""
-    from .inference import build_network, oracle_provenance
+    from distillkit.scenes.inference import build_network, oracle_provenance
 
     if cfg.predictor == "gt-depth":
         return None, oracle_provenance()
-    from ..teachers.registry import resolve_device
+    from distillkit.teachers.registry import resolve_device
 
     n = cfg.network
     if n.checkpoint and n.overrides:
@@ -263,7 +263,7 @@ def scene_source(cfg: SceneCacheConfig, scene: str, frame_ids: list[str]) -> Sce
 def run_scene(cfg: SceneCacheConfig, scene: str, source: SceneSource | None = None) -> dict:
     """Frames -> pair inference (skipped if already stored) -> alignment -> store. Returns timings.
     The store must exist (:func:`prepare`); ``source`` is found again from ``cfg.source`` when not given."""
-    from .inference import infer_pairs, oracle_pairs
+    from distillkit.scenes.inference import infer_pairs, oracle_pairs
 
     group = st.open_store(cfg.store, "r+", cfg.storage_options)
     manifest = read_scene_manifest(group)
@@ -327,7 +327,7 @@ def finalize(cfg_or_url: SceneCacheConfig | str, storage_options: dict | None = 
         missing = [s for s, d in zip(manifest.scenes, done) if not d]
         return {"status": "in_progress", "missing_scenes": missing}
     if manifest.status != "complete":
-        from storage_schemas.v1 import utcnow
+        from distillkit_schemas.v1 import utcnow
 
         manifest.status, manifest.finished = "complete", utcnow()
         manifest.version += 1

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..geometry.metrics import relative_rotation_errors, relative_translation_errors
-from ..geometry.procrustes import apply_similarity, weighted_umeyama
+from distillkit.geometry.metrics import relative_rotation_errors, relative_translation_errors
+from distillkit.geometry.procrustes import apply_similarity, weighted_umeyama
 
 MAX_FIT_POINTS = 200_000
 

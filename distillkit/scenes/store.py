@@ -1,5 +1,5 @@
 """Scene store I/O: create every array once (serially, before any scene task), write a scene's frames, pairs and
-alignment, read pairs back for (re-)alignment. Layout and dtypes: ``storage_schemas/scenes.py``.
+alignment, read pairs back for (re-)alignment. Layout and dtypes: ``distillkit_schemas/scenes.py``.
 
 One task owns one scene: every array of ``scenes/<s>`` is written by that task only, so no two writers ever
 share a chunk or shard. Pair outputs are buffered and written one whole storage shard at a time (a partial
@@ -19,12 +19,12 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, ZstdCodec
 
-from storage_schemas import MANIFEST_ATTR, SceneAlignment, SceneInfo, SceneManifest
-from storage_schemas.scenes import (
+from distillkit_schemas import MANIFEST_ATTR, SceneAlignment, SceneInfo, SceneManifest
+from distillkit_schemas.scenes import (
     ALIGNMENT_ATTR, SCENE_ATTR, expected_root_arrays, expected_scene_arrays, read_scene_info, read_scene_manifest,
 )
 
-from ..store.layout import StoreMismatch, is_url
+from distillkit.store.layout import StoreMismatch, is_url
 
 log = logging.getLogger("distillkit")
 
@@ -209,7 +209,7 @@ class _EdgeArray:
 def read_pairs(group: zarr.Group, scene: str, max_memory_bytes: int = 2 << 30):
     """The stored pair outputs (``PairPredictions``); loaded whole when they fit ``max_memory_bytes``, else read
     edge by edge."""
-    from ..geometry.predictions import PairPredictions
+    from distillkit.geometry.predictions import PairPredictions
     base = f"scenes/{scene}/pairs"
     edges = group[f"{base}/edges"][:]
     arrays = {k: group[f"{base}/{k}"] for k in PAIR_KEYS}

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..geometry.synthetic import cast_rays, random_layout
-from .frames import rescale_K
-from .sources import SEVEN_SCENES_DEPTH, SEVEN_SCENES_HW, SEVEN_SCENES_RGB, intrinsics
+from distillkit.scenes.synthetic import cast_rays, random_layout
+from distillkit.scenes.frames import rescale_K
+from distillkit.scenes.sources import SEVEN_SCENES_DEPTH, SEVEN_SCENES_HW, SEVEN_SCENES_RGB, intrinsics
 
 
 @dataclass

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .images import read_bytes
+from distillkit.sources.images import read_bytes
 
 
 class BadImage(Exception):

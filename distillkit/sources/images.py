@@ -26,7 +26,7 @@ DEMO_SOURCE = "skimage:"  # the photographs bundled with scikit-image, written o
 
 def demo_photos_folder() -> Path:
     """Materialise the demo photographs (idempotent; a marker file says the folder is complete)."""
-    from ..demo_data import write_demo_images
+    from distillkit.demo_data import write_demo_images
 
     folder = Path(os.environ.get("DISTILLKIT_CACHE", "~/.cache/distillkit")).expanduser() / "skimage-photos"
     marker = folder / ".complete"

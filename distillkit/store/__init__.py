@@ -1,5 +1,5 @@
 """Zarr v3 stores: layout (create/open), shard writer, statistics, streaming reader."""
 
-from .layout import StoreMismatch, check_compatible, create_store, open_group, try_open
+from distillkit.store.layout import StoreMismatch, check_compatible, create_store, open_group, try_open
 
 __all__ = ["StoreMismatch", "check_compatible", "create_store", "open_group", "try_open"]

@@ -8,10 +8,10 @@ from typing import Any, Callable
 import numpy as np
 import zarr
 
-from storage_schemas import Problem, expected_arrays, is_scene_store, validate_structure
-from storage_schemas.validate import read_manifest, read_provenance
+from distillkit_schemas import Problem, expected_arrays, is_scene_store, validate_structure
+from distillkit_schemas.validate import read_manifest, read_provenance
 
-from .layout import open_group
+from distillkit.store.layout import open_group
 
 
 def _codec(arr: zarr.Array) -> str:
@@ -43,7 +43,7 @@ class StoreSummary:
 def summarize(url: str, storage_options: dict | None = None) -> StoreSummary:
     group = open_group(url, "r", storage_options, consolidated=False)  # what is there, not what was consolidated
     if is_scene_store(group):  # scene stores (distillkit.scenes) have their own summary
-        from ..scenes.check import summarize_scenes
+        from distillkit.scenes.check import summarize_scenes
 
         return summarize_scenes(url, storage_options)  # type: ignore[return-value]
     manifest = read_manifest(group)
@@ -83,7 +83,7 @@ def validate_store(url: str, storage_options: dict | None = None,
     except Exception as e:
         return [Problem(url, f"cannot open as a Zarr v3 group: {e}")]
     if is_scene_store(group):  # scene stores (distillkit.scenes): their own content checks
-        from ..scenes.check import validate_scenes
+        from distillkit.scenes.check import validate_scenes
 
         return validate_scenes(url, storage_options, progress)
     manifest, provs, problems = validate_structure(group)

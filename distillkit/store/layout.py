@@ -9,8 +9,8 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, ZstdCodec
 
-from storage_schemas import MANIFEST_ATTR, PROVENANCE_ATTR, VIEW_PARAMS, Manifest, TeacherProvenance, expected_arrays
-from storage_schemas.validate import read_manifest, read_provenance
+from distillkit_schemas import MANIFEST_ATTR, PROVENANCE_ATTR, VIEW_PARAMS, Manifest, TeacherProvenance, expected_arrays
+from distillkit_schemas.validate import read_manifest, read_provenance
 
 log = logging.getLogger("distillkit")
 

@@ -27,11 +27,11 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from storage_schemas import Manifest, TeacherProvenance
-from storage_schemas.validate import read_manifest, read_provenance
+from distillkit_schemas import Manifest, TeacherProvenance
+from distillkit_schemas.validate import read_manifest, read_provenance
 
-from .direct import DirectShardReader
-from .layout import open_group
+from distillkit.store.direct import DirectShardReader
+from distillkit.store.layout import open_group
 
 Split = Literal["train", "val", "all"]
 

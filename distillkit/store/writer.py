@@ -12,7 +12,7 @@ import numpy as np
 import zarr
 from zarr.storage import LocalStore
 
-from . import stats as st
+from distillkit.store import stats as st
 
 log = logging.getLogger("distillkit")
 

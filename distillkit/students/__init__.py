@@ -1,5 +1,5 @@
 """Students: the DUNE-style ViT encoder with per-teacher projectors."""
 
-from .dune import DuneStudent, build_student
+from distillkit.students.dune import DuneStudent, build_student
 
 __all__ = ["DuneStudent", "build_student"]

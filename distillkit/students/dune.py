@@ -16,7 +16,7 @@ from timm.layers import Mlp
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
-from ..config import StudentConfig
+from distillkit.training.dune.config import StudentConfig
 
 
 class TransformerProjector(nn.Module):

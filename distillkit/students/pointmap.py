@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config_pointmap import PointmapStudentConfig
+from distillkit.training.pointmap.config import PointmapStudentConfig
 
 log = logging.getLogger("distillkit")
 VIT_OUT_INIT_STD = 1e-3  # std of the ViT's last (3 p^2-output) layer: starts at the scene mean

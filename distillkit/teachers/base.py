@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from storage_schemas import TeacherProvenance
+from distillkit_schemas import TeacherProvenance
 
 # provenance `resize` of every teacher (an identity field: changing it refuses to reopen existing stores)
 RESIZE = "crop box from the source, bicubic antialiased resize to input_hw"

@@ -15,10 +15,10 @@ import timm
 import torch
 from timm.models.vision_transformer import checkpoint_filter_fn
 
-from storage_schemas import TeacherProvenance
+from distillkit_schemas import TeacherProvenance
 
-from .base import Teacher, TeacherOutput, random_init_digest
-from .checkpoints import check_keys, fetch_checkpoint, read_state_dict, sha256, strip_prefixes
+from distillkit.teachers.base import Teacher, TeacherOutput, random_init_digest
+from distillkit.teachers.checkpoints import check_keys, fetch_checkpoint, read_state_dict, sha256, strip_prefixes
 
 log = logging.getLogger("distillkit")
 

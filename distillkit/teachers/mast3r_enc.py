@@ -30,12 +30,12 @@ import fsspec
 import torch
 from torch import nn
 
-from storage_schemas import TeacherProvenance
+from distillkit_schemas import TeacherProvenance
 
-from .base import PATCH_ONLY_OUTPUT, RESIZE, Teacher, TeacherOutput, random_init_digest
-from .croco.blocks import EncoderBlock, layer_norm
-from .croco.checkpoint import CONFIG_NAME, HUB_PREFIX, WEIGHTS_NAME, config_from_kwargs, read_checkpoint
-from .croco.model import RELEASED, AsymmetricCroCo3DStereo, CroCoConfig, PatchEmbed
+from distillkit.teachers.base import PATCH_ONLY_OUTPUT, RESIZE, Teacher, TeacherOutput, random_init_digest
+from distillkit.teachers.croco.blocks import EncoderBlock, layer_norm
+from distillkit.teachers.croco.checkpoint import CONFIG_NAME, HUB_PREFIX, WEIGHTS_NAME, config_from_kwargs, read_checkpoint
+from distillkit.teachers.croco.model import RELEASED, AsymmetricCroCo3DStereo, CroCoConfig, PatchEmbed
 
 log = logging.getLogger("distillkit")
 

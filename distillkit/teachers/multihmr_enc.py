@@ -18,12 +18,12 @@ import logging
 
 import torch
 
-from storage_schemas import TeacherProvenance
+from distillkit_schemas import TeacherProvenance
 
-from . import multihmr
-from .base import PATCH_ONLY_OUTPUT, RESIZE, Teacher, TeacherOutput, random_init_digest
-from .checkpoints import fetch_checkpoint, read_state_dict, sha256
-from .dinov2 import IMAGENET_MEAN, IMAGENET_STD
+from distillkit.teachers import multihmr
+from distillkit.teachers.base import PATCH_ONLY_OUTPUT, RESIZE, Teacher, TeacherOutput, random_init_digest
+from distillkit.teachers.checkpoints import fetch_checkpoint, read_state_dict, sha256
+from distillkit.teachers.dinov2 import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger("distillkit")
 

@@ -8,11 +8,11 @@ import threading
 import fsspec
 import torch
 
-from ..config import TeacherConfig
-from . import mast3r_enc, multihmr_enc
-from .base import Teacher
-from .dinov2 import SPECS as DINO_SPECS
-from .dinov2 import DinoV2Teacher
+from distillkit.config.cache import TeacherConfig
+from distillkit.teachers import mast3r_enc, multihmr_enc
+from distillkit.teachers.base import Teacher
+from distillkit.teachers.dinov2 import SPECS as DINO_SPECS
+from distillkit.teachers.dinov2 import DinoV2Teacher
 
 _LOADED: dict[str, Teacher] = {}
 _LOCK = threading.Lock()

@@ -4,11 +4,11 @@ Written from the spec in ``shared/notes/dust3r.md``; parity with the official co
 reference fixtures in ``shared/fixtures/dust3r`` (tests/test_croco.py).
 """
 
-from .checkpoint import (
+from distillkit.teachers.croco.checkpoint import (
     config_from_kwargs, load_model, load_state_dict_strict, parse_constructor, read_checkpoint, save_hf,
 )
-from .model import RELEASED, AsymmetricCroCo3DStereo, AsymmetricMASt3R, CroCoConfig
-from .preprocess import load_images, resize_and_crop
+from distillkit.teachers.croco.model import RELEASED, AsymmetricCroCo3DStereo, AsymmetricMASt3R, CroCoConfig
+from distillkit.teachers.croco.preprocess import load_images, resize_and_crop
 
 __all__ = [
     "RELEASED", "AsymmetricCroCo3DStereo", "AsymmetricMASt3R", "CroCoConfig", "config_from_kwargs", "load_images",

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .rope import apply_rope
+from distillkit.teachers.croco.rope import apply_rope
 
 Rope = tuple[torch.Tensor, torch.Tensor]  # (cos, sin) from rope.rope_tables
 

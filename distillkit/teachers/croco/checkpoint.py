@@ -27,7 +27,7 @@ import fsspec
 import fsspec.implementations.local
 import torch
 
-from .model import INF, AsymmetricCroCo3DStereo, CroCoConfig
+from distillkit.teachers.croco.model import INF, AsymmetricCroCo3DStereo, CroCoConfig
 
 ARCHS = ("AsymmetricCroCo3DStereo", "AsymmetricMASt3R")
 HUB_PREFIX = "hf-hub:"

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import Mlp
+from distillkit.teachers.croco.blocks import Mlp
 
 # Released DPT widths; the tiny fixtures override them (the official factory hard-codes these).
 DPT_FEATURE_DIM = 256

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .blocks import DecoderBlock, EncoderBlock, layer_norm
-from .heads import DPT_FEATURE_DIM, DPT_LAST_DIM, DPT_LAYER_DIMS, CatMlpDPTHead, DPTHead, LinearHead, dpt_hooks
-from .rope import grid_positions, rope_tables
+from distillkit.teachers.croco.blocks import DecoderBlock, EncoderBlock, layer_norm
+from distillkit.teachers.croco.heads import DPT_FEATURE_DIM, DPT_LAST_DIM, DPT_LAYER_DIMS, CatMlpDPTHead, DPTHead, LinearHead, dpt_hooks
+from distillkit.teachers.croco.rope import grid_positions, rope_tables
 
 INF = math.inf
 Mode = tuple[str, float, float]

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..scenedata import SceneData
-from ..scenes.export import colormap, pointmap_rgb
-from .pointmap import SceneTensors, load_pointmap_student, predict_frames
+from distillkit.scenes.data import SceneData
+from distillkit.scenes.export import colormap, pointmap_rgb
+from distillkit.training.pointmap.trainer import SceneTensors, load_pointmap_student, predict_frames
 
 
 def _pick(idx: np.ndarray, n: int) -> np.ndarray:

@@ -17,7 +17,7 @@ import math
 import numpy as np
 import torch
 
-from ..store.reader import StoreSource
+from distillkit.store.reader import StoreSource
 
 STD_FLOOR = 1e-3
 

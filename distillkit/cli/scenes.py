@@ -11,7 +11,7 @@ import typer
 
 
 def _cli():
-    from . import cli  # the main app's console, logging and error helpers (imported late: cli imports us)
+    from distillkit import cli  # the main app's console, logging and error helpers (imported late: cli imports us)
 
     return cli
 
@@ -65,11 +65,11 @@ def print_scene_summary(s) -> None:
 def show_scene(store: str, scene: str, out: Path, n: int, checkpoint: str | None = None) -> None:
     """`distillkit show --scene`: PNG views of one scene (with a pointmap student's checkpoint: student vs
     teacher on test frames)."""
-    from .scenes.export import show_scene as run
+    from distillkit.scenes.export import show_scene as run
 
     c = _cli()
     if checkpoint is not None:
-        from .training.pointmap_viz import show_student
+        from distillkit.training.pointmap.plots import show_student
 
         try:
             res = show_student(store, scene, checkpoint, out, n)
@@ -99,9 +99,10 @@ def register(app: typer.Typer) -> None:
         config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML with SceneCacheConfig fields"),
     ):
         """Pairs -> DUSt3R inference -> global alignment -> scene store, scene by scene (resumable)."""
-        from .config import SceneCacheConfig, load_config
-        from .scenes import run_scenes
-        from .store import StoreMismatch
+        from distillkit.config.scenes import SceneCacheConfig
+        from distillkit.config.common import load_config
+        from distillkit.scenes import run_scenes
+        from distillkit.store import StoreMismatch
 
         c = _cli()
         c._setup_logging()
@@ -132,7 +133,7 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json"),
     ):
         """Re-run the global alignment from the stored pair outputs (no network)."""
-        from .scenes import realign
+        from distillkit.scenes import realign
 
         c = _cli()
         c._setup_logging()
@@ -161,7 +162,7 @@ def register(app: typer.Typer) -> None:
         stride: int = typer.Option(1, help="every k-th pixel in x and y"),
     ):
         """Write a coloured, confidence-thresholded binary PLY point cloud (MeshLab, Open3D, CloudCompare)."""
-        from .scenes.export import export_ply
+        from distillkit.scenes.export import export_ply
 
         c = _cli()
         try:
@@ -182,8 +183,8 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0),
     ):
         """Write synthetic scenes (textured room, exact depth and poses) in the 12-Scenes or 7-Scenes layout."""
-        from .config import parse_hw
-        from .scenes.synthetic_layout import write_dataset
+        from distillkit.config.common import parse_hw
+        from distillkit.scenes.synthetic import write_dataset
 
         c = _cli()
         if layout not in ("12scenes", "7scenes"):

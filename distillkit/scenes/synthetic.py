@@ -18,7 +18,7 @@ import math
 
 import numpy as np
 
-from .pairs import make_pairs
+from distillkit.geometry.pairs import make_pairs
 
 
 def _look_at(centre, target):

@@ -13,9 +13,9 @@ import logging
 from pathlib import Path
 from typing import Callable
 
-from ..config_pointmap import PointmapJobConfig
-from ..scenedata import SceneData, aligned_scenes
-from .pointmap import train_pointmap_student
+from distillkit.training.pointmap.config import PointmapJobConfig
+from distillkit.scenes.data import SceneData, aligned_scenes
+from distillkit.training.pointmap.trainer import train_pointmap_student
 
 log = logging.getLogger("distillkit")
 

@@ -1,7 +1,7 @@
 """`SceneData`: one scene's frames with pixel-aligned world-frame pointmaps, for scene-specific pointmap students.
 
-A small, in-memory (numpy-backed) interface: the trainer (`distillkit.training.pointmap`) and the pose evaluation
-(`distillkit.training.pose_eval`) take nothing else. Three ways to get one:
+A small, in-memory (numpy-backed) interface: the trainer (`distillkit.training.pointmap.trainer`) and the pose evaluation
+(`distillkit.training.pointmap.metrics`) take nothing else. Three ways to get one:
 
 * `SceneData.from_arrays(...)`: any arrays (validated, defaults filled in);
 * `SceneData.from_store(url, scene)`: an aligned scene of a DUSt3R scene store (`distillkit cache-scenes`);
@@ -90,7 +90,7 @@ class SceneData:
     @classmethod
     def from_store(cls, url: str, scene: str, storage_options: dict[str, Any] | None = None,
                    test_every: int = 8) -> "SceneData":
-        """One aligned scene of a DUSt3R scene store (``storage_schemas/scenes.py``; local path or fsspec URL).
+        """One aligned scene of a DUSt3R scene store (``distillkit_schemas/scenes.py``; local path or fsspec URL).
 
         Reads ``scenes/<scene>/{image, pts3d, conf, mask, intrinsics, cam2world, split, gt_cam2world?}``: the
         globally aligned world pointmaps with their confidences and validity mask, the intrinsics at the stored
@@ -98,7 +98,7 @@ class SceneData:
         e.g. an image folder, every `test_every`-th frame is held out) and, where the dataset has them, its
         ground-truth poses (used for pose evaluation). The scene must be aligned (``progress/scene_done``).
         """
-        from .scenes.store import require_aligned
+        from distillkit.scenes.store import require_aligned
 
         group, manifest = _open_scene_store(url, storage_options)
         try:
@@ -204,7 +204,7 @@ def synthetic_scene(n_train: int = 240, n_test: int = 40, H: int = 96, W: int = 
                     n_boxes: int = 4, focal: float | None = None, name: str | None = None,
                     hole_fraction: float = 0.0) -> SceneData:
     """A box room (about 6 x 3.2 x 6 m, units are metres) with textured walls and a few boxes, rendered by exact
-    ray casting (`distillkit.geometry.synthetic`) along camera paths: the training frames come from three laps
+    ray casting (`distillkit.scenes.synthetic`) along camera paths: the training frames come from three laps
     around the room centre looking outwards and swinging left/right (radius 0.8, 1.2 and 1.6 m, different heights
     and phases), the test frames from two other laps in between (radius 1.0 and 1.4 m, other phases, headings and
     pitches): held out like a separate 12-Scenes test sequence, never a training frame's neighbour.
@@ -212,7 +212,7 @@ def synthetic_scene(n_train: int = 240, n_test: int = 40, H: int = 96, W: int = 
     coordinates at two scales (aperiodic at scene scale, so a location is recognisable from its appearance).
     Confidence is 1 + a smooth function, / 5 at depth discontinuities; `hole_fraction` masks out random blocks (tests the mask path).
     """
-    from .geometry.synthetic import cast_rays, depth_discontinuities, random_layout
+    from distillkit.scenes.synthetic import cast_rays, depth_discontinuities, random_layout
 
     rng = np.random.default_rng(seed)
     room_lo, room_hi, boxes = random_layout(rng, n_boxes)
@@ -277,8 +277,8 @@ def synthetic_scene(n_train: int = 240, n_test: int = 40, H: int = 96, W: int = 
 
 def _open_scene_store(url: str, storage_options: dict[str, Any] | None):
     """(group, manifest) of a scene store; a clear error for anything else."""
-    from .scenes.store import open_store
-    from storage_schemas.scenes import read_scene_manifest
+    from distillkit.scenes.store import open_store
+    from distillkit_schemas.scenes import read_scene_manifest
 
     try:
         group = open_store(url, "r", storage_options)
@@ -289,7 +289,7 @@ def _open_scene_store(url: str, storage_options: dict[str, Any] | None):
 
 def aligned_scenes(url: str, storage_options: dict[str, Any] | None = None) -> list[str]:
     """Names of the aligned scenes of a scene store, in store order."""
-    from .scenes.store import done_flags
+    from distillkit.scenes.store import done_flags
 
     group, manifest = _open_scene_store(url, storage_options)
     return [s for s, d in zip(manifest.scenes, done_flags(group)[1]) if d]

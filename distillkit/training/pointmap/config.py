@@ -1,16 +1,12 @@
-"""Configuration of scene-specific pointmap students (seed 000) and their ablations (pydantic, like config.py)."""
+"""Configuration of scene-specific pointmap students (seed 000) and their ablations (pydantic)."""
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from .config import parse_hw
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+from distillkit.config.common import Strict, parse_hw
 
 
 # Student presets. "paper_*" follow the paper (Dutt, Lunawat, Kaur: DUSt3R -> small students on 12-Scenes).
@@ -33,7 +29,7 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-class PointmapStudentConfig(_Strict):
+class PointmapStudentConfig(Strict):
     """One of three students; all output a dense [B, 3, H, W] world pointmap at the input resolution, as
     `centre + scale * offset` (centre/scale = mean/RMS spread of the scene's training targets, stored in the model)."""
 
@@ -84,7 +80,7 @@ class PointmapStudentConfig(_Strict):
         return {"kind": self.kind, **{k: getattr(self, k) for k in keys}}
 
 
-class PointmapTrainConfig(_Strict):
+class PointmapTrainConfig(Strict):
     """Parameters of `train_pointmap_student` (one scene, one student)."""
 
     preset: Literal["paper_vit_best"] | None = Field(default=None, description="training preset (fields given "
@@ -175,7 +171,7 @@ class PointmapTrainConfig(_Strict):
         return self
 
 
-class AblationConfig(_Strict):
+class AblationConfig(Strict):
     """Parameters of the `ablate-students` flow: a grid of runs over the same scenes."""
 
     out_dir: str = Field(description="runs go to <out_dir>/<run>/<scene>/; ablation.csv and ablation.png here")

@@ -14,8 +14,8 @@ from typing import Any, Iterator
 
 import torch
 
-from ..config import TrainConfig
-from ..store.reader import ShardStream, StoreSource, make_loader
+from distillkit.training.dune.config import TrainConfig
+from distillkit.store.reader import ShardStream, StoreSource, make_loader
 
 
 @dataclass

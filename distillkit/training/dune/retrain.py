@@ -12,12 +12,12 @@ import logging
 import os
 from pathlib import Path
 
-from storage_schemas.v1 import utcnow
+from distillkit_schemas.v1 import utcnow
 
-from ..config import TrainConfig
-from ..store.layout import open_group
-from storage_schemas import read_manifest
-from .trainer import train
+from distillkit.training.dune.config import TrainConfig
+from distillkit.store.layout import open_group
+from distillkit_schemas import read_manifest
+from distillkit.training.dune.trainer import train
 
 log = logging.getLogger("distillkit")
 LINEAGE = "lineage.json"

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import torch
 
-from .store.reader import MemmapSource, ShardStream, StoreSource, make_loader
+from distillkit.store.reader import MemmapSource, ShardStream, StoreSource, make_loader
 
 
 def _epoch(stream: ShardStream, num_workers: int, epoch: int) -> tuple[int, int, float]:
@@ -86,8 +86,8 @@ def bench_cache(source: str, teacher: str, checkpoint: str | None = None, image_
                 student_patch: int = 14, batch_size: int = 32, num_workers: int = 4, shard_size: int = 64,
                 overrides: dict | None = None) -> dict:
     """Wall time of a whole cache run vs the bare teacher forward over the same preprocessed images."""
-    from .cache import decode_sample, load_teachers, plan_samples, run_cache
-    from .config import CacheConfig
+    from distillkit.cache import decode_sample, load_teachers, plan_samples, run_cache
+    from distillkit.config.cache import CacheConfig
 
     with tempfile.TemporaryDirectory(prefix="distillkit-bench-") as tmp:
         cfg = CacheConfig(source=source, store=os.path.join(tmp, "bench.zarr"),

@@ -11,12 +11,12 @@ import time
 import numpy as np
 import torch
 
-from .align import AlignConfig, align
-from .init import spanning_tree_init
-from .metrics import (aligned_point_errors, relative_rotation_errors, relative_translation_errors,
+from distillkit.geometry.align import AlignConfig, align
+from distillkit.geometry.init import spanning_tree_init
+from distillkit.geometry.metrics import (aligned_point_errors, relative_rotation_errors, relative_translation_errors,
                       similarity_scale)
-from .predictions import PairPredictions
-from .problem import Problem, grid_index
+from distillkit.geometry.predictions import PairPredictions
+from distillkit.geometry.problem import Problem, grid_index
 
 
 def _reset_peak_rss() -> bool:
@@ -104,7 +104,7 @@ def bench_align(fixture: str | None = None, synthetic: int | None = None, size: 
                 data = {k: z[k] for k in z.files}
             source = {"fixture": str(fixture)}
         else:
-            from .synthetic import make_scene
+            from distillkit.scenes.synthetic import make_scene
             H, W = _parse_size(size)
             data = make_scene(int(synthetic), H, W, graph=graph, noise=noise, seed=seed)
             source = {"synthetic": int(synthetic), "size": f"{H}x{W}", "graph": graph, "noise": noise, "seed": seed}
@@ -136,7 +136,7 @@ def bench_align(fixture: str | None = None, synthetic: int | None = None, size: 
 
 
 def _run_reference(preds: PairPredictions, data: dict, niter: int) -> dict:
-    from .reference_ga import ReferenceGA, run_reference
+    from distillkit.geometry.reference_ga import ReferenceGA, run_reference
 
     H, W = preds.hw
     t0 = time.perf_counter()

@@ -48,7 +48,8 @@ def _human(n: Optional[float]) -> str:
 
 def _cache_config(config, source, store, teacher, checkpoint, seed, student_patch, image_size, shard_size,
                   batch_size, num_workers, device, val_fraction, codec, views=None, view_mode=None):
-    from .config import CacheConfig, load_config
+    from distillkit.config.cache import CacheConfig
+    from distillkit.config.common import load_config
 
     teachers = None
     if teacher:
@@ -89,8 +90,8 @@ def cache(
     _setup_logging()
     cfg = _cache_config(config, source, store, teacher, checkpoint, seed, student_patch, image_size, shard_size,
                         batch_size, num_workers, device, val_fraction, codec, views, view_mode)
-    from .cache import run_cache
-    from .store import StoreMismatch
+    from distillkit.cache import run_cache
+    from distillkit.store import StoreMismatch
 
     try:
         result = run_cache(cfg, show_progress=not quiet)
@@ -113,7 +114,7 @@ def inspect(store: str = typer.Argument(..., help="store path or URL"),
             as_json: bool = typer.Option(False, "--json", help="machine-readable output")):
     """Print a store's arrays, layout, sizes, completion, teacher provenance and rejected inputs."""
     _setup_logging()
-    from .store.inspect import summarize
+    from distillkit.store.inspect import summarize
 
     try:
         s = summarize(store)
@@ -123,7 +124,7 @@ def inspect(store: str = typer.Argument(..., help="store path or URL"),
         console.print_json(json.dumps(s.as_dict()))
         return
     if getattr(s, "kind", None) == "scenes":  # a DUSt3R scene store (distillkit/cli_scenes.py)
-        from .cli_scenes import print_scene_summary
+        from distillkit.cli.scenes import print_scene_summary
 
         return print_scene_summary(s)
     m = s.manifest
@@ -168,11 +169,11 @@ def inspect(store: str = typer.Argument(..., help="store path or URL"),
 
 @app.command()
 def validate(store: str = typer.Argument(..., help="store path or URL")):
-    """Check a store against storage_schemas, completeness and NaN/Inf; exit 1 on any problem."""
+    """Check a store against distillkit_schemas, completeness and NaN/Inf; exit 1 on any problem."""
     _setup_logging()
     from tqdm import tqdm
 
-    from .store.inspect import validate_store
+    from distillkit.store.inspect import validate_store
 
     bar = tqdm(desc="validating shards", unit="shard", file=sys.stderr)
 
@@ -224,7 +225,8 @@ def train(
     """Train a DUNE-style student by streaming cached teacher features, or (--task pointmap) scene-specific
     pointmap students on a DUSt3R scene store."""
     _setup_logging()
-    from .config import load_train_config, read_config_file, train_config_model
+    from distillkit.training.tasks import load_train_config, train_config_model
+    from distillkit.config.common import read_config_file
 
     common = dict(out_dir=out, task=task, batch_size=batch_size, epochs=epochs, max_steps=max_steps, lr=lr,
                   device=device, seed=seed, resume=False if no_resume else None)
@@ -253,7 +255,7 @@ def train(
                                       "num_heads": heads}.items() if v is not None}
         cfg = load_train_config(config, **common, stores=store or None, teachers=teacher or None, student=dune,
                                 projector=projector, num_workers=num_workers)
-        from .training.trainer import train as run_train
+        from distillkit.training.dune.trainer import train as run_train
 
         result = run_train(cfg)
     except ValueError as e:
@@ -271,7 +273,7 @@ def _pointmap_student_overrides(student: str | None, given: dict) -> dict:
     """--student as config overrides. It replaces the config file's whole `student:` block: a student preset
     (small_cnn, paper_vit, ...), a kind (cnn | mobilenet | vit) with default fields, or a training preset
     (paper_vit_best) whose student and training fields beat the file's (options given on the command line win)."""
-    from .config_pointmap import STUDENT_PRESETS, TRAIN_PRESETS
+    from distillkit.training.pointmap.config import STUDENT_PRESETS, TRAIN_PRESETS
 
     if student is None:
         return {}
@@ -286,7 +288,7 @@ def _train_pointmap(cfg) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from .training.pointmap_job import train_pointmap_scenes
+    from distillkit.training.pointmap.job import train_pointmap_scenes
 
     bars: dict[str, int] = {}
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
@@ -323,10 +325,10 @@ def show(store: str = typer.Argument(..., help="store path or URL"),
     scene store's depth/confidence/pointmap, or with --checkpoint a pointmap student beside the teacher."""
     _setup_logging()
     if scene is not None:  # scene stores (distillkit/cli_scenes.py)
-        from .cli_scenes import show_scene
+        from distillkit.cli.scenes import show_scene
 
         return show_scene(store, scene, Path(f"{scene}_views") if out == Path("pca.png") else out, n, checkpoint)
-    from .viz import pca_figure
+    from distillkit.training.dune.plots import pca_figure
 
     try:
         path = pca_figure(store, out, checkpoint=checkpoint, n_images=n)
@@ -338,7 +340,7 @@ def show(store: str = typer.Argument(..., help="store path or URL"),
 @app.command()
 def teachers():
     """List the teachers that `cache --teacher` accepts."""
-    from .teachers import teacher_names
+    from distillkit.teachers import teacher_names
 
     for n in teacher_names():
         console.print(n)
@@ -351,7 +353,7 @@ def bench_loader(store: str = typer.Option(..., help="store to read"),
                  as_json: bool = typer.Option(False, "--json")):
     """Training reader vs the same pipeline over a raw memory-mapped .npy copy (same run)."""
     _setup_logging()
-    from .bench import bench_loader as run
+    from distillkit.bench.loader import bench_loader as run
 
     res = run(store, batch_size=batch_size, num_workers=num_workers, epochs=epochs, shuffle_shards=shuffle_shards)
     _print_bench(res, as_json)
@@ -365,7 +367,7 @@ def bench_cache(source: str = typer.Option(...), teacher: str = typer.Option("di
                 as_json: bool = typer.Option(False, "--json")):
     """Cache wall time vs the bare teacher forward on the same preprocessed images."""
     _setup_logging()
-    from .bench import bench_cache as run
+    from distillkit.bench.loader import bench_cache as run
 
     res = run(source, teacher, checkpoint=checkpoint, image_size=image_size, student_patch=student_patch,
               batch_size=batch_size, num_workers=num_workers, shard_size=shard_size)
@@ -383,7 +385,7 @@ def bench_align(fixture: Optional[Path] = typer.Option(None, help=".npz laid out
                 as_json: bool = typer.Option(False, "--json")):
     """Global alignment: wall time, iterations, peak RSS and accuracy (vs the stored official result / GT)."""
     _setup_logging()
-    from .geometry.bench import bench_align as run
+    from distillkit.bench.align import bench_align as run
 
     if (fixture is None) == (synthetic is None):
         _fail("give --fixture FILE.npz or --synthetic N")
@@ -410,7 +412,7 @@ def _print_bench(res: dict, as_json: bool) -> None:
     console.print(t)
 
 
-from .cli_scenes import register as _register_scene_commands  # noqa: E402  (cache-scenes, align, export-ply, ...)
+from distillkit.cli.scenes import register as _register_scene_commands  # noqa: E402  (cache-scenes, align, export-ply, ...)
 
 _register_scene_commands(app)
 

@@ -18,14 +18,16 @@ from typing import Any, Callable
 
 import torch
 
-from ..config import TrainConfig, redact
-from ..store.reader import ShardStream, make_loader
-from ..students import build_student
-from ..teachers import resolve_device
-from .data import GroupBatches, build_groups, val_streams
-from .losses import cosine, teacher_loss
-from .normalize import TargetNorm
-from .objectives import combine, lowest_loss_drop, sharing_mask
+from distillkit.training.dune.config import TrainConfig
+
+from distillkit.config.common import redact
+from distillkit.store.reader import ShardStream, make_loader
+from distillkit.students import build_student
+from distillkit.teachers import resolve_device
+from distillkit.training.dune.data import GroupBatches, build_groups, val_streams
+from distillkit.training.dune.losses import cosine, teacher_loss
+from distillkit.training.dune.normalize import TargetNorm
+from distillkit.training.dune.objectives import combine, lowest_loss_drop, sharing_mask
 
 log = logging.getLogger("distillkit")
 
@@ -341,7 +343,7 @@ def train(cfg: TrainConfig, on_step: Callable[[int, int, dict], None] | None = N
     wall = time.perf_counter() - t0
     png = out / "loss_curve.png"
     if dist.rank == 0:
-        from ..viz import plot_loss_curve
+        from distillkit.training.dune.plots import plot_loss_curve
 
         plot_loss_curve(metrics, png)
     final_eval = metrics["eval"][-1] if metrics["eval"] else {}

@@ -44,10 +44,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config_pointmap import PointmapTrainConfig
-from ..scenedata import SceneData
-from ..students.pointmap import build_pointmap_student, describe
-from .pose_eval import evaluate_predictions, l2_errors
+from distillkit.training.pointmap.config import PointmapTrainConfig
+from distillkit.scenes.data import SceneData
+from distillkit.students.pointmap import build_pointmap_student, describe
+from distillkit.training.pointmap.metrics import evaluate_predictions, l2_errors
 
 log = logging.getLogger("distillkit")
 
@@ -342,7 +342,7 @@ def train_pointmap_student(cfg: PointmapTrainConfig, data: SceneData,
     ``metrics.json`` and ``loss_curve.png``. Returns paths, timings, model size and the final held-out metrics
     (mean L2 in world units and / extent; with reference poses, % of frames within 5 cm/5 deg and 10 cm/10 deg and
     median errors)."""
-    from ..teachers import resolve_device
+    from distillkit.teachers import resolve_device
 
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)

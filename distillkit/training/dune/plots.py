@@ -59,9 +59,9 @@ def student_features(checkpoint: str | Path, images: "np.ndarray") -> "np.ndarra
     """Patch tokens of a trained student's encoder (registers dropped) for uint8 images [B, H, W, 3]."""
     import torch
 
-    from .config import StudentConfig
-    from .students import build_student
-    from .training.trainer import images_to_input
+    from distillkit.training.dune.config import StudentConfig
+    from distillkit.students import build_student
+    from distillkit.training.dune.trainer import images_to_input
 
     ck = torch.load(checkpoint, map_location="cpu", weights_only=False)
     dims = {t: (d[0], tuple(d[1])) for t, d in ck["teacher_dims"].items()}
@@ -80,7 +80,7 @@ def pca_figure(store: str, out: str | Path, checkpoint: str | None = None, n_ima
     """A grid: one row per image; columns = the image, each teacher's PCA, and the student's (if a checkpoint)."""
     import numpy as np
 
-    from .store.reader import StoreSource
+    from distillkit.store.reader import StoreSource
 
     src = StoreSource(store, None, storage_options)
     rows = np.flatnonzero(src.valid & (src.split == 1))

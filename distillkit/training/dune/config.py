@@ -1,0 +1,103 @@
+"""Parameters of the DUNE task (`distillkit train`, `train-student`, `retrain-student`): student, groups, training."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from distillkit.config.common import Strict
+
+
+class StudentConfig(Strict):
+    """DUNE-style ViT student (timm VisionTransformer with registers)."""
+
+    preset: Literal["vit_tiny", "vit_small", "vit_base", "custom"] = "vit_small"
+    embed_dim: int | None = None
+    depth: int | None = None
+    num_heads: int | None = None
+    num_registers: int = 4
+    layerscale_init: float = 1e-4
+
+    def dims(self) -> tuple[int, int, int]:
+        presets = {"vit_tiny": (192, 12, 3), "vit_small": (384, 12, 6), "vit_base": (768, 12, 12)}
+        dim, depth, heads = presets.get(self.preset, (384, 12, 6))
+        return (self.embed_dim or dim, self.depth or depth, self.num_heads or heads)
+
+
+class GroupConfig(Strict):
+    """A domain group for teacher-balanced batches (DUNE Tab. 5): its stores and the teacher it belongs to."""
+
+    name: str
+    stores: list[str] = Field(min_length=1)
+    teacher: str = Field(description="the group's own teacher (data sharing 'none'/'generic' train only it)")
+
+
+class TrainConfig(Strict):
+    """Parameters of `distillkit train` and the `train-student` flow (DUNE-style students from feature stores;
+    ``task: pointmap`` selects `config_pointmap.PointmapJobConfig` instead)."""
+
+    task: Literal["dune"] = Field(default="dune", description="dune: multi-teacher feature distillation; "
+                                  "pointmap: scene-specific pointmap students (PointmapJobConfig)")
+    stores: list[str] = Field(default_factory=list, description="teacher stores to stream (zipped by sample id)")
+    out_dir: str = Field(description="where checkpoints, metrics.json and loss_curve.png go")
+    teachers: list[str] | None = Field(default=None, description="subset of teachers; None = all in the stores")
+    student: StudentConfig = Field(default_factory=StudentConfig)
+    projector: Literal["tp", "sp", "mlp", "lp"] = Field(
+        default="tp", description="tp transformer projector | sp (= mlp) 2-layer MLP | lp ladder on every block")
+    teacher_drop: Literal["none", "lowest_loss"] = Field(
+        default="none", description="lowest_loss: per image keep the worst-fit teacher, drop each other with p")
+    teacher_drop_p: float = Field(default=0.5, ge=0.0, le=1.0)
+    normalization: Literal["standard", "phi-s"] = Field(
+        default="standard", description="teacher targets: per-channel standardisation (store stats) or PHI-S")
+    color_jitter: float = Field(default=0.0, ge=0.0, le=1.0,
+                                description="student-only photometric jitter strength (targets are fixed)")
+    groups: list[GroupConfig] | None = Field(
+        default=None, description="teacher-balanced batches: one entry per domain group (stores + own teacher)")
+    data_sharing: Literal["full", "generic", "none"] = Field(
+        default="full", description="which teachers train on a group's images: all | own (+all for the generic group) "
+                                    "| own only")
+    generic_group: str | None = Field(default=None, description="group whose images train every teacher (generic)")
+    batch_size: int = Field(default=32, ge=1)
+    epochs: float = Field(default=1.0, gt=0, description="passes over the training split (fractions allowed)")
+    max_steps: int | None = Field(default=None, ge=1, description="stop after this many steps (overrides epochs)")
+    lr: float = Field(default=3e-4, gt=0, description="peak learning rate (DUNE: 3e-4 x batch/256)")
+    min_lr: float = Field(default=1e-6, ge=0)
+    weight_decay: float = 0.03
+    warmup_fraction: float = Field(default=0.1, ge=0, le=1)
+    grad_clip: float = Field(default=1.0, ge=0, description="0 disables")
+    seed: int = 0
+    shuffle_shards: int = Field(default=2, ge=1, description="shards mixed in one shuffle block")
+    num_workers: int = Field(default=2, ge=0, description="DataLoader workers for the streaming reader")
+    device: str = "auto"
+    eval_every: int = Field(default=0, ge=0, description="evaluate every N steps (0 = at the end only)")
+    ckpt_every: int = Field(default=50, ge=1, description="checkpoint every N steps (and at the end)")
+    max_eval_samples: int = Field(default=256, ge=1)
+    resume: bool = Field(default=True, description="continue from out_dir/checkpoint-last.pt if present")
+    init_from: str | None = Field(default=None, description="start from this checkpoint's weights (fine-tuning)")
+    log_batches: bool = Field(default=False, description="write out_dir/batches/rank<r>.jsonl (sample ids per step)")
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("stores", mode="before")
+    @classmethod
+    def _stores(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _data(self) -> "TrainConfig":
+        if not self.stores and not self.groups:
+            raise ValueError("give `stores` (zipped by sample id) or `groups` (teacher-balanced batches)")
+        if self.stores and self.groups:
+            raise ValueError("give either `stores` or `groups`, not both")
+        if self.groups:
+            names = [g.name for g in self.groups]
+            if len(set(names)) != len(names):
+                raise ValueError(f"group names must be unique, got {names}")
+            if self.generic_group is not None and self.generic_group not in names:
+                raise ValueError(f"generic_group {self.generic_group!r} is not one of the groups {names}")
+            if self.batch_size < len(self.groups):
+                raise ValueError(f"batch_size {self.batch_size} < {len(self.groups)} groups")
+        return self
+
+    def all_stores(self) -> list[str]:
+        return list(self.stores) + [s for g in (self.groups or []) for s in g.stores]
