@@ -93,7 +93,7 @@ def prepare_store(cfg: CacheConfig) -> Prepared:
     if group is not None and layout.MANIFEST_ATTR in group.attrs:
         manifest = layout.check_compatible(group, want, provs, cfg.store)
     else:
-        if group is not None and not group.attrs.get(layout.CREATING_ATTR, False):
+        if group is not None and not layout.creation_interrupted(group):
             raise layout.StoreMismatch(
                 f"{cfg.store} exists and is not a distillkit store; refusing to overwrite it")
         log.info("creating store %s: %d samples, %d shards of %d, teachers %s", cfg.store, want.n_samples,

@@ -31,6 +31,7 @@ from typing import Any, Literal
 import zarr
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from .arrays import Problem, check_array
 from .attrs import read_attr_model, read_node_attr_model
 from .v1 import MANIFEST_ATTR, ArraySpec, utcnow
 
@@ -128,11 +129,6 @@ class SceneArraySpec(ArraySpec):
     written_by: Literal["create", "scene", "pairs", "align"]  # type: ignore[assignment]
 
 
-def is_scene_store(group: zarr.Group) -> bool:
-    raw = group.attrs.get(MANIFEST_ATTR)
-    return isinstance(raw, dict) and raw.get("schema_version") == SCENES_SCHEMA_VERSION
-
-
 def read_scene_manifest(group: zarr.Group) -> SceneManifest:
     return read_attr_model(group.attrs, MANIFEST_ATTR, SceneManifest, missing_hint=": not a distillkit store")
 
@@ -200,8 +196,6 @@ def expected_root_arrays(manifest: SceneManifest) -> list[SceneArraySpec]:
 
 def validate_scene_structure(group: zarr.Group) -> tuple[SceneManifest | None, dict[str, SceneInfo], list]:
     """Manifest, every scene's info and every array's metadata (no bulk data read)."""
-    from .validate import Problem, check_array  # validate.py imports this module lazily: no cycle at import
-
     try:
         manifest = read_scene_manifest(group)
     except ValueError as e:

@@ -35,6 +35,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 SCHEMA_VERSION = "distillkit-store/v1"
 MANIFEST_ATTR = "distillkit"
+# True while a store's arrays are being created (both kinds): without a manifest and with this unset, unfinished
+CREATING_ATTR = "distillkit_creating"
 PROVENANCE_ATTR = "provenance"
 VIEW_PARAMS = ("x0", "y0", "x1", "y1", "flip")
 

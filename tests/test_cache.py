@@ -113,7 +113,7 @@ def test_bad_inputs_are_recorded_and_skipped(photos, tmp_path):
     img16 = g["samples/image"][uris.index(str(src / "depth16.png"))]
     assert np.all(img16 == round(40000 / 257))
     assert np.all(g["samples/image"][uris.index(str(src / "transparent.png"))] == 255)
-    from distillkit.store.inspect import summarize, validate_store
+    from distillkit.stores import summarize, validate_store
 
     assert validate_store(str(store)) == []
     assert {r["id"].rsplit("/", 1)[-1] for r in summarize(str(store)).rejected} == set(reasons)

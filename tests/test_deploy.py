@@ -90,7 +90,7 @@ def test_deployments_run_cache_then_train(stack, tmp_path):
     r, _ = _run(stack, "cache-teachers/demo", {"overrides": {"store": str(store)}})
     out = r.stdout + r.stderr
     assert r.returncode == 0 and "Completed" in out, out
-    from distillkit.store.inspect import validate_store
+    from distillkit.stores import validate_store
 
     assert validate_store(str(store)) == []
     manifest = zarr.open_group(str(store), mode="r").attrs["distillkit"]

@@ -39,7 +39,7 @@ def test_cache_then_train_flows(harness, photos, tmp_path):
     from distillkit.config.cache import CacheConfig
 
     from distillkit.training.dune.config import TrainConfig
-    from distillkit.store.inspect import validate_store
+    from distillkit.stores import validate_store
 
     store = tmp_path / "flow.zarr"
     cfg = CacheConfig(source=str(photos), store=str(store), teachers=[TINY_TEACHER], image_size=56,
@@ -132,7 +132,7 @@ def test_multi_teacher_demo_config_through_both_flows(harness, tmp_path, monkeyp
     from distillkit_flows.train_student import train_student
 
     from conftest import REPO
-    from distillkit.store.inspect import validate_store
+    from distillkit.stores import validate_store
 
     monkeypatch.setenv("DISTILLKIT_CACHE", str(tmp_path / "cache"))
     store = tmp_path / "multi.zarr"

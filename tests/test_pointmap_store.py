@@ -169,7 +169,7 @@ def test_store_without_test_frames_and_mismatched_checkpoint(oracle_scene_store,
 
 
 def test_cli_student_presets_and_flow_config_objects(tmp_path):
-    from distillkit.cli import _pointmap_student_overrides
+    from distillkit.cli.train import _pointmap_student_overrides
     from distillkit.training.tasks import train_config_model
     from distillkit_flows.common import resolve_config
 

@@ -16,7 +16,7 @@ import zarr
 from conftest import REPO, TINY_TEACHER, read_all, tiny_cache_config
 from distillkit.cache import run_cache
 from distillkit.training.dune.config import TrainConfig
-from distillkit.store.inspect import summarize, validate_store
+from distillkit.stores import summarize, validate_store
 from distillkit.training.dune.trainer import train
 
 pytestmark = pytest.mark.slow

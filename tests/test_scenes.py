@@ -207,7 +207,7 @@ def network_store(dataset, tmp_path_factory):
 def test_pipeline_store_is_valid_and_opens_in_xarray(network_store, dataset):
     import xarray as xr
 
-    from distillkit.store.inspect import summarize, validate_store
+    from distillkit.stores import summarize, validate_store
 
     cfg, result = network_store
     (r,) = result["scenes"]
@@ -326,7 +326,7 @@ def test_resume_after_pairs_redoes_only_the_alignment(dataset, tmp_path, monkeyp
             pipeline.run_scene(cfg, "office_synth", prepared.sources["office_synth"])
     g = st.open_store(cfg.store)
     assert st.done_flags(g)[0].tolist() == [True] and st.done_flags(g)[1].tolist() == [False]
-    from distillkit.store.inspect import validate_store
+    from distillkit.stores import validate_store
 
     assert any("not aligned" in str(p) for p in validate_store(cfg.store))
     monkeypatch.setattr(inference, "infer_pairs", crash)  # pairs are stored: inference must not run again
@@ -349,7 +349,7 @@ def test_align_scenes_flow_end_to_end(harness, tmp_path):
     import distillkit_flows  # noqa: F401
     from prefect.artifacts import Artifact
 
-    from distillkit.store.inspect import validate_store
+    from distillkit.stores import validate_store
     from distillkit_flows.align_scenes import align_scenes
     from distillkit_flows.cache_teachers import cache_teachers
 

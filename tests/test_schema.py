@@ -23,7 +23,7 @@ from distillkit_schemas import (
     read_manifest,
     validate_structure,
 )
-from distillkit.store.inspect import summarize, validate_store
+from distillkit.stores import summarize, validate_store
 
 from conftest import REPO, TINY_TEACHER
 

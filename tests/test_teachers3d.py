@@ -18,7 +18,7 @@ from distillkit_schemas.validate import read_provenance
 from distillkit.config.cache import CacheConfig, TeacherConfig
 from distillkit.config.common import load_config
 from distillkit.store import StoreMismatch
-from distillkit.store.inspect import validate_store
+from distillkit.stores import validate_store
 from distillkit.teachers import multihmr, registry
 from distillkit.teachers.croco import AsymmetricCroCo3DStereo, CroCoConfig, save_hf
 from distillkit.teachers.croco.checkpoint import config_to_kwargs

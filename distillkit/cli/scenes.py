@@ -1,5 +1,5 @@
 """`distillkit` commands for DUSt3R scene stores: cache-scenes, align, export-ply, synth-scenes, and the scene mode
-of `show` / `inspect`. Registered on the main app by ``distillkit/cli.py`` (``register(app)``)."""
+of `show` / `inspect` (called from distillkit/cli/stores.py)."""
 
 from __future__ import annotations
 
@@ -9,30 +9,25 @@ from typing import Optional
 
 import typer
 
-
-def _cli():
-    from distillkit import cli  # the main app's console, logging and error helpers (imported late: cli imports us)
-
-    return cli
+from distillkit.cli.common import app, array_table, console, fail, setup_logging
 
 
 def print_scene_summary(s) -> None:
     """`distillkit inspect` of a scene store."""
     from rich.table import Table
 
-    c = _cli()
     m = s.manifest
     net = m["network"]
-    c.console.print(f"[bold]{s.url}[/]  {m['schema_version']}  status [bold]{m['status']}[/]  completion "
-                    f"{s.completion:.0f}% ({sum(x['done'] for x in s.scenes)}/{len(s.scenes)} scenes)  version "
-                    f"{m['version']}")
-    c.console.print(f"source {m['source']} ({m['layout']}), loader size {m['image_size']}, graph {m['graph']}"
-                    f"{' symmetrised' if m['symmetrize'] else ''}, predictor {net['predictor']} ({net['arch']})")
+    console.print(f"[bold]{s.url}[/]  {m['schema_version']}  status [bold]{m['status']}[/]  completion "
+                  f"{s.completion:.0f}% ({sum(x['done'] for x in s.scenes)}/{len(s.scenes)} scenes)  version "
+                  f"{m['version']}")
+    console.print(f"source {m['source']} ({m['layout']}), loader size {m['image_size']}, graph {m['graph']}"
+                  f"{' symmetrised' if m['symmetrize'] else ''}, predictor {net['predictor']} ({net['arch']})")
     if net["checkpoint_sha256"].startswith("random-init:"):
-        c.console.print(f"[bold red]WARNING: the pair outputs come from a RANDOMLY initialised network "
-                        f"({net['checkpoint_sha256']}); they are not real targets[/]")
+        console.print(f"[bold red]WARNING: the pair outputs come from a RANDOMLY initialised network "
+                      f"({net['checkpoint_sha256']}); they are not real targets[/]")
     elif net["predictor"] == "network":
-        c.console.print(f"network {net['checkpoint']} sha256 {net['checkpoint_sha256'][:16]}")
+        console.print(f"network {net['checkpoint']} sha256 {net['checkpoint_sha256'][:16]}")
     t = Table(title="scenes")
     for col in ("scene", "layout", "frames", "pairs", "size", "GT", "pairs done", "aligned", "loss", "known poses",
                 "GT error (median)", "align s"):
@@ -45,21 +40,10 @@ def print_scene_summary(s) -> None:
                   "✓" if r["pairs_done"] else "-", "✓" if r["done"] else "-",
                   f"{r['loss']:.4g}" if "loss" in r else "-", str(r.get("used_known_poses", "-")), err,
                   f"{r['timings'].get('align_s', 0):.1f}" if "timings" in r else "-")
-    c.console.print(t)
-    a = Table(title="arrays")
-    for col in ("array", "shape", "dtype", "chunk", "shard", "codec", "stored", "raw", "ratio"):
-        a.add_column(col, justify="right" if col in ("stored", "raw", "ratio") else "left")
-    for x in s.arrays:
-        if x.get("missing"):
-            a.add_row(x["path"], "[red]missing[/]", *[""] * 7)
-            continue
-        a.add_row(x["path"], str(tuple(x["shape"])), "str" if "String" in x["dtype"] else x["dtype"],
-                  str(tuple(x["chunks"])), str(tuple(x["shards"])) if x["shards"] else "-", x["codec"],
-                  c._human(x["stored_bytes"]), c._human(x["raw_bytes"]) if x["raw_bytes"] else "-",
-                  f"{x['ratio']:.2f}" if x["ratio"] else "-")
-    c.console.print(a)
+    console.print(t)
+    console.print(array_table(s.arrays))
     for p in s.problems:
-        c.console.print(f"[red]✗[/] {p}")
+        console.print(f"[red]✗[/] {p}")
 
 
 def show_scene(store: str, scene: str, out: Path, n: int, checkpoint: str | None = None) -> None:
@@ -67,128 +51,123 @@ def show_scene(store: str, scene: str, out: Path, n: int, checkpoint: str | None
     teacher on test frames)."""
     from distillkit.scenes.export import show_scene as run
 
-    c = _cli()
     if checkpoint is not None:
         from distillkit.training.pointmap.plots import show_student
 
         try:
             res = show_student(store, scene, checkpoint, out, n)
         except (ValueError, KeyError) as e:
-            c._fail(str(e))
-        c.console.print(f"wrote {res['overview']} ({len(res['frames'])} {res['pool']} frames: image, teacher, "
-                        f"student, L2 error; mean L2 {res['mean_l2']:.4g}) and {len(res['files'])} PNGs")
+            fail(str(e))
+        console.print(f"wrote {res['overview']} ({len(res['frames'])} {res['pool']} frames: image, teacher, "
+                      f"student, L2 error; mean L2 {res['mean_l2']:.4g}) and {len(res['files'])} PNGs")
         return
     try:
         res = run(store, out, scene, n_frames=n)
     except (ValueError, KeyError) as e:
-        c._fail(str(e))
-    c.console.print(f"wrote {len(res['files'])} PNGs ({', '.join(res['columns'][1:])} for {len(res['frames'])} "
-                    f"frames) and {res['overview']}")
+        fail(str(e))
+    console.print(f"wrote {len(res['files'])} PNGs ({', '.join(res['columns'][1:])} for {len(res['frames'])} "
+                  f"frames) and {res['overview']}")
 
 
-def register(app: typer.Typer) -> None:
-    @app.command("cache-scenes")
-    def cache_scenes(
-        source: Optional[str] = typer.Option(None, help="dataset root or one scene (12-Scenes, 7-Scenes, images)"),
-        store: Optional[str] = typer.Option(None, help="output scene store"),
-        checkpoint: Optional[str] = typer.Option(None, help="DUSt3R/MASt3R weights (path, URL, hf-hub:id)"),
-        image_size: Optional[int] = typer.Option(None, help="DUSt3R loader size: 512 | 224 | multiple of 16"),
-        graph: Optional[str] = typer.Option(None, help="complete | swin-K | logwin-K | oneref-R | overlap-K"),
-        max_frames: Optional[int] = typer.Option(None, help="frames per scene (evenly spread) [24]"),
-        device: Optional[str] = typer.Option(None, help="auto | cpu | cuda[:N]"),
-        config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML with SceneCacheConfig fields"),
-    ):
-        """Pairs -> DUSt3R inference -> global alignment -> scene store, scene by scene (resumable)."""
-        from distillkit.config.scenes import SceneCacheConfig
-        from distillkit.config.common import load_config
-        from distillkit.scenes import run_scenes
-        from distillkit.store import StoreMismatch
+@app.command("cache-scenes")
+def cache_scenes(
+    source: Optional[str] = typer.Option(None, help="dataset root or one scene (12-Scenes, 7-Scenes, images)"),
+    store: Optional[str] = typer.Option(None, help="output scene store"),
+    checkpoint: Optional[str] = typer.Option(None, help="DUSt3R/MASt3R weights (path, URL, hf-hub:id)"),
+    image_size: Optional[int] = typer.Option(None, help="DUSt3R loader size: 512 | 224 | multiple of 16"),
+    graph: Optional[str] = typer.Option(None, help="complete | swin-K | logwin-K | oneref-R | overlap-K"),
+    max_frames: Optional[int] = typer.Option(None, help="frames per scene (evenly spread) [24]"),
+    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda[:N]"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML with SceneCacheConfig fields"),
+):
+    """Pairs -> DUSt3R inference -> global alignment -> scene store, scene by scene (resumable)."""
+    from distillkit.config.scenes import SceneCacheConfig
+    from distillkit.config.common import load_config
+    from distillkit.scenes import run_scenes
+    from distillkit.store import StoreMismatch
+    setup_logging()
+    network = {"checkpoint": checkpoint} if checkpoint else None
+    try:
+        cfg = load_config(SceneCacheConfig, config, source=source, store=store, image_size=image_size,
+                          graph=graph, max_frames=max_frames, device=device, network=network)
+        res = run_scenes(cfg)
+    except (StoreMismatch, ValueError) as e:
+        fail(str(e))
+    for r in res["scenes"]:
+        console.print(f"scene {r['scene']}: {r['n_frames']} frames, {r['n_edges']} pairs, loss {r['loss']:.4g}, "
+                      f"{r['timings']['total_s']:.1f} s")
+    if res["nothing_to_do"]:
+        console.print(f"[green]store {cfg.store} is already complete: nothing to do[/]")
+    console.print(f"status: {res['finalize']['status']} -> {cfg.store}")
 
-        c = _cli()
-        c._setup_logging()
-        network = {"checkpoint": checkpoint} if checkpoint else None
-        try:
-            cfg = load_config(SceneCacheConfig, config, source=source, store=store, image_size=image_size,
-                              graph=graph, max_frames=max_frames, device=device, network=network)
-            res = run_scenes(cfg)
-        except (StoreMismatch, ValueError) as e:
-            c._fail(str(e))
-        for r in res["scenes"]:
-            c.console.print(f"scene {r['scene']}: {r['n_frames']} frames, {r['n_edges']} pairs, loss {r['loss']:.4g}, "
-                            f"{r['timings']['total_s']:.1f} s")
-        if res["nothing_to_do"]:
-            c.console.print(f"[green]store {cfg.store} is already complete: nothing to do[/]")
-        c.console.print(f"status: {res['finalize']['status']} -> {cfg.store}")
 
-    @app.command("align")
-    def align_cmd(
-        store: str = typer.Argument(..., help="scene store"),
-        scene: Optional[str] = typer.Option(None, help="one scene (default: every scene with stored pairs)"),
-        known_poses: Optional[bool] = typer.Option(None, "--known-poses/--free-poses",
-                                                   help="fix the cameras to the dataset's poses [store setting]"),
-        known_intrinsics: Optional[bool] = typer.Option(None, "--known-intrinsics/--free-intrinsics",
-                                                        help="fix focal + principal point [store setting]"),
-        min_conf_thr: Optional[float] = typer.Option(None, help="mask threshold [store setting]"),
-        pose_pixels: Optional[int] = typer.Option(None, help="pixels per image in the pose stage"),
-        as_json: bool = typer.Option(False, "--json"),
-    ):
-        """Re-run the global alignment from the stored pair outputs (no network)."""
-        from distillkit.scenes import realign
+@app.command("align")
+def align_cmd(
+    store: str = typer.Argument(..., help="scene store"),
+    scene: Optional[str] = typer.Option(None, help="one scene (default: every scene with stored pairs)"),
+    known_poses: Optional[bool] = typer.Option(None, "--known-poses/--free-poses",
+                                               help="fix the cameras to the dataset's poses [store setting]"),
+    known_intrinsics: Optional[bool] = typer.Option(None, "--known-intrinsics/--free-intrinsics",
+                                                    help="fix focal + principal point [store setting]"),
+    min_conf_thr: Optional[float] = typer.Option(None, help="mask threshold [store setting]"),
+    pose_pixels: Optional[int] = typer.Option(None, help="pixels per image in the pose stage"),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Re-run the global alignment from the stored pair outputs (no network)."""
+    from distillkit.scenes import realign
+    setup_logging()
+    overrides = {k: v for k, v in dict(known_poses=known_poses, known_intrinsics=known_intrinsics,
+                                       min_conf_thr=min_conf_thr, pose_pixels=pose_pixels).items()
+                 if v is not None}
+    try:
+        res = realign(store, scene, overrides)
+    except (ValueError, KeyError) as e:
+        fail(str(e))
+    if as_json:
+        print(json.dumps(res, indent=1))
+        return
+    for r in res:
+        g = r["gt_metrics"]
+        err = f", GT point error {g['point_err_cm_median']:.2f} cm (median)" if "point_err_cm_median" in g else ""
+        console.print(f"scene {r['scene']}: loss {r['loss']:.6g} in {r['iterations']} iterations, "
+                      f"{r['align_s']:.1f} s (run {r['runs']}){err}")
 
-        c = _cli()
-        c._setup_logging()
-        overrides = {k: v for k, v in dict(known_poses=known_poses, known_intrinsics=known_intrinsics,
-                                           min_conf_thr=min_conf_thr, pose_pixels=pose_pixels).items()
-                     if v is not None}
-        try:
-            res = realign(store, scene, overrides)
-        except (ValueError, KeyError) as e:
-            c._fail(str(e))
-        if as_json:
-            print(json.dumps(res, indent=1))
-            return
-        for r in res:
-            g = r["gt_metrics"]
-            err = f", GT point error {g['point_err_cm_median']:.2f} cm (median)" if "point_err_cm_median" in g else ""
-            c.console.print(f"scene {r['scene']}: loss {r['loss']:.6g} in {r['iterations']} iterations, "
-                            f"{r['align_s']:.1f} s (run {r['runs']}){err}")
 
-    @app.command("export-ply")
-    def export_ply_cmd(
-        store: str = typer.Argument(..., help="scene store"),
-        scene: Optional[str] = typer.Option(None, help="scene name (optional if the store holds one)"),
-        out: Path = typer.Option(..., help="output .ply"),
-        conf_thr: Optional[float] = typer.Option(None, help="keep points with confidence above [alignment's]"),
-        stride: int = typer.Option(1, help="every k-th pixel in x and y"),
-    ):
-        """Write a coloured, confidence-thresholded binary PLY point cloud (MeshLab, Open3D, CloudCompare)."""
-        from distillkit.scenes.export import export_ply
+@app.command("export-ply")
+def export_ply_cmd(
+    store: str = typer.Argument(..., help="scene store"),
+    scene: Optional[str] = typer.Option(None, help="scene name (optional if the store holds one)"),
+    out: Path = typer.Option(..., help="output .ply"),
+    conf_thr: Optional[float] = typer.Option(None, help="keep points with confidence above [alignment's]"),
+    stride: int = typer.Option(1, help="every k-th pixel in x and y"),
+):
+    """Write a coloured, confidence-thresholded binary PLY point cloud (MeshLab, Open3D, CloudCompare)."""
+    from distillkit.scenes.export import export_ply
 
-        c = _cli()
-        try:
-            res = export_ply(store, out, scene, conf_thr, stride=stride)
-        except (ValueError, KeyError) as e:
-            c._fail(str(e))
-        c.console.print(f"wrote {res['points']} points (scene {res['scene']}, conf > {res['conf_thr']:g}) -> "
-                        f"{res['path']}")
+    try:
+        res = export_ply(store, out, scene, conf_thr, stride=stride)
+    except (ValueError, KeyError) as e:
+        fail(str(e))
+    console.print(f"wrote {res['points']} points (scene {res['scene']}, conf > {res['conf_thr']:g}) -> "
+                  f"{res['path']}")
 
-    @app.command("synth-scenes")
-    def synth_scenes(
-        out: Path = typer.Argument(..., help="dataset folder to write"),
-        scenes: int = typer.Option(1, help="number of scenes"),
-        frames: int = typer.Option(24, help="frames per scene"),
-        layout: str = typer.Option("12scenes", help="12scenes | 7scenes"),
-        color: str = typer.Option("968x1296", help="colour size HxW"),
-        depth: str = typer.Option("480x640", help="depth size HxW"),
-        seed: int = typer.Option(0),
-    ):
-        """Write synthetic scenes (textured room, exact depth and poses) in the 12-Scenes or 7-Scenes layout."""
-        from distillkit.config.common import parse_hw
-        from distillkit.scenes.synthetic import write_dataset
 
-        c = _cli()
-        if layout not in ("12scenes", "7scenes"):
-            c._fail("layout must be 12scenes or 7scenes")
-        paths = write_dataset(out, scenes, layout, seed, n_frames=frames, color_hw=parse_hw(color),
-                              depth_hw=parse_hw(depth))
-        c.console.print(f"wrote {len(paths)} {layout} scene(s) under {out}")
+@app.command("synth-scenes")
+def synth_scenes(
+    out: Path = typer.Argument(..., help="dataset folder to write"),
+    scenes: int = typer.Option(1, help="number of scenes"),
+    frames: int = typer.Option(24, help="frames per scene"),
+    layout: str = typer.Option("12scenes", help="12scenes | 7scenes"),
+    color: str = typer.Option("968x1296", help="colour size HxW"),
+    depth: str = typer.Option("480x640", help="depth size HxW"),
+    seed: int = typer.Option(0),
+):
+    """Write synthetic scenes (textured room, exact depth and poses) in the 12-Scenes or 7-Scenes layout."""
+    from distillkit.config.common import parse_hw
+    from distillkit.scenes.synthetic import write_dataset
+
+    if layout not in ("12scenes", "7scenes"):
+        fail("layout must be 12scenes or 7scenes")
+    paths = write_dataset(out, scenes, layout, seed, n_frames=frames, color_hw=parse_hw(color),
+                          depth_hw=parse_hw(depth))
+    console.print(f"wrote {len(paths)} {layout} scene(s) under {out}")

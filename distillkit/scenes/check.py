@@ -7,10 +7,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from distillkit_schemas import Problem
+from distillkit_schemas import SCENES, Problem
 from distillkit_schemas.scenes import read_alignment, validate_scene_structure
 
 from distillkit.scenes import store as st
+from distillkit.store.arrays import array_row
 
 
 @dataclass
@@ -19,7 +20,7 @@ class SceneStoreSummary:
     manifest: dict
     scenes: list[dict]
     arrays: list[dict]
-    kind: str = "scenes"
+    kind: str = SCENES
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -31,20 +32,6 @@ class SceneStoreSummary:
                 "arrays": self.arrays, "completion_pct": self.completion, "problems": self.problems}
 
 
-def _array_row(group, spec) -> dict:
-    from distillkit.store.inspect import _codec
-
-    try:
-        arr = group[spec.path]
-    except KeyError:
-        return {"path": spec.path, "missing": True}
-    raw = int(np.prod(arr.shape, dtype=np.int64)) * (arr.dtype.itemsize if arr.dtype.kind != "T" else 0)
-    stored = int(arr.nbytes_stored())
-    return {"path": spec.path, "shape": list(arr.shape), "dtype": str(arr.dtype), "chunks": list(arr.chunks),
-            "shards": list(arr.shards) if arr.shards else None, "codec": _codec(arr), "stored_bytes": stored,
-            "raw_bytes": raw, "ratio": (raw / stored) if stored and raw else None}
-
-
 def summarize_scenes(url: str, storage_options: dict | None = None) -> SceneStoreSummary:
     from distillkit_schemas.scenes import expected_root_arrays, expected_scene_arrays
 
@@ -53,14 +40,14 @@ def summarize_scenes(url: str, storage_options: dict | None = None) -> SceneStor
     if manifest is None:
         raise ValueError("; ".join(str(p) for p in problems))
     pairs_done, scene_done = st.done_flags(group)
-    scenes, arrays = [], [_array_row(group, s) for s in expected_root_arrays(manifest)]
+    scenes, arrays = [], [array_row(group, s) for s in expected_root_arrays(manifest)]
     for k, name in enumerate(manifest.scenes):
         info = infos.get(name)
         row = {"scene": name, "pairs_done": bool(pairs_done[k]), "done": bool(scene_done[k])}
         if info is not None:
             row.update(layout=info.layout, n_frames=info.n_frames, n_edges=info.n_edges, image_hw=list(info.image_hw),
                        has_gt=info.has_gt, n_skipped_invalid=info.n_skipped_invalid, notes=info.notes)
-            arrays += [_array_row(group, s) for s in expected_scene_arrays(manifest, info)]
+            arrays += [array_row(group, s) for s in expected_scene_arrays(manifest, info)]
         rec = read_alignment(group, name)
         if rec is not None:
             row.update(loss=rec.loss, iterations=rec.iterations, used_known_poses=rec.used_known_poses,
@@ -100,13 +87,8 @@ def _check_scene(group, name: str, thr: float) -> list[Problem]:
     return out
 
 
-def validate_scenes(url: str, storage_options: dict | None = None,
-                    progress: Callable[[int, int], None] | None = None) -> list[Problem]:
-    """Every problem found (empty = valid): structure, completion, content of every done scene."""
-    try:
-        group = st.open_store(url, "r", storage_options)
-    except Exception as e:
-        return [Problem(url, f"cannot open as a Zarr v3 group: {e}")]
+def validate_scenes(group, progress: Callable[[int, int], None] | None = None) -> list[Problem]:
+    """Every problem found in an open scene store (empty = valid): structure, completion, content of done scenes."""
     manifest, infos, problems = validate_scene_structure(group)
     if manifest is None or problems:
         return problems

@@ -23,13 +23,13 @@ from typing import Any
 
 import numpy as np
 
-from distillkit_schemas import SceneAlignment, SceneInfo, SceneManifest
+from distillkit_schemas import MANIFEST_ATTR, SceneAlignment, SceneInfo, SceneManifest
 from distillkit_schemas.scenes import read_alignment, read_scene_info, read_scene_manifest
 
 from distillkit import __version__
 from distillkit.config.scenes import SceneAlignSettings, SceneCacheConfig
 from distillkit.geometry import AlignConfig, AlignResult, align, make_pairs, pairs_by_overlap
-from distillkit.store.layout import is_url
+from distillkit.store.layout import is_created, is_url
 from distillkit.scenes import store as st
 from distillkit.scenes.frames import crop_geometry, gt_intrinsics, image_hw, load_frame
 from distillkit.scenes.quality import alignment_residuals, gt_metrics
@@ -152,7 +152,7 @@ def prepare(cfg: SceneCacheConfig) -> Prepared:
     group = _try_open(cfg)
     if group is None and not is_url(cfg.store) and Path(cfg.store).is_dir() and any(Path(cfg.store).iterdir()):
         raise ValueError(f"{cfg.store} exists and is not a Zarr store; refusing to overwrite it")
-    if group is None or not _usable(group):
+    if group is None or not is_created(group):
         group = st.create_store(cfg.store, manifest, tables, cfg.storage_options)
         log.info("scene store %s created: %d scene(s)", cfg.store, len(tables))
     else:
@@ -171,11 +171,6 @@ def _try_open(cfg: SceneCacheConfig):
         return st.open_store(cfg.store, "r+", cfg.storage_options)
     except Exception:  # absent or not a group: create it
         return None
-
-
-def _usable(group) -> bool:
-    """A store whose creation finished (a killed creation is simply redone)."""
-    return group.attrs.get(st.MANIFEST_ATTR) is not None and not group.attrs.get(st.CREATING_ATTR, False)
 
 
 # ---------------------------------------------------------------------------------------------- alignment
@@ -331,7 +326,7 @@ def finalize(cfg_or_url: SceneCacheConfig | str, storage_options: dict | None = 
 
         manifest.status, manifest.finished = "complete", utcnow()
         manifest.version += 1
-        group.attrs[st.MANIFEST_ATTR] = manifest.model_dump(mode="json")
+        group.attrs[MANIFEST_ATTR] = manifest.model_dump(mode="json")
     st.consolidate(group)
     return {"status": "complete", "scenes": manifest.scenes, "version": manifest.version}
 

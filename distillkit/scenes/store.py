@@ -19,16 +19,15 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, ZstdCodec
 
-from distillkit_schemas import MANIFEST_ATTR, SceneAlignment, SceneInfo, SceneManifest
+from distillkit_schemas import SceneAlignment, SceneInfo, SceneManifest
 from distillkit_schemas.scenes import (
     ALIGNMENT_ATTR, SCENE_ATTR, expected_root_arrays, expected_scene_arrays, read_scene_info, read_scene_manifest,
 )
 
-from distillkit.store.layout import StoreMismatch, is_url
+from distillkit.store.layout import StoreMismatch, begin_creation, finish_creation, open_group
 
 log = logging.getLogger("distillkit")
 
-CREATING_ATTR = "distillkit_creating"
 BLOSC_ARRAYS = ("pts3d", "conf", "depth", "gt_depth", "pts1", "pts2", "conf1", "conf2")  # notes/storage.md §3
 PAIR_KEYS = ("pts1", "pts2", "conf1", "conf2")
 # what must match when a store is reopened: anything else would mix outputs of different runs
@@ -38,11 +37,7 @@ NETWORK_IDENTITY = ("predictor", "arch", "config", "checkpoint_sha256", "dtype")
 
 def open_store(url: str, mode: str = "r", storage_options: dict[str, Any] | None = None) -> zarr.Group:
     """Always the live metadata (never a consolidated snapshot: attributes change on re-alignment)."""
-    kwargs: dict[str, Any] = {"zarr_format": 3, "use_consolidated": False}
-    if is_url(url):
-        store = zarr.storage.FsspecStore.from_url(url, storage_options=storage_options or {}, read_only=mode == "r")
-        return zarr.open_group(store=store, mode=mode, **kwargs)
-    return zarr.open_group(store=url, mode=mode, **kwargs)
+    return open_group(url, mode, storage_options, consolidated=False)
 
 
 def consolidate(group: zarr.Group) -> None:
@@ -85,7 +80,7 @@ def create_store(url: str, manifest: SceneManifest, tables: list[SceneTables],
                  storage_options: dict[str, Any] | None = None) -> zarr.Group:
     """Every array and the create-time tables; the manifest is written last (it marks a usable store)."""
     group = open_store(url, "w", storage_options)
-    group.attrs[CREATING_ATTR] = True
+    begin_creation(group)
     for spec in expected_root_arrays(manifest):
         _create(group, spec)
     for t in tables:
@@ -100,7 +95,7 @@ def create_store(url: str, manifest: SceneManifest, tables: list[SceneTables],
         if t.info.has_gt:
             group[f"{base}/gt_cam2world"][:] = t.gt_cam2world
             group[f"{base}/gt_intrinsics"][:] = t.gt_intrinsics
-    group.attrs.update({MANIFEST_ATTR: manifest.model_dump(mode="json"), CREATING_ATTR: False})
+    finish_creation(group, manifest.model_dump(mode="json"))
     return group
 
 

@@ -1,4 +1,6 @@
-"""Summaries (`distillkit inspect`) and content validation (`distillkit validate`) of a store."""
+"""Summary (`distillkit inspect`) and content validation (`distillkit validate`) of a feature store.
+
+Scene stores have theirs in `distillkit.scenes.check`; `distillkit.stores` picks one by the store's kind."""
 
 from __future__ import annotations
 
@@ -6,18 +8,12 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
-import zarr
 
-from distillkit_schemas import Problem, expected_arrays, is_scene_store, validate_structure
+from distillkit_schemas import FEATURES, Problem, expected_arrays, validate_feature_structure
 from distillkit_schemas.validate import read_manifest, read_provenance
 
+from distillkit.store.arrays import array_row
 from distillkit.store.layout import open_group
-
-
-def _codec(arr: zarr.Array) -> str:
-    comps = [type(c).__name__.replace("Codec", "").lower() + (f"({c.cname})" if hasattr(c, "cname") else "")
-             for c in (arr.compressors or ())]
-    return "+".join(comps) or "none"
 
 
 @dataclass
@@ -29,38 +25,23 @@ class StoreSummary:
     shards_done: int
     n_shards: int
     rejected: list[dict] = field(default_factory=list)
+    kind: str = FEATURES
 
     @property
     def completion(self) -> float:
         return 100.0 * self.shards_done / max(self.n_shards, 1)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"url": self.url, "manifest": self.manifest, "provenance": self.provenance, "arrays": self.arrays,
+        return {"url": self.url, "kind": self.kind, "manifest": self.manifest, "provenance": self.provenance, "arrays": self.arrays,
                 "shards_done": self.shards_done, "n_shards": self.n_shards, "completion_pct": self.completion,
                 "rejected": self.rejected}
 
 
-def summarize(url: str, storage_options: dict | None = None) -> StoreSummary:
+def summarize_features(url: str, storage_options: dict | None = None) -> StoreSummary:
     group = open_group(url, "r", storage_options, consolidated=False)  # what is there, not what was consolidated
-    if is_scene_store(group):  # scene stores (distillkit.scenes) have their own summary
-        from distillkit.scenes.check import summarize_scenes
-
-        return summarize_scenes(url, storage_options)  # type: ignore[return-value]
     manifest = read_manifest(group)
     provs = {t: read_provenance(group, t) for t in manifest.teachers}
-    arrays = []
-    for spec in expected_arrays(manifest, provs):
-        try:
-            arr = group[spec.path]
-        except KeyError:
-            arrays.append({"path": spec.path, "missing": True})
-            continue
-        raw = int(np.prod(arr.shape, dtype=np.int64)) * (arr.dtype.itemsize if arr.dtype.kind != "T" else 0)
-        stored = int(arr.nbytes_stored())
-        arrays.append({"path": spec.path, "shape": list(arr.shape), "dtype": str(arr.dtype),
-                       "chunks": list(arr.chunks), "shards": list(arr.shards) if arr.shards else None,
-                       "codec": _codec(arr), "stored_bytes": stored, "raw_bytes": raw,
-                       "ratio": (raw / stored) if stored and raw else None})
+    arrays = [array_row(group, spec) for spec in expected_arrays(manifest, provs)]
     done = group["progress/shard_done"][:]
     valid = group["samples/valid"][:]
     rejected = []
@@ -75,18 +56,9 @@ def summarize(url: str, storage_options: dict | None = None) -> StoreSummary:
                         shards_done=int(done.sum()), n_shards=len(done), rejected=rejected)
 
 
-def validate_store(url: str, storage_options: dict | None = None,
-                   progress: Callable[[int, int], None] | None = None) -> list[Problem]:
-    """Schema, completeness and content checks. Returns every problem found (empty list = valid)."""
-    try:
-        group = open_group(url, "r", storage_options, consolidated=False)
-    except Exception as e:
-        return [Problem(url, f"cannot open as a Zarr v3 group: {e}")]
-    if is_scene_store(group):  # scene stores (distillkit.scenes): their own content checks
-        from distillkit.scenes.check import validate_scenes
-
-        return validate_scenes(url, storage_options, progress)
-    manifest, provs, problems = validate_structure(group)
+def validate_features(group, progress: Callable[[int, int], None] | None = None) -> list[Problem]:
+    """Schema, completeness and content checks of an open feature store: every problem found (empty = valid)."""
+    manifest, provs, problems = validate_feature_structure(group)
     if manifest is None or problems:
         return problems
     done = group["progress/shard_done"][:]

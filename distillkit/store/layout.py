@@ -9,12 +9,12 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, ZstdCodec
 
-from distillkit_schemas import MANIFEST_ATTR, PROVENANCE_ATTR, VIEW_PARAMS, Manifest, TeacherProvenance, expected_arrays
+from distillkit_schemas import (
+    CREATING_ATTR, MANIFEST_ATTR, PROVENANCE_ATTR, VIEW_PARAMS, Manifest, TeacherProvenance, expected_arrays,
+)
 from distillkit_schemas.validate import read_manifest, read_provenance
 
 log = logging.getLogger("distillkit")
-
-CREATING_ATTR = "distillkit_creating"  # set while arrays are being created; a store without a manifest is unfinished
 
 
 class StoreMismatch(ValueError):
@@ -27,9 +27,9 @@ def is_url(path: str) -> bool:
 
 def open_group(url: str, mode: str = "r", storage_options: dict[str, Any] | None = None,
                consolidated: bool | None = None) -> zarr.Group:
-    """Open a Zarr v3 group on a local path or an fsspec URL."""
+    """Open a Zarr v3 group on a local path or an fsspec URL (`consolidated=False`: the live metadata)."""
     kwargs: dict[str, Any] = {"zarr_format": 3}
-    if mode == "r":
+    if mode == "r" or consolidated is not None:
         kwargs["use_consolidated"] = consolidated
     if is_url(url):
         store = zarr.storage.FsspecStore.from_url(url, storage_options=storage_options or {}, read_only=mode == "r")
@@ -42,6 +42,26 @@ def try_open(url: str, storage_options: dict[str, Any] | None = None) -> zarr.Gr
         return open_group(url, "r+", storage_options)
     except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError):
         return None
+
+
+def begin_creation(group: zarr.Group) -> None:
+    """Mark a new store (either kind) as being created: until `finish_creation`, it is not usable."""
+    group.attrs[CREATING_ATTR] = True
+
+
+def finish_creation(group: zarr.Group, manifest: dict[str, Any]) -> None:
+    """Write the manifest last, in one attribute update with the end of the creation mark."""
+    group.attrs.update({MANIFEST_ATTR: manifest, CREATING_ATTR: False})
+
+
+def creation_interrupted(group: zarr.Group) -> bool:
+    """Creation began and never finished (killed): the store may be created again from scratch."""
+    return bool(group.attrs.get(CREATING_ATTR, False))
+
+
+def is_created(group: zarr.Group) -> bool:
+    """The store was created completely (a crash during creation leaves the mark set or no manifest)."""
+    return group.attrs.get(MANIFEST_ATTR) is not None and not group.attrs.get(CREATING_ATTR, False)
 
 
 def _compressors(codec: str, dtype: str):
@@ -57,7 +77,7 @@ def create_store(url: str, manifest: Manifest, provenances: dict[str, TeacherPro
                  storage_options: dict[str, Any] | None = None, view_seeds: np.ndarray | None = None) -> zarr.Group:
     """Create all arrays and write the sample table. The manifest is written last: it marks a usable store."""
     group = open_group(url, "w", storage_options)
-    group.attrs[CREATING_ATTR] = True
+    begin_creation(group)
     for spec in expected_arrays(manifest, provenances):
         # bulk arrays read by the trainer follow --codec (default none: the loader then reads at memory speed)
         is_feature = spec.path == "samples/image" or (
@@ -83,7 +103,7 @@ def create_store(url: str, manifest: Manifest, provenances: dict[str, TeacherPro
     group["samples/uri"][:] = np.array(uris, dtype=object).astype(str)
     group["samples/split"][:] = splits.astype(np.uint8)
     group["samples/view_seed"][:] = np.zeros(len(ids), np.int64) if view_seeds is None else view_seeds
-    group.attrs.update({MANIFEST_ATTR: manifest.model_dump(mode="json"), CREATING_ATTR: False})
+    finish_creation(group, manifest.model_dump(mode="json"))
     return group
 
 

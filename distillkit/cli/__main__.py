@@ -1,0 +1,3 @@
+from distillkit.cli import app
+
+app()

@@ -1,0 +1,82 @@
+"""`distillkit cache` (teachers -> feature store) and `distillkit teachers`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from distillkit.cli.common import app, console, fail, setup_logging
+
+
+def _cache_config(config, source, store, teacher, checkpoint, seed, student_patch, image_size, shard_size,
+                  batch_size, num_workers, device, val_fraction, codec, views=None, view_mode=None):
+    from distillkit.config.cache import CacheConfig
+    from distillkit.config.common import load_config
+
+    teachers = None
+    if teacher:
+        if checkpoint and len(checkpoint) not in (1, len(teacher)):
+            fail(f"give one --checkpoint per --teacher ({len(teacher)} teachers, {len(checkpoint)} checkpoints)")
+        ckpts = list(checkpoint or []) + [None] * len(teacher)
+        teachers = [{"name": t, "checkpoint": ckpts[i], "seed": seed} for i, t in enumerate(teacher)]
+    try:
+        return load_config(CacheConfig, config, source=source, store=store, teachers=teachers,
+                           student_patch=student_patch, image_size=image_size, shard_size=shard_size,
+                           batch_size=batch_size, num_workers=num_workers, device=device,
+                           val_fraction=val_fraction, codec=codec, views=views, view_mode=view_mode)
+    except ValueError as e:
+        fail(str(e))
+
+
+@app.command()
+def cache(
+    source: Optional[str] = typer.Option(None, help="folder, glob, fsspec URL or manifest file (.txt/.csv/.jsonl)"),
+    store: Optional[str] = typer.Option(None, help="output store: local path or URL (s3://bucket/prefix)"),
+    teacher: Optional[list[str]] = typer.Option(None, help="teacher name (repeat for several); see `teachers`"),
+    checkpoint: Optional[list[str]] = typer.Option(None, help="weights per teacher: path, fsspec URL or hf-hub:id"),
+    seed: int = typer.Option(0, help="random-init seed when no checkpoint is given"),
+    student_patch: Optional[int] = typer.Option(None, help="student patch size [14]"),
+    image_size: Optional[str] = typer.Option(None, help="student input size, N or HxW [224]"),
+    shard_size: Optional[int] = typer.Option(None, help="samples per shard [64]"),
+    batch_size: Optional[int] = typer.Option(None, help="teacher batch size [32]"),
+    num_workers: Optional[int] = typer.Option(None, help="image decoding threads [4]"),
+    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda[:N]"),
+    val_fraction: Optional[float] = typer.Option(None, help="held-out fraction [0.05]"),
+    codec: Optional[str] = typer.Option(None, help="feature compressor: none | zstd | lz4 [none]"),
+    views: Optional[int] = typer.Option(None, help="K replayable views per image [1]"),
+    view_mode: Optional[str] = typer.Option(None, help="center | random (random resized crop + flip) [center]"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML file with these fields"),
+    quiet: bool = typer.Option(False, help="no progress bar"),
+):
+    """Run teachers once over a source and write their features to a Zarr v3 store (resumable)."""
+    setup_logging()
+    cfg = _cache_config(config, source, store, teacher, checkpoint, seed, student_patch, image_size, shard_size,
+                        batch_size, num_workers, device, val_fraction, codec, views, view_mode)
+    from distillkit.cache import run_cache
+    from distillkit.store import StoreMismatch
+
+    try:
+        result = run_cache(cfg, show_progress=not quiet)
+    except (StoreMismatch, ValueError) as e:
+        fail(str(e))
+    fin = result["finalize"]
+    if result["nothing_to_do"]:
+        console.print(f"[green]store {cfg.store} is already complete: nothing to do[/]")
+    else:
+        console.print(f"cached {result['samples']} samples in {result['shards']} shards "
+                      f"({result['wall_s']:.1f} s) -> {cfg.store}")
+    for r in result["rejected"]:
+        console.print(f"[yellow]rejected[/] {r['uri']}: {r['reason']}")
+    console.print(f"status: {fin['status']}" + (f", {fin['n_valid']} valid, {fin['n_rejected']} rejected"
+                                                 if fin["status"] == "complete" else ""))
+
+
+@app.command()
+def teachers():
+    """List the teachers that `cache --teacher` accepts."""
+    from distillkit.teachers import teacher_names
+
+    for n in teacher_names():
+        console.print(n)

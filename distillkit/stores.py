@@ -1,0 +1,49 @@
+"""`distillkit inspect` / `validate` for any store: its kind (feature store or scene store) picks the functions.
+
+Each kind's own module knows only its kind (`distillkit.store.inspect`, `distillkit.scenes.check`); this table is
+the one place that knows both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import zarr
+
+from distillkit_schemas import FEATURES, SCENES, Problem, store_kind
+
+from distillkit.scenes.check import summarize_scenes, validate_scenes
+from distillkit.store.inspect import summarize_features, validate_features
+from distillkit.store.layout import open_group
+
+
+@dataclass(frozen=True)
+class StoreKind:
+    summarize: Callable[[str, dict | None], Any]  # (url, storage_options) -> summary with .kind and .as_dict()
+    validate: Callable[[zarr.Group, Callable[[int, int], None] | None], list[Problem]]  # (open group, progress)
+
+
+KINDS: dict[str, StoreKind] = {
+    FEATURES: StoreKind(summarize_features, validate_features),
+    SCENES: StoreKind(summarize_scenes, validate_scenes),
+}
+
+
+def _open(url: str, storage_options: dict | None) -> zarr.Group:
+    return open_group(url, "r", storage_options, consolidated=False)  # what is there, not a consolidated snapshot
+
+
+def summarize(url: str, storage_options: dict | None = None):
+    """The summary of a feature store or a scene store (`.kind` says which)."""
+    return KINDS[store_kind(_open(url, storage_options))].summarize(url, storage_options)
+
+
+def validate_store(url: str, storage_options: dict | None = None,
+                   progress: Callable[[int, int], None] | None = None) -> list[Problem]:
+    """Schema, completeness and content checks of either kind: every problem found (empty list = valid)."""
+    try:
+        group = _open(url, storage_options)
+    except Exception as e:
+        return [Problem(url, f"cannot open as a Zarr v3 group: {e}")]
+    return KINDS[store_kind(group)].validate(group, progress)
