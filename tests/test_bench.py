@@ -25,7 +25,7 @@ def test_bench_loader_json(cached_store):
 
 
 def test_bench_cache_json(photos):
-    from distillkit.bench.loader import bench_cache
+    from distillkit.bench.cache import bench_cache
 
     res = bench_cache(str(photos), "dinov2_vits14_reg", image_size="56", batch_size=4, shard_size=4,
                       overrides={"depth": 2})

@@ -34,7 +34,7 @@ def bench_cache(source: str = typer.Option(...), teacher: str = typer.Option("di
                 as_json: bool = typer.Option(False, "--json")):
     """Cache wall time vs the bare teacher forward on the same preprocessed images."""
     setup_logging()
-    from distillkit.bench.loader import bench_cache as run
+    from distillkit.bench.cache import bench_cache as run
 
     res = run(source, teacher, checkpoint=checkpoint, image_size=image_size, student_patch=student_patch,
               batch_size=batch_size, num_workers=num_workers, shard_size=shard_size)

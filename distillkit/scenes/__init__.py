@@ -1,9 +1,10 @@
 """DUSt3R scenes: dataset readers, pairwise inference (encoder once per image), global alignment, scene stores.
 
 Modules: ``sources`` (12-Scenes / 7-Scenes / image folders), ``frames`` (network input + GT on its pixels),
-``synthetic_layout`` (synthetic scenes written in the dataset layouts), ``inference`` (batched pair inference,
+``synthetic`` (synthetic rooms: pair predictions, SceneData, scenes written in the dataset layouts), ``data``
+(a scene's arrays for pointmap students), ``inference`` (batched pair inference,
 GT oracle), ``store`` (scene store I/O), ``quality`` (residuals, GT errors), ``pipeline`` (plan / run / re-align),
-``export`` (PLY point clouds, PNG views).
+``export`` (PLY point clouds, PNG views), ``check`` (inspect/validate of scene stores).
 """
 
 __all__ = ["finalize", "prepare", "realign", "run_scene", "run_scenes"]

@@ -35,7 +35,7 @@ class GroupConfig(Strict):
 
 class TrainConfig(Strict):
     """Parameters of `distillkit train` and the `train-student` flow (DUNE-style students from feature stores;
-    ``task: pointmap`` selects `config_pointmap.PointmapJobConfig` instead)."""
+    ``task: pointmap`` selects `distillkit.training.pointmap.config.PointmapJobConfig` instead)."""
 
     task: Literal["dune"] = Field(default="dune", description="dune: multi-teacher feature distillation; "
                                   "pointmap: scene-specific pointmap students (PointmapJobConfig)")

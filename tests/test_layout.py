@@ -1,0 +1,121 @@
+"""The package layout: no import cycles, no generic top-level names, small modules, one task registry."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# source folder -> the name it is installed under (setup.py)
+PACKAGES = {"distillkit": "distillkit", "flows": "distillkit_flows", "storage_schemas": "distillkit_schemas"}
+MAX_LINES = 420
+
+
+def _modules() -> dict[str, Path]:
+    mods = {}
+    for folder, name in PACKAGES.items():
+        for f in (ROOT / folder).rglob("*.py"):
+            parts = [name, *f.relative_to(ROOT / folder).with_suffix("").parts]
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            mods[".".join(parts)] = f
+    return mods
+
+
+def _imports(mod: str, path: Path, mods: dict[str, Path]) -> tuple[set[str], list[str]]:
+    """(project modules that `mod` imports anywhere, function bodies included; raw names of every import)."""
+    base = mod if path.name == "__init__.py" else mod.rsplit(".", 1)[0]
+    out, raw = set(), []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                parts = base.split(".")
+                pkg = ".".join(parts[:len(parts) - node.level + 1]) + (f".{node.module}" if node.module else "")
+            else:
+                pkg = node.module
+            targets = [f"{pkg}.{a.name}" if f"{pkg}.{a.name}" in mods else pkg for a in node.names]
+        else:
+            continue
+        raw += targets
+        for t in targets:
+            while t and t not in mods:
+                t = t.rpartition(".")[0]
+            if t and t != mod:
+                out.add(t)
+    return out, raw
+
+
+def test_no_import_cycles():
+    mods = _modules()
+    graph = {m: _imports(m, p, mods)[0] for m, p in mods.items()}
+    cycles, state, stack = [], {}, []
+
+    def visit(m):  # depth-first search; a back edge closes a cycle
+        state[m] = "open"
+        stack.append(m)
+        for n in sorted(graph[m]):
+            if state.get(n) == "open":
+                cycles.append(" -> ".join(stack[stack.index(n):] + [n]))
+            elif n not in state:
+                visit(n)
+        stack.pop()
+        state[m] = "done"
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m)
+    assert not cycles, "import cycles:\n" + "\n".join(cycles)
+
+
+def test_the_graph_walk_sees_a_cycle(tmp_path):
+    """The walk itself can fail: two modules importing each other (one lazily, inside a function) are found."""
+    (tmp_path / "a.py").write_text("import b\n")
+    (tmp_path / "b.py").write_text("def f():\n    from a import x\n")
+    mods = {"a": tmp_path / "a.py", "b": tmp_path / "b.py"}
+    assert _imports("a", mods["a"], mods)[0] == {"b"} and _imports("b", mods["b"], mods)[0] == {"a"}
+
+
+def test_folders_are_imported_by_their_installed_names():
+    """`import flows` / `import storage_schemas` only work from the repo root, never once installed."""
+    mods = _modules()
+    tests = {f"tests.{f.stem}": f for f in (ROOT / "tests").glob("*.py")}
+    bad = [f"{m}: {t}" for m, p in {**mods, **tests}.items() for t in _imports(m, p, {**mods, **tests})[1]
+           if t.split(".")[0] in ("flows", "storage_schemas")]
+    assert not bad, bad
+
+
+def test_no_module_is_too_long():
+    long = {m: n for m, p in _modules().items() if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert not long, f"modules over {MAX_LINES} lines: {long}"
+
+
+@pytest.mark.slow
+def test_wheel_installs_only_project_names(tmp_path):
+    """A built wheel holds distillkit, distillkit_flows and distillkit_schemas, and nothing generic such as `flows`."""
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                    str(tmp_path), str(ROOT)], check=True, capture_output=True)
+    (wheel,) = tmp_path.glob("distillkit-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith((".dist-info", ".data"))}
+    assert top == set(PACKAGES.values())
+    for folder, name in PACKAGES.items():  # every module of each folder is in the wheel
+        want = {f"{name}/{f.relative_to(ROOT / folder).as_posix()}" for f in (ROOT / folder).rglob("*.py")}
+        assert want <= set(names), sorted(want - set(names))[:5]
+
+
+def test_train_options_come_from_the_task_registry():
+    from distillkit.cli.train import RUNNERS, train
+    from distillkit.training.tasks import TASKS
+
+    assert set(RUNNERS) == set(TASKS)
+    params = set(inspect.signature(train).parameters)
+    for task in TASKS.values():
+        assert set(task.options) <= params, f"{task.name}: options without a CLI option"
