@@ -1,7 +1,7 @@
 """`ablate-students`: a grid of scene-specific pointmap students (seed 000), one sub-flow per run and scene.
 
 Every run reads the same scene data (a small JSON reference per scene, loaded once per process; see
-`distillkit.scenes.data.load_scene`). Result: a table artifact (`student-ablation`), `<out_dir>/ablation.csv` and
+`distillkit.scenes.refs.load_scene`). Result: a table artifact (`student-ablation`), `<out_dir>/ablation.csv` and
 `<out_dir>/ablation.png` (loss curves and per-scene held-out error).
 
 ```python
@@ -22,7 +22,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from distillkit.training.pointmap.config import AblationConfig, PointmapTrainConfig
-from distillkit.scenes.data import load_scene
+from distillkit.scenes.refs import load_scene
 from distillkit.training.pointmap.trainer import (ABLATION_COLUMNS, ablation_row, expand_ablation, plot_ablation,
                                           train_pointmap_student, write_ablation_csv)
 from distillkit_flows.common import resolve_config

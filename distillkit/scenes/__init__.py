@@ -2,7 +2,8 @@
 
 Modules: ``sources`` (12-Scenes / 7-Scenes / image folders), ``frames`` (network input + GT on its pixels),
 ``synthetic`` (synthetic rooms: pair predictions, SceneData, scenes written in the dataset layouts), ``data``
-(a scene's arrays for pointmap students), ``inference`` (batched pair inference,
+(a scene's arrays for pointmap students), ``refs`` (scenes by
+JSON reference), ``inference`` (batched pair inference,
 GT oracle), ``store`` (scene store I/O), ``quality`` (residuals, GT errors), ``pipeline`` (plan / run / re-align),
 ``export`` (PLY point clouds, PNG views), ``check`` (inspect/validate of scene stores).
 """

@@ -5,7 +5,8 @@ A small, in-memory (numpy-backed) interface: the trainer (`distillkit.training.p
 
 * `SceneData.from_arrays(...)`: any arrays (validated, defaults filled in);
 * `SceneData.from_store(url, scene)`: an aligned scene of a DUSt3R scene store (`distillkit cache-scenes`);
-* `synthetic_scene(...)`: a ray-cast box room with *exact* world pointmaps, K and camera poses (tests, benchmarks).
+* `distillkit.scenes.synthetic.synthetic_scene(...)`: a ray-cast box room with *exact* world pointmaps, K and camera
+  poses (tests, benchmarks).
 
 Conventions: images uint8 [n, H, W, 3]; pts3d float32 [n, H, W, 3] in the world frame (metres where the scene is
 metric); conf float32 [n, H, W] (DUSt3R confidences are >= 1; 1 = no information); mask bool [n, H, W] (valid
@@ -16,9 +17,6 @@ centre at integer coordinates); split int8 [n] (0 = train/mapping, 1 = held-out 
 
 from __future__ import annotations
 
-import functools
-import json
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -187,94 +185,6 @@ class SceneData:
             return cls.from_arrays(name=str(z["name"]) if "name" in z.files else "scene", **kw)
 
 
-# --------------------------------------------------------------------------------------------- synthetic scene
-def _yaw_pitch_c2w(centre: np.ndarray, yaw: float, pitch: float) -> np.ndarray:
-    """Camera-to-world with OpenCV axes (+y down in the world too: the synthetic room's floor is at +y)."""
-    fwd = np.array([math.sin(yaw) * math.cos(pitch), math.sin(pitch), math.cos(yaw) * math.cos(pitch)])
-    x = np.cross(np.array([0.0, 1.0, 0.0]), fwd)
-    x /= np.linalg.norm(x)
-    y = np.cross(fwd, x)
-    T = np.eye(4)
-    T[:3, :3] = np.stack((x, y, fwd), 1)
-    T[:3, 3] = centre
-    return T
-
-
-def synthetic_scene(n_train: int = 240, n_test: int = 40, H: int = 96, W: int = 128, seed: int = 0,
-                    n_boxes: int = 4, focal: float | None = None, name: str | None = None,
-                    hole_fraction: float = 0.0) -> SceneData:
-    """A box room (about 6 x 3.2 x 6 m, units are metres) with textured walls and a few boxes, rendered by exact
-    ray casting (`distillkit.scenes.synthetic`) along camera paths: the training frames come from three laps
-    around the room centre looking outwards and swinging left/right (radius 0.8, 1.2 and 1.6 m, different heights
-    and phases), the test frames from two other laps in between (radius 1.0 and 1.4 m, other phases, headings and
-    pitches): held out like a separate 12-Scenes test sequence, never a training frame's neighbour.
-    X_w = T_c2w (d K^-1 [u, v, 1]) holds exactly. Texture: per surface, a sum of random 3-D sinusoids in world
-    coordinates at two scales (aperiodic at scene scale, so a location is recognisable from its appearance).
-    Confidence is 1 + a smooth function, / 5 at depth discontinuities; `hole_fraction` masks out random blocks (tests the mask path).
-    """
-    from distillkit.scenes.synthetic import cast_rays, depth_discontinuities, random_layout
-
-    rng = np.random.default_rng(seed)
-    room_lo, room_hi, boxes = random_layout(rng, n_boxes)
-    f = 0.85 * W if focal is None else float(focal)
-    K = np.array([[f, 0, (W - 1) / 2], [0, f, (H - 1) / 2], [0, 0, 1.0]])
-
-    def lap(n, radius, height, phase, yaw_amp, pitch0, jitter):
-        t = phase + 2 * math.pi * np.arange(n) / n
-        out = []
-        for th in t:
-            r = radius * (1 + jitter * math.sin(3 * th + phase))
-            c = np.array([r * math.sin(th), height + 0.15 * math.sin(2 * th + phase), r * math.cos(th)])
-            yaw = th + yaw_amp * math.sin(2.5 * th + phase)  # looking outwards, swinging left/right
-            pitch = pitch0 + 0.12 * math.sin(1.7 * th + 2 * phase)
-            out.append(_yaw_pitch_c2w(c, yaw, pitch))
-        return out
-
-    laps = ((0.8, -0.35, 0.0, 0.15), (1.2, -0.05, 0.9, 0.2), (1.6, -0.25, 2.1, 0.17))  # radius, height, phase, pitch
-    sizes = [n_train // 3 + (k < n_train % 3) for k in range(3)]
-    c2w = [T for (r, h, ph, pi), m in zip(laps, sizes) for T in lap(m, r, h, ph, 0.6, pi, 0.1)]
-    c2w += lap(n_test - n_test // 2, 1.0, -0.2, 1.4, 0.55, 0.18, 0.08)
-    c2w += lap(n_test // 2, 1.4, -0.15, 0.5, 0.55, 0.17, 0.08)
-    c2w = np.stack(c2w)
-    n = len(c2w)
-    split = np.r_[np.zeros(n_train, np.int8), np.ones(n_test, np.int8)]
-
-    n_surf = 6 + n_boxes
-    # surface, colour channel, component, xyz: 6 coarse (wavelength ~1.5 m) + 6 fine (~0.5 m) components
-    freqs = np.concatenate((rng.normal(0, 4.0, (n_surf, 3, 6, 3)), rng.normal(0, 12.0, (n_surf, 3, 6, 3))), 2)
-    amps = np.r_[np.full(6, 22.0), np.full(6, 12.0)]
-    phases = rng.uniform(0, 2 * math.pi, (n_surf, 3, 12))
-    tints = rng.uniform(60, 200, (n_surf, 3))
-
-    v, u = np.mgrid[:H, :W]
-    rays = np.stack(((u - K[0, 2]) / f, (v - K[1, 2]) / f, np.ones((H, W))), -1).reshape(-1, 3)
-    images = np.empty((n, H, W, 3), np.uint8)
-    pts = np.empty((n, H, W, 3), np.float32)
-    conf = np.empty((n, H, W), np.float32)
-    for k in range(n):
-        dirs = rays @ c2w[k, :3, :3].T
-        d, sid = cast_rays(c2w[k, :3, 3], dirs, room_lo, room_hi, boxes)
-        P = c2w[k, :3, 3] + d[:, None] * dirs
-        pts[k] = P.reshape(H, W, 3)
-        col = np.empty((len(P), 3))
-        for ch in range(3):
-            arg = np.einsum("pd,pmd->pm", P, freqs[sid, ch]) + phases[sid, ch]
-            col[:, ch] = tints[sid, ch] + (amps * np.sin(arg)).sum(1)
-        images[k] = np.clip(col, 0, 255).astype(np.uint8).reshape(H, W, 3)
-        disc = depth_discontinuities(d.reshape(H, W), sid.reshape(H, W))
-        conf[k] = (1 + 4 * np.exp(-d / 4)).reshape(H, W) / np.where(disc, 5.0, 1.0)
-    mask = np.ones((n, H, W), bool)
-    if hole_fraction > 0:
-        bh, bw = max(H // 8, 1), max(W // 8, 1)
-        for k in range(n):
-            for _ in range(int(round(hole_fraction * 64))):
-                y, x = rng.integers(0, H - bh + 1), rng.integers(0, W - bw + 1)
-                mask[k, y:y + bh, x:x + bw] = False
-        pts[~mask] = np.nan  # invalid targets are not even finite: the loss must never see them
-    return SceneData.from_arrays(images=images, pts3d=pts, K=K, conf=conf, mask=mask, split=split,
-                                 gt_cam2world=c2w, name=name or f"synthetic-{seed}")
-
-
 def _open_scene_store(url: str, storage_options: dict[str, Any] | None):
     """(group, manifest) of a scene store; a clear error for anything else."""
     from distillkit.scenes.store import open_store
@@ -293,25 +203,3 @@ def aligned_scenes(url: str, storage_options: dict[str, Any] | None = None) -> l
 
     group, manifest = _open_scene_store(url, storage_options)
     return [s for s, d in zip(manifest.scenes, done_flags(group)[1]) if d]
-
-
-# -------------------------------------------------------------------------------------------- data references
-@functools.lru_cache(maxsize=4)
-def _load_cached(spec_json: str) -> SceneData:
-    spec = json.loads(spec_json)
-    if "npz" in spec:
-        return SceneData.load_npz(spec["npz"])
-    if "store" in spec:
-        return SceneData.from_store(spec["store"], spec["scene"], spec.get("storage_options"),
-                                    spec.get("test_every", 8))
-    if "synthetic" in spec:
-        return synthetic_scene(**spec["synthetic"])
-    raise ValueError(f"scene spec needs one of 'npz', 'store' (+ 'scene'), 'synthetic'; got {sorted(spec)}")
-
-
-def load_scene(spec: dict) -> SceneData:
-    """A scene from a small JSON-able reference (what flows pass around instead of arrays):
-    ``{"npz": path}``, ``{"store": url, "scene": name, "storage_options": {...}}`` or ``{"synthetic": {kwargs of
-    synthetic_scene}}``. Loaded once per process (LRU cache): the runs of an ablation read the same arrays.
-    Treat the returned arrays as read-only."""
-    return _load_cached(json.dumps(spec, sort_keys=True))

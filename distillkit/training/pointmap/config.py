@@ -175,7 +175,7 @@ class AblationConfig(Strict):
     """Parameters of the `ablate-students` flow: a grid of runs over the same scenes."""
 
     out_dir: str = Field(description="runs go to <out_dir>/<run>/<scene>/; ablation.csv and ablation.png here")
-    scenes: list[dict[str, Any]] = Field(min_length=1, description="scene references (see distillkit.scenes.data.load_scene): "
+    scenes: list[dict[str, Any]] = Field(min_length=1, description="scene references (see distillkit.scenes.refs.load_scene): "
                                          "{npz: path} | {store: url, scene: name} | {synthetic: {...}}")
     base: dict[str, Any] = Field(default_factory=dict, description="PointmapTrainConfig fields shared by all runs "
                                  "(out_dir is set per run)")
