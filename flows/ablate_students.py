@@ -23,8 +23,9 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from distillkit.training.pointmap.config import AblationConfig, PointmapTrainConfig
 from distillkit.scenes.refs import load_scene
-from distillkit.training.pointmap.trainer import (ABLATION_COLUMNS, ablation_row, expand_ablation, plot_ablation,
-                                          train_pointmap_student, write_ablation_csv)
+from distillkit.training.pointmap.ablation import (ABLATION_COLUMNS, ablation_row, expand_ablation, plot_ablation,
+                                                   write_ablation_csv)
+from distillkit.training.pointmap.trainer import train_pointmap_student
 from distillkit_flows.common import resolve_config
 
 

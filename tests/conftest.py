@@ -169,3 +169,21 @@ def oracle_scene_store(tmp_path_factory) -> Path:
                                 align={"known_poses": True, "known_intrinsics": True, "pose_pixels": 1024,
                                        "max_iters": 15}))
     return store
+
+
+@pytest.fixture(scope="module")
+def harness():
+    """A real Prefect API for the flows (prefect_test_harness: SQLite + server process), one per test module."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        from prefect.settings import PREFECT_API_URL
+
+        # Dask worker processes read settings from the environment: point them at the harness server
+        old = os.environ.get("PREFECT_API_URL")
+        os.environ["PREFECT_API_URL"] = PREFECT_API_URL.value()
+        yield
+        if old is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = old

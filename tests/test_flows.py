@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import pytest
@@ -11,23 +10,6 @@ import zarr
 from conftest import TINY_TEACHER
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        from prefect.settings import PREFECT_API_URL
-
-        # Dask worker processes read settings from the environment: point them at the harness server
-        old = os.environ.get("PREFECT_API_URL")
-        os.environ["PREFECT_API_URL"] = PREFECT_API_URL.value()
-        yield
-        if old is None:
-            os.environ.pop("PREFECT_API_URL", None)
-        else:
-            os.environ["PREFECT_API_URL"] = old
 
 
 def test_cache_then_train_flows(harness, photos, tmp_path):

@@ -14,8 +14,9 @@ from distillkit.training.pointmap.config import PointmapStudentConfig, PointmapT
 from distillkit.scenes.data import SceneData
 from distillkit.scenes.synthetic import synthetic_scene
 from distillkit.students.pointmap import build_pointmap_student
-from distillkit.training.pointmap.trainer import (View, apply_view, full_view, pointmap_loss, sample_view,
-                                          train_pointmap_student, view_indices, view_K)
+from distillkit.training.pointmap.augment import View, apply_view, full_view, sample_view, view_indices, view_K
+from distillkit.training.pointmap.losses import pointmap_loss
+from distillkit.training.pointmap.trainer import train_pointmap_student
 from distillkit.training.pointmap.metrics import evaluate_predictions, l2_errors, pnp_pose, pose_errors
 
 TINY = {

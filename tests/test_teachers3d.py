@@ -22,7 +22,7 @@ from distillkit.stores import validate_store
 from distillkit.teachers import multihmr, registry
 from distillkit.teachers.croco import AsymmetricCroCo3DStereo, CroCoConfig, save_hf
 from distillkit.teachers.croco.checkpoint import config_to_kwargs
-from distillkit.teachers.dinov2 import IMAGENET_MEAN, IMAGENET_STD
+from distillkit.images import IMAGENET_MEAN, IMAGENET_STD
 from distillkit.teachers.registry import load_teacher, teacher_input_hw
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared/fixtures/dust3r"

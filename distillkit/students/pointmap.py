@@ -33,6 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from distillkit.training.checkpoint import load_matching
 from distillkit.training.pointmap.config import PointmapStudentConfig
 
 log = logging.getLogger("distillkit")
@@ -172,13 +173,11 @@ def load_backbone_weights(backbone: nn.Module, source: str) -> tuple[int, int]:
         for key in ("state_dict", "model"):
             if isinstance(state, dict) and isinstance(state.get(key), dict):
                 state = state[key]
-    own = backbone.state_dict()
-    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    if not usable:
+    n, skipped = load_matching(backbone, state)
+    if not n:
         raise ValueError(f"{source}: no tensor matches the backbone (expected timm MobileNetV3 keys, e.g. "
-                         f"{next(iter(own))})")
-    backbone.load_state_dict(usable, strict=False)
-    return len(usable), len(own)
+                         f"{next(iter(backbone.state_dict()))})")
+    return n, n + len(skipped)
 
 
 class MobileNetStudent(_PixelHeadStudent):

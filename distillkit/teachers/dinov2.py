@@ -17,13 +17,11 @@ from timm.models.vision_transformer import checkpoint_filter_fn
 
 from distillkit_schemas import TeacherProvenance
 
+from distillkit.images import IMAGENET_MEAN, IMAGENET_STD
 from distillkit.teachers.base import Teacher, TeacherOutput, random_init_digest
 from distillkit.teachers.checkpoints import check_keys, fetch_checkpoint, read_state_dict, sha256, strip_prefixes
 
 log = logging.getLogger("distillkit")
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)

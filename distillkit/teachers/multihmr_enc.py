@@ -20,10 +20,10 @@ import torch
 
 from distillkit_schemas import TeacherProvenance
 
+from distillkit.images import IMAGENET_MEAN, IMAGENET_STD
 from distillkit.teachers import multihmr
 from distillkit.teachers.base import PATCH_ONLY_OUTPUT, RESIZE, Teacher, TeacherOutput, random_init_digest
 from distillkit.teachers.checkpoints import fetch_checkpoint, read_state_dict, sha256
-from distillkit.teachers.dinov2 import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger("distillkit")
 

@@ -1,4 +1,5 @@
-"""Plots: training loss curves (per teacher) with held-out evaluation points."""
+"""Plots: training loss curves (per teacher) with held-out evaluation points, and PCA views of teacher and student
+patch features (`distillkit show --checkpoint`)."""
 
 from __future__ import annotations
 
@@ -59,11 +60,12 @@ def student_features(checkpoint: str | Path, images: "np.ndarray") -> "np.ndarra
     """Patch tokens of a trained student's encoder (registers dropped) for uint8 images [B, H, W, 3]."""
     import torch
 
-    from distillkit.training.dune.config import StudentConfig
+    from distillkit.images import images_to_input
     from distillkit.students import build_student
-    from distillkit.training.dune.trainer import images_to_input
+    from distillkit.training.checkpoint import load_checkpoint
+    from distillkit.training.dune.config import StudentConfig
 
-    ck = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    ck = load_checkpoint(checkpoint, "dune")
     dims = {t: (d[0], tuple(d[1])) for t, d in ck["teacher_dims"].items()}
     model = build_student(StudentConfig(**ck["student"]), tuple(ck["image_hw"]), ck["patch_size"], dims,
                           ck["projector"])

@@ -1,7 +1,8 @@
 """Train a DUNE-style student by streaming cached teacher features.
 
 Checkpoints hold the model, optimiser, scheduler, RNG states and the data position (epoch, batches consumed), so a
-resumed run sees exactly the batches the uninterrupted run would have seen.
+resumed run sees exactly the batches the uninterrupted run would have seen. They are written and read by
+`distillkit.training.checkpoint` (plain data, loaded with weights_only).
 """
 
 from __future__ import annotations
@@ -12,28 +13,28 @@ import logging
 import math
 import os
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from distillkit.training.dune.config import TrainConfig
-
 from distillkit.config.common import redact
+from distillkit.images import images_to_input
 from distillkit.store.reader import ShardStream, make_loader
 from distillkit.students import build_student
 from distillkit.teachers import resolve_device
+from distillkit.training.checkpoint import CKPT_NAME, init_from, load_checkpoint, save_checkpoint
+from distillkit.training.dune.config import TrainConfig
 from distillkit.training.dune.data import GroupBatches, build_groups, val_streams
 from distillkit.training.dune.losses import cosine, teacher_loss
 from distillkit.training.dune.normalize import TargetNorm
 from distillkit.training.dune.objectives import combine, lowest_loss_drop, sharing_mask
+from distillkit.training.optim import adamw, step_schedule
 
 log = logging.getLogger("distillkit")
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-CKPT_NAME = "checkpoint-last.pt"
 DATA_POSITION_KEYS = ("seed", "batch_size", "num_workers", "shuffle_shards")
 
 
@@ -45,27 +46,11 @@ class Position:
     groups: dict[str, list[int]] = field(default_factory=dict)  # (epoch, batch) of the non-primary groups
 
 
-def images_to_input(images: torch.Tensor, device: torch.device, jitter: float = 0.0,
-                    generator: torch.Generator | None = None) -> torch.Tensor:
-    """uint8 [B,H,W,3] -> normalised float [B,3,H,W]; optional student-only brightness/contrast/saturation jitter."""
-    x = images.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
-    if jitter > 0:
-        b = x.shape[0]
-        r = (torch.rand((b, 3, 1, 1), generator=generator) * 2 - 1).to(device) * jitter
-        mean = x.mean(dim=(1, 2, 3), keepdim=True)
-        gray = x.mean(dim=1, keepdim=True)
-        x = x * (1 + r[:, :1]) + (x - mean) * r[:, 1:2]  # brightness, contrast
-        x = (gray + (x - gray) * (1 + r[:, 2:3])).clamp(0, 1)  # saturation
-    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
-    return (x - mean) / std
-
-
 def batch_losses(model, batch: dict, norm: TargetNorm, device: torch.device, has_cls: dict[str, bool],
                  jitter: float = 0.0):
     """Per teacher: (per-image loss [B], student CLS, student patches), against normalised targets."""
     x = images_to_input(batch["samples/image"], device, jitter)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _nullcontext()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     with autocast:
         preds = model(x)
     out = {}
@@ -76,37 +61,6 @@ def batch_losses(model, batch: dict, norm: TargetNorm, device: torch.device, has
         cls_t = norm(t, "cls", batch[f"teachers/{t}/cls"].to(device)) if has_cls[t] else None
         out[t] = (teacher_loss(cls_s if has_cls[t] else None, patch_s, cls_t, patch_t), cls_s, patch_s)
     return out
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
-
-
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim <= 1 or name.endswith(("pos_embed", "cls_token", "reg_token")) else decay).append(p)
-    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.99))
-
-
-def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int):
-    warmup = int(round(cfg.warmup_fraction * total_steps))
-    floor = cfg.min_lr / cfg.lr
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(total_steps - warmup, 1)
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
 def batch_digest(ids: list[str]) -> str:
@@ -137,26 +91,6 @@ def evaluate(model, streams: list[tuple[ShardStream, list[str]]], norm: TargetNo
     model.train()
     return {t: {k: (v / a["samples"] if k != "samples" else v) for k, v in a.items() if k != "cos_cls" or has_cls[t]}
             for t, a in acc.items()}
-
-
-def init_weights(model: torch.nn.Module, path: str, device: torch.device) -> None:
-    """Fine-tuning start: the encoder and every projector whose teacher and shape still match."""
-    try:
-        state = torch.load(path, map_location=device, weights_only=False)["model"]
-    except (OSError, KeyError) as e:
-        raise ValueError(f"init_from {path}: not a distillkit checkpoint ({e})") from None
-    own = model.state_dict()
-    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    model.load_state_dict(usable, strict=False)
-    skipped = sorted(set(own) - set(usable))
-    log.info("initialised %d/%d tensors from %s%s", len(usable), len(own), path,
-             f" (new: {', '.join(skipped[:5])}{'…' if len(skipped) > 5 else ''})" if skipped else "")
-
-
-def _save(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)  # atomic: a crash never leaves a half-written checkpoint
 
 
 class Distributed:
@@ -248,9 +182,9 @@ def train(cfg: TrainConfig, on_step: Callable[[int, int, dict], None] | None = N
                                  + (math.ceil(frac * rounds(full_epochs)) if frac else 0))
     val = val_streams(cfg, groups)
     if cfg.init_from and not (cfg.resume and (out / CKPT_NAME).exists()):
-        init_weights(model, cfg.init_from, device)
-    opt = make_optimizer(model, cfg)
-    sched = make_scheduler(opt, cfg, total)
+        init_from(model, cfg.init_from, "dune")
+    opt = adamw(model, cfg.lr, cfg.weight_decay)
+    sched = step_schedule(opt, cfg.lr, cfg.min_lr, cfg.warmup_fraction, total)
     pos = Position()
     public_cfg = cfg.model_dump(mode="json") | {"storage_options": redact(cfg.storage_options)}
     metrics: dict[str, Any] = {"config": public_cfg, "world_size": dist.world, "train": [], "eval": []}
@@ -258,7 +192,7 @@ def train(cfg: TrainConfig, on_step: Callable[[int, int, dict], None] | None = N
     data_spec = {k: getattr(cfg, k) for k in DATA_POSITION_KEYS} | {"world_size": dist.world,
                                                                    "groups": [g.name for g in groups]}
     if cfg.resume and ckpt_path.exists():
-        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+        ck = load_checkpoint(ckpt_path, "dune")  # on the CPU: the RNG state must be; load_state_dict moves the rest
         if ck["data_spec"] != data_spec or ck["teachers"] != teacher_names:
             raise ValueError(f"{ckpt_path} was written with {ck['data_spec']} and teachers {ck['teachers']}; this "
                              f"run has {data_spec} and {teacher_names}. Use the same settings or a new out_dir.")
@@ -275,13 +209,13 @@ def train(cfg: TrainConfig, on_step: Callable[[int, int, dict], None] | None = N
 
     def checkpoint() -> None:
         if dist.rank == 0:
-            _save(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                              "scheduler": sched.state_dict(), "position": pos.__dict__, "data_spec": data_spec,
-                              "teachers": teacher_names, "metrics": metrics,
-                              "rng": {"torch": torch.get_rng_state()}, "student": cfg.student.model_dump(),
-                              "projector": cfg.projector, "image_hw": list(m.image_hw), "patch_size": m.student_patch,
-                              "normalization": cfg.normalization,
-                              "teacher_dims": {t: [p.embed_dim, list(p.grid_hw)] for t, (p, _) in provenance.items()}})
+            save_checkpoint(ckpt_path, "dune", {
+                "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "position": pos.__dict__, "data_spec": data_spec, "teachers": teacher_names, "metrics": metrics,
+                "rng": {"torch": torch.get_rng_state()}, "student": cfg.student.model_dump(mode="json"),
+                "projector": cfg.projector, "image_hw": list(m.image_hw), "patch_size": m.student_patch,
+                "normalization": cfg.normalization,
+                "teacher_dims": {t: [p.embed_dim, list(p.grid_hw)] for t, (p, _) in provenance.items()}})
             (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
         dist.barrier()
 

@@ -1,7 +1,10 @@
-"""`distillkit show --scene S --checkpoint C`: a pointmap student's prediction beside the teacher's on test frames.
+"""Pointmap-student figures: the training curve (`plot_pointmap_curve`, written by the trainer) and
+`distillkit show --scene S --checkpoint C` (`show_student`): a student's prediction beside the teacher's on test
+frames.
 
-Columns: the image, the teacher's (globally aligned) world pointmap and the student's, both coloured by xyz in
-one scene-wide box (same colour = same place), and the per-pixel L2 error in world units. Rows: held-out frames.
+Columns of `show_student`: the image, the teacher's (globally aligned) world pointmap and the student's, both
+coloured by xyz in one scene-wide box (same colour = same place), and the per-pixel L2 error in world units. Rows:
+held-out frames.
 """
 
 from __future__ import annotations
@@ -13,7 +16,40 @@ from PIL import Image
 
 from distillkit.scenes.data import SceneData
 from distillkit.scenes.export import colormap, pointmap_rgb
-from distillkit.training.pointmap.trainer import SceneTensors, load_pointmap_student, predict_frames
+from distillkit.training.pointmap.evaluate import load_pointmap_student, predict_frames
+from distillkit.training.pointmap.sampling import SceneTensors
+
+
+def plot_pointmap_curve(metrics: dict, path: str | Path, title: str = "") -> Path:
+    """Training loss per step (log scale) and the held-out mean L2 at each evaluation (right axis)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    tr = metrics.get("train", [])
+    if tr:
+        ax.plot([r["step"] for r in tr], [r["loss"] for r in tr], lw=1.0, label="train loss")
+        ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel(f"{metrics.get('config', {}).get('loss', 'mse')} loss (targets x "
+                  f"{metrics.get('config', {}).get('target_scale', 1.0):g})")
+    ev = [e for e in metrics.get("eval", []) if "mean_l2" in e]
+    if ev:
+        ax2 = ax.twinx()
+        ax2.plot([e["step"] for e in ev], [e["mean_l2"] for e in ev], "o-", color="C3", ms=3, label="held-out mean L2")
+        ax2.set_ylabel("held-out mean L2 (world units)")
+        ax2.set_yscale("log")
+        ax2.legend(loc="upper right", fontsize=8)
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_title(title or "pointmap student")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def _pick(idx: np.ndarray, n: int) -> np.ndarray:
