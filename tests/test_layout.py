@@ -119,3 +119,18 @@ def test_train_options_come_from_the_task_registry():
     params = set(inspect.signature(train).parameters)
     for task in TASKS.values():
         assert set(task.options) <= params, f"{task.name}: options without a CLI option"
+
+
+def test_readme_layout_names_every_package_and_task_module():
+    readme = (ROOT / "README.md").read_text()
+    layout = readme[readme.index("## Layout"):]
+    layout = layout[:layout.index("```", layout.index("```") + 3)]
+    words = set(__import__("re").findall(r"[A-Za-z_][\w.]*", layout))
+    pkg = ROOT / "distillkit"
+    want = {d.name for d in pkg.rglob("*") if d.is_dir() and (d / "__init__.py").exists()}
+    want |= {f.name for f in pkg.glob("*.py") if f.stem != "__init__"}
+    for task in (pkg / "training").iterdir():  # each task package's modules
+        if (task / "__init__.py").exists():
+            want |= {f.stem for f in task.glob("*.py") if f.stem != "__init__"}
+    missing = sorted(n for n in want if n not in words and f"{n}/" not in layout)
+    assert not missing, f"README Layout does not mention {missing}"

@@ -8,6 +8,8 @@ import torch
 
 from distillkit_schemas import TeacherProvenance
 
+from distillkit.images import normalise
+
 # provenance `resize` of every teacher (an identity field: changing it refuses to reopen existing stores)
 RESIZE = "crop box from the source, bicubic antialiased resize to input_hw"
 # provenance `output` suffix of teachers whose forward returns cls=None (the cache stores the patch mean)
@@ -34,9 +36,7 @@ class Teacher:
     def normalize(self, images_uint8: torch.Tensor) -> torch.Tensor:
         """[B, H, W, 3] uint8 -> [B, 3, H, W] float normalised with the teacher's mean/std."""
         x = images_uint8.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
-        mean = torch.tensor(self.provenance.mean, device=self.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.provenance.std, device=self.device).view(1, 3, 1, 1)
-        return (x - mean) / std
+        return normalise(x, self.provenance.mean, self.provenance.std)
 
     @torch.inference_mode()
     def __call__(self, images_uint8: torch.Tensor) -> TeacherOutput:
