@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import zarr
 
 from conftest import REPO
+from distillkit.training.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -67,13 +67,13 @@ def test_two_ranks_cover_every_sample_once_per_epoch_and_resume_exactly(cached_s
         time.sleep(0.01)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    step_at_kill = torch.load(ckpt, weights_only=False)["position"]["step"]
-    total = torch.load(tmp_path / "ref" / "checkpoint-last.pt", weights_only=False)["position"]["step"]
+    step_at_kill = load_checkpoint(ckpt)["position"]["step"]
+    total = load_checkpoint(tmp_path / "ref" / "checkpoint-last.pt")["position"]["step"]
     assert step_at_kill < total, "training finished before the kill: nothing was tested"
     again = _torchrun(cfg)
     assert again.returncode == 0, again.stderr[-3000:]
     assert _batches(tmp_path / "killed") == logs  # same samples, same ranks, same steps
-    a = torch.load(tmp_path / "ref" / "checkpoint-last.pt", weights_only=False)["model"]
-    b = torch.load(ckpt, weights_only=False)["model"]
+    a = load_checkpoint(tmp_path / "ref" / "checkpoint-last.pt")["model"]
+    b = load_checkpoint(ckpt)["model"]
     for k in a:
         np.testing.assert_allclose(a[k].numpy(), b[k].numpy(), rtol=1e-5, atol=1e-6, err_msg=k)

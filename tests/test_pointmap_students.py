@@ -18,6 +18,7 @@ from distillkit.training.pointmap.augment import View, apply_view, full_view, sa
 from distillkit.training.pointmap.losses import pointmap_loss
 from distillkit.training.pointmap.trainer import train_pointmap_student
 from distillkit.training.pointmap.metrics import evaluate_predictions, l2_errors, pnp_pose, pose_errors
+from distillkit.training.checkpoint import load_checkpoint
 
 TINY = {
     "cnn": {"kind": "cnn", "cnn_widths": [16, 32, 32], "cnn_strides": [2, 2, 1], "head_widths": [32]},
@@ -55,7 +56,7 @@ def test_student_trains_with_falling_loss(scene, tmp_path, kind, sampler, taps):
     assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:3]), losses
     for key in ("checkpoint", "metrics", "loss_curve"):
         assert os.path.exists(res[key])
-    ck = torch.load(res["checkpoint"], weights_only=False)
+    ck = load_checkpoint(res["checkpoint"])
     assert {"model", "optimizer", "scheduler", "step", "epoch"} <= set(ck) and ck["step"] == 40
     ev = res["final_eval"]
     assert {"mean_l2", "mean_l2_over_extent", "pct_5cm_5deg", "pct_10cm_10deg", "median_t_cm"} <= set(ev)
@@ -74,7 +75,7 @@ def test_frozen_backbone_uses_feature_buffer(scene, tmp_path, taps):
     torch.manual_seed(cfg.seed)  # the trainer seeds the same way before building the model
     before = {k: v.clone() for k, v in build_pointmap_student(cfg.student, scene.hw).backbone.state_dict().items()}
     res = train_pointmap_student(cfg, scene)
-    ck = torch.load(res["checkpoint"], weights_only=False)["model"]
+    ck = load_checkpoint(res["checkpoint"])["model"]
     for k, v in before.items():  # frozen: weights and BN statistics unchanged
         if v.is_floating_point():
             assert torch.equal(ck[f"backbone.{k}"], v), k
@@ -86,13 +87,13 @@ def test_frozen_backbone_uses_feature_buffer(scene, tmp_path, taps):
 def test_head_only_training_from_a_checkpoint(scene, tmp_path):
     base = dict(student=TINY["cnn"], batch_size=4, eval_pose=False, lr=3e-3)
     first = train_pointmap_student(PointmapTrainConfig(out_dir=str(tmp_path / "a"), max_steps=10, **base), scene)
-    enc = {k: v for k, v in torch.load(first["checkpoint"], weights_only=False)["model"].items()
+    enc = {k: v for k, v in load_checkpoint(first["checkpoint"])["model"].items()
            if k.startswith("encoder.")}
     cfg = PointmapTrainConfig(out_dir=str(tmp_path / "b"), max_steps=10, init_from=first["checkpoint"],
                               sampler="pixel", pixels_per_step=256,
                               **{**base, "student": {**TINY["cnn"], "freeze_backbone": True}})
     second = train_pointmap_student(cfg, scene)
-    state = torch.load(second["checkpoint"], weights_only=False)["model"]
+    state = load_checkpoint(second["checkpoint"])["model"]
     assert all(torch.equal(state[k], v) for k, v in enc.items())  # encoder (and BN statistics) untouched
     assert second["model"]["trainable_params"] < second["model"]["params"]
 

@@ -12,6 +12,7 @@ import torch
 from conftest import REPO
 from distillkit.training.dune.config import TrainConfig
 from distillkit.training.dune.trainer import train
+from distillkit.training.checkpoint import load_checkpoint
 
 TINY_STUDENT = {"preset": "custom", "embed_dim": 64, "depth": 2, "num_heads": 2}
 
@@ -60,11 +61,11 @@ def test_resume_after_crash_replays_exact_order_and_weights(cached_store, tmp_pa
     assert seen_after[0] == 3  # resumed from the step-3 checkpoint, not from scratch
     got = json.loads(open(res["metrics"]).read())
     assert [r["batch"] for r in got["train"]] == [r["batch"] for r in ref_metrics["train"]]
-    a = torch.load(ref["checkpoint"], weights_only=False)["model"]
-    b = torch.load(res["checkpoint"], weights_only=False)["model"]
+    a = load_checkpoint(ref["checkpoint"])["model"]
+    b = load_checkpoint(res["checkpoint"])["model"]
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
-    ck = torch.load(res["checkpoint"], weights_only=False)
+    ck = load_checkpoint(res["checkpoint"])
     assert set(ck) >= {"model", "optimizer", "scheduler", "position"}
     assert ck["position"]["step"] == steps
 
