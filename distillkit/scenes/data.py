@@ -88,7 +88,7 @@ class SceneData:
     @classmethod
     def from_store(cls, url: str, scene: str, storage_options: dict[str, Any] | None = None,
                    test_every: int = 8) -> "SceneData":
-        """One aligned scene of a DUSt3R scene store (``distillkit_schemas/scenes.py``; local path or fsspec URL).
+        """One aligned scene of a DUSt3R scene store (``storage_schemas/scenes.py``; local path or fsspec URL).
 
         Reads ``scenes/<scene>/{image, pts3d, conf, mask, intrinsics, cam2world, split, gt_cam2world?}``: the
         globally aligned world pointmaps with their confidences and validity mask, the intrinsics at the stored

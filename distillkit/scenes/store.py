@@ -1,5 +1,5 @@
 """Scene store I/O: create every array once (serially, before any scene task), write a scene's frames, pairs and
-alignment, read pairs back for (re-)alignment. Layout and dtypes: ``distillkit_schemas/scenes.py``.
+alignment, read pairs back for (re-)alignment. Layout and dtypes: ``storage_schemas/scenes.py``.
 
 One task owns one scene: every array of ``scenes/<s>`` is written by that task only, so no two writers ever
 share a chunk or shard. Pair outputs are buffered and written one whole storage shard at a time (a partial
