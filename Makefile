@@ -11,7 +11,7 @@ export MALLOC_TRIM_THRESHOLD_ := 2147483648
 
 .PHONY: install demo test test-fast deploy worker clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e ".[test,demo]"

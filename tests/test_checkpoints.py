@@ -217,6 +217,18 @@ def test_clear_errors_for_files_that_are_not_our_checkpoints(tmp_path, dune_chec
     assert r.exit_code == 2 and "no distillkit checkpoint format marker" in _flat(r.output), r.output
 
 
+def test_a_safe_checkpoint_from_before_the_marker_still_loads(tmp_path, dune_checkpoint, pointmap_checkpoint):
+    for path, kind in ((dune_checkpoint, "dune"), (pointmap_checkpoint, "pointmap")):
+        ck = torch.load(path, weights_only=True)
+        legacy = tmp_path / f"legacy-{kind}.pt"
+        torch.save({k: v for k, v in ck.items() if k not in ("format", "kind")}, legacy)
+        back = load_checkpoint(legacy, kind)
+        assert back["kind"] == kind and back["format"] == FORMAT
+        assert all(torch.equal(back["model"][k], v) for k, v in ck["model"].items())
+        with pytest.raises(ValueError, match="expected a"):
+            load_checkpoint(legacy, "pointmap" if kind == "dune" else "dune")
+
+
 def test_save_writes_plain_data_atomically(tmp_path):
     path = tmp_path / "c.pt"
     save_checkpoint(path, "pointmap", {"model": {"w": torch.ones(2)}, "metrics": {"l2": np.float32(0.5),

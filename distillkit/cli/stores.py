@@ -70,7 +70,7 @@ def inspect(store: str = typer.Argument(..., help="store path or URL"),
 
 @app.command()
 def validate(store: str = typer.Argument(..., help="store path or URL")):
-    """Check a store against its schema (storage_schemas/), completeness and NaN/Inf; exit 1 on any problem."""
+    """Check a store against storage_schemas, completeness and NaN/Inf; exit 1 on any problem."""
     setup_logging()
     from tqdm import tqdm
 

@@ -93,6 +93,12 @@ def load_checkpoint(path: str | Path, kind: str | None = None, map_location: Any
             f"distillkit. Loading it could run code, so nothing in it was loaded.") from None
     except Exception as e:  # noqa: BLE001  (not a zip / pickle at all, truncated, empty)
         raise ValueError(f"{path}: not a readable torch checkpoint ({type(e).__name__}: {e})") from None
+    if isinstance(ck, dict) and "format" not in ck and _legacy_kind(ck):
+        # written before the format marker, yet plain data (it passed weights_only): a nightly retrain or resume of
+        # an existing run keeps working
+        log.warning("%s: a checkpoint from before the format marker; read safely as a %s checkpoint", path,
+                    KINDS[_legacy_kind(ck)])
+        ck = {"format": FORMAT, "kind": _legacy_kind(ck), **ck}
     if not isinstance(ck, dict) or not str(ck.get("format", "")).startswith("distillkit-checkpoint/"):
         raise ValueError(f"{path}: no distillkit checkpoint format marker: not a distillkit checkpoint, or one "
                          f"written by an older distillkit")
@@ -102,6 +108,15 @@ def load_checkpoint(path: str | Path, kind: str | None = None, map_location: Any
         got = KINDS.get(ck.get("kind"), repr(ck.get("kind")))
         raise ValueError(f"{path} is a {got} checkpoint, expected a {KINDS[kind]} one")
     return ck
+
+
+def _legacy_kind(ck: dict) -> str | None:
+    """The kind of an unmarked checkpoint by the keys only its trainer wrote (None: not recognisably ours)."""
+    if "model" in ck and "teacher_dims" in ck and "data_spec" in ck:
+        return "dune"
+    if "model" in ck and "spec" in ck and "config" in ck:
+        return "pointmap"
+    return None
 
 
 def init_from(model: torch.nn.Module, path: str | Path, kind: str) -> int:

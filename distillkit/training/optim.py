@@ -1,5 +1,5 @@
 """Optimiser and learning-rate schedule shared by both training tasks: AdamW with the usual no-decay groups, and
-one warm-up + cosine formula (`warmup_cosine`) driven by training progress in [0, 1].
+one cosine decay after a linear warm-up.
 
 The DUNE task steps it by optimiser step (`step_schedule`, a LambdaLR: its state_dict is the scheduler entry of
 a DUNE checkpoint); the pointmap task by progress = max(step / total, elapsed / time budget) (`ProgressSchedule`),
@@ -26,31 +26,28 @@ def adamw(model: torch.nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.
                               {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=betas)
 
 
-def warmup_cosine(progress: float, warmup: float, floor: float, ramp_min: float = 0.01) -> float:
-    """LR factor (x the base lr) at training progress in [0, 1]: linear warm-up over the first `warmup` fraction
-    (progress / warmup, at least `ramp_min`), then a cosine from 1 down to `floor` (= min_lr / lr) at progress 1."""
-    p = min(max(progress, 0.0), 1.0)
-    if p < warmup:
-        return max(p / warmup, ramp_min)
-    q = (p - warmup) / max(1 - warmup, 1e-12)
-    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * q))
+def cosine(q: float, hi: float, lo: float) -> float:
+    """Half a cosine from `hi` (q = 0) down to `lo` (q >= 1): the decay both schedules share."""
+    return lo + (hi - lo) * 0.5 * (1 + math.cos(math.pi * min(max(q, 0.0), 1.0)))
 
 
 def step_schedule(opt: torch.optim.Optimizer, lr: float, min_lr: float, warmup_fraction: float,
                   total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """`warmup_cosine` by optimiser step: step s runs at progress s / total, with the warm-up rounded to whole
-    steps (W = round(warmup_fraction * total)).
-
-    Against the DUNE trainer's earlier own formula: the cosine part (steps >= W) gives the same values; the warm-up
-    ramp moves one step later (step s < W now runs at max(s / W, 1%) of lr, before at (s + 1) / W)."""
-    warmup = round(warmup_fraction * total_steps) / max(total_steps, 1)
+    """By optimiser step (DUNE): linear warm-up over W = round(warmup_fraction * total) steps (step s at (s + 1) / W
+    of lr), then the cosine down to min_lr at the last step."""
+    warmup = int(round(warmup_fraction * total_steps))
     floor = min_lr / lr
-    return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: warmup_cosine(step / max(total_steps, 1), warmup,
-                                                                             floor))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return cosine((step - warmup) / max(total_steps - warmup, 1), 1.0, floor)
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
 class ProgressSchedule:
-    """`warmup_cosine` driven by training *progress* in [0, 1] (the pointmap trainer: the larger of step / total
+    """Warm-up then `cosine`, driven by training *progress* in [0, 1] (the pointmap trainer: the larger of step / total
     and elapsed / time budget). `update(progress)` sets every group's lr and returns it."""
 
     def __init__(self, opt: torch.optim.Optimizer, lr: float, min_lr: float, warmup: float):
@@ -59,8 +56,11 @@ class ProgressSchedule:
         self.update(0.0)
 
     def update(self, progress: float) -> float:
-        self.progress = min(max(progress, 0.0), 1.0)
-        lr = self.lr * warmup_cosine(self.progress, self.warmup, self.min_lr / self.lr)
+        self.progress = p = min(max(progress, 0.0), 1.0)
+        if p < self.warmup:
+            lr = self.lr * max(p / self.warmup, 0.01)
+        else:
+            lr = cosine((p - self.warmup) / max(1 - self.warmup, 1e-12), self.lr, self.min_lr)
         for g in self.opt.param_groups:
             g["lr"] = lr
         return lr

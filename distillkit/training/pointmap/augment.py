@@ -7,7 +7,7 @@ source pixel nearest to its continuous source location (j + 0.5) / s - 0.5 (s = 
 are transformed exactly for that continuous mapping (`view_K`), so the target at output pixel j projects within
 0.5 * s px of j (exactly onto j when the crop is not rescaled: s = 1). World targets are unchanged by any of this
 (they are world points, not camera-frame points); a flip only changes K, which then has a negative fx (a mirror
-image is not a proper pinhole view; `pose_eval` mirrors it back for PnP).
+image is not a proper pinhole view; `metrics` mirrors it back for PnP).
 """
 
 from __future__ import annotations
