@@ -20,7 +20,7 @@ from distillkit.store.layout import open_group
 
 @dataclass(frozen=True)
 class StoreKind:
-    summarize: Callable[[str, dict | None], Any]  # (url, storage_options) -> summary with .kind and .as_dict()
+    summarize: Callable[[zarr.Group, str], Any]  # (open group, url) -> summary with .kind and .as_dict()
     validate: Callable[[zarr.Group, Callable[[int, int], None] | None], list[Problem]]  # (open group, progress)
 
 
@@ -36,7 +36,8 @@ def _open(url: str, storage_options: dict | None) -> zarr.Group:
 
 def summarize(url: str, storage_options: dict | None = None):
     """The summary of a feature store or a scene store (`.kind` says which)."""
-    return KINDS[store_kind(_open(url, storage_options))].summarize(url, storage_options)
+    group = _open(url, storage_options)  # opened once: the kind and the summary read the same metadata
+    return KINDS[store_kind(group)].summarize(group, url)
 
 
 def validate_store(url: str, storage_options: dict | None = None,

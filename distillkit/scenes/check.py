@@ -32,10 +32,10 @@ class SceneStoreSummary:
                 "arrays": self.arrays, "completion_pct": self.completion, "problems": self.problems}
 
 
-def summarize_scenes(url: str, storage_options: dict | None = None) -> SceneStoreSummary:
+def summarize_scenes(group, url: str) -> SceneStoreSummary:
+    """The summary of an open scene store (`url` names it in the summary)."""
     from distillkit_schemas.scenes import expected_root_arrays, expected_scene_arrays
 
-    group = st.open_store(url, "r", storage_options)
     manifest, infos, problems = validate_scene_structure(group)
     if manifest is None:
         raise ValueError("; ".join(str(p) for p in problems))

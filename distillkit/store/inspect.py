@@ -13,7 +13,6 @@ from distillkit_schemas import FEATURES, Problem, expected_arrays, validate_feat
 from distillkit_schemas.validate import read_manifest, read_provenance
 
 from distillkit.store.arrays import array_row
-from distillkit.store.layout import open_group
 
 
 @dataclass
@@ -37,8 +36,8 @@ class StoreSummary:
                 "rejected": self.rejected}
 
 
-def summarize_features(url: str, storage_options: dict | None = None) -> StoreSummary:
-    group = open_group(url, "r", storage_options, consolidated=False)  # what is there, not what was consolidated
+def summarize_features(group, url: str) -> StoreSummary:
+    """The summary of an open feature store (`url` names it in the summary)."""
     manifest = read_manifest(group)
     provs = {t: read_provenance(group, t) for t in manifest.teachers}
     arrays = [array_row(group, spec) for spec in expected_arrays(manifest, provs)]
