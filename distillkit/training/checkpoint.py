@@ -93,12 +93,11 @@ def load_checkpoint(path: str | Path, kind: str | None = None, map_location: Any
             f"distillkit. Loading it could run code, so nothing in it was loaded.") from None
     except Exception as e:  # noqa: BLE001  (not a zip / pickle at all, truncated, empty)
         raise ValueError(f"{path}: not a readable torch checkpoint ({type(e).__name__}: {e})") from None
-    if isinstance(ck, dict) and "format" not in ck and _legacy_kind(ck):
-        # written before the format marker, yet plain data (it passed weights_only): a nightly retrain or resume of
-        # an existing run keeps working
+    legacy = _legacy_kind(ck) if isinstance(ck, dict) and "format" not in ck else None
+    if legacy:  # written before the format marker, yet plain data (it passed weights_only): old runs keep working
         log.warning("%s: a checkpoint from before the format marker; read safely as a %s checkpoint", path,
-                    KINDS[_legacy_kind(ck)])
-        ck = {"format": FORMAT, "kind": _legacy_kind(ck), **ck}
+                    KINDS[legacy])
+        ck = {"format": FORMAT, "kind": legacy, **ck}
     if not isinstance(ck, dict) or not str(ck.get("format", "")).startswith("distillkit-checkpoint/"):
         raise ValueError(f"{path}: no distillkit checkpoint format marker: not a distillkit checkpoint, or one "
                          f"written by an older distillkit")
