@@ -282,16 +282,7 @@ def finalize_store(cfg: CacheConfig | str, storage_options: dict | None = None) 
     if manifest.status == "complete":
         return {"status": "complete", "changed": False, **_counts(manifest)}
     valid = group["samples/valid"][:]
-    for name in manifest.teachers:
-        base = f"teachers/{name}/stats"
-        counts = group[f"{base}/shard_count"][:]
-        tokens = int(np.prod(group[f"teachers/{name}/patch"].shape[1:3]))
-        for tok, mult in (("patch", tokens), ("cls", 1)):
-            means, m2s = group[f"{base}/shard_{tok}_mean"][:], group[f"{base}/shard_{tok}_m2"][:]
-            n, mean, m2 = stats.merge([(int(c) * mult, means[i], m2s[i]) for i, c in enumerate(counts)])
-            group[f"{base}/{tok}_mean"][:] = mean.astype(np.float32)
-            group[f"{base}/{tok}_std"][:] = stats.std_from(n, m2).astype(np.float32)
-        group[f"{base}/count"][...] = int(counts.sum())
+    merge_statistics(group, manifest)
     manifest.status = "complete"
     manifest.finished = utcnow()
     manifest.n_valid = int(valid.sum())
@@ -303,6 +294,62 @@ def finalize_store(cfg: CacheConfig | str, storage_options: dict | None = None) 
         zarr.consolidate_metadata(group.store)
     log.info("store %s complete: %d valid, %d rejected", url, manifest.n_valid, manifest.n_rejected)
     return {"status": "complete", "changed": True, **_counts(manifest)}
+
+
+def merge_statistics(group: zarr.Group, manifest: Manifest) -> None:
+    """The store's exact per-channel statistics from the per-shard partials, merged in shard order."""
+    for name in manifest.teachers:
+        base = f"teachers/{name}/stats"
+        counts = group[f"{base}/shard_count"][:]
+        tokens = int(np.prod(group[f"teachers/{name}/patch"].shape[1:3]))
+        for tok, mult in (("patch", tokens), ("cls", 1)):
+            means, m2s = group[f"{base}/shard_{tok}_mean"][:], group[f"{base}/shard_{tok}_m2"][:]
+            n, mean, m2 = stats.merge([(int(c) * mult, means[i], m2s[i]) for i, c in enumerate(counts)])
+            group[f"{base}/{tok}_mean"][:] = mean.astype(np.float32)
+            group[f"{base}/{tok}_std"][:] = stats.std_from(n, m2).astype(np.float32)
+        group[f"{base}/count"][...] = int(counts.sum())
+
+
+def repair_store(cfg: CacheConfig, show_progress: bool = True) -> dict:
+    """Verify every checksum; recompute exactly the damaged shards (and the merged statistics). The teachers and the
+    plan must match the store, as for any re-run; undamaged shards are not touched."""
+    from distillkit.store.integrity import deep_check, delete_shard_object
+
+    t0 = time.perf_counter()
+    damage, _ = deep_check(layout.open_group(cfg.store, "r", cfg.storage_options, consolidated=False))
+    shards = sorted({d.shard for d in damage if d.shard >= 0})
+    group = layout.open_group(cfg.store, "r+", cfg.storage_options)
+    if shards:  # first what the plan and the shard table need to be readable again
+        for d in damage:
+            if d.shard >= 0:
+                delete_shard_object(group[d.array], d.shard)
+        manifest = Manifest.model_validate(group.attrs[layout.MANIFEST_ATTR])
+        _rewrite_sample_table(group, plan_samples(cfg), shards, manifest)
+        group["progress/shard_done"][shards] = 0
+    prepared = prepare_store(cfg)
+    if shards:
+        log.warning("store %s: recomputing damaged shard(s) %s (%s)", cfg.store, shards,
+                    ", ".join(sorted({d.array for d in damage})))
+        result = cache_shards(cfg, prepared, shards=shards, show_progress=show_progress)
+    else:
+        result = {"shards": 0, "samples": 0, "rejected": []}
+    if damage:
+        merge_statistics(prepared.group, prepared.manifest)
+    result.update(repaired_shards=shards, damaged_arrays=sorted({d.array for d in damage}),
+                  nothing_to_do=not damage, finalize=finalize_store(cfg), store=cfg.store,
+                  wall_s=time.perf_counter() - t0)
+    return result
+
+
+def _rewrite_sample_table(group: zarr.Group, plan: Plan, shards: list[int], m: Manifest) -> None:
+    """The rows written at creation (ids, uris, split, view seed) of these shards, again from the plan."""
+    for s in shards:
+        sl = slice(s * m.shard_size, min((s + 1) * m.shard_size, m.n_samples))
+        refs = plan.refs[sl]
+        group["samples/id"][sl] = np.array([r.id for r in refs], dtype=object).astype(str)
+        group["samples/uri"][sl] = np.array([r.uri for r in refs], dtype=object).astype(str)
+        group["samples/split"][sl] = plan.splits[sl]
+        group["samples/view_seed"][sl] = plan.seeds[sl]
 
 
 def _counts(m: Manifest) -> dict:

@@ -15,6 +15,7 @@ from distillkit_schemas import FEATURES, SCENES, Problem, store_kind
 
 from distillkit.scenes.check import summarize_scenes, validate_scenes
 from distillkit.store.inspect import summarize_features, validate_features
+from distillkit.store.integrity import damage_problems, deep_check
 from distillkit.store.layout import open_group
 
 
@@ -41,10 +42,29 @@ def summarize(url: str, storage_options: dict | None = None):
 
 
 def validate_store(url: str, storage_options: dict | None = None,
-                   progress: Callable[[int, int], None] | None = None) -> list[Problem]:
-    """Schema, completeness and content checks of either kind: every problem found (empty list = valid)."""
+                   progress: Callable[[int, int], None] | None = None, deep: bool = False,
+                   notes: list[Problem] | None = None) -> list[Problem]:
+    """Schema, completeness and content checks of either kind: every problem found (empty list = valid).
+
+    `deep`: also read every byte of every per-sample and per-shard array, so that each checksum is verified, and
+    name the array, shard and samples of any mismatch (feature stores). Remarks that are no problem (e.g. a store
+    written before checksums) are appended to `notes`."""
     try:
         group = _open(url, storage_options)
     except Exception as e:
         return [Problem(url, f"cannot open as a Zarr v3 group: {e}")]
-    return KINDS[store_kind(group)].validate(group, progress)
+    kind = store_kind(group)
+    if not deep:
+        return KINDS[kind].validate(group, progress)
+    if kind != FEATURES:
+        if notes is not None:
+            notes.append(Problem(url, "deep checks cover feature stores; this scene store got the usual checks"))
+        return KINDS[kind].validate(group, progress)
+    damage, found = deep_check(group, progress)
+    if notes is not None:
+        notes.extend(found)
+    damaged = {(d.array, d.shard) for d in damage}
+    usual = [p for p in KINDS[kind].validate(group, None)
+             if not (p.what.startswith("shard ") and "unreadable" in p.what
+                     and (p.where, int(p.what.split()[1].rstrip(":"))) in damaged)]
+    return damage_problems(group, damage) + usual

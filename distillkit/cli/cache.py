@@ -48,21 +48,26 @@ def cache(
     views: Optional[int] = typer.Option(None, help="K replayable views per image [1]"),
     view_mode: Optional[str] = typer.Option(None, help="center | random (random resized crop + flip) [center]"),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML file with these fields"),
+    repair: bool = typer.Option(False, "--repair", help="verify every checksum of the store and recompute exactly "
+                                                        "the damaged shards"),
     quiet: bool = typer.Option(False, help="no progress bar"),
 ):
     """Run teachers once over a source and write their features to a Zarr v3 store (resumable)."""
     setup_logging()
     cfg = _cache_config(config, source, store, teacher, checkpoint, seed, student_patch, image_size, shard_size,
                         batch_size, num_workers, device, val_fraction, codec, views, view_mode)
-    from distillkit.cache import run_cache
+    from distillkit.cache import repair_store, run_cache
     from distillkit.store import StoreMismatch
 
     try:
-        result = run_cache(cfg, show_progress=not quiet)
+        result = (repair_store if repair else run_cache)(cfg, show_progress=not quiet)
     except (StoreMismatch, ValueError) as e:
         fail(str(e))
     fin = result["finalize"]
-    if result["nothing_to_do"]:
+    if repair:
+        console.print(f"[green]{cfg.store}: every checksum matches; nothing to repair[/]" if result["nothing_to_do"]
+                      else f"repaired shard(s) {result['repaired_shards']} of {', '.join(result['damaged_arrays'])}")
+    elif result["nothing_to_do"]:
         console.print(f"[green]store {cfg.store} is already complete: nothing to do[/]")
     else:
         console.print(f"cached {result['samples']} samples in {result['shards']} shards "

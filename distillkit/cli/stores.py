@@ -69,22 +69,27 @@ def inspect(store: str = typer.Argument(..., help="store path or URL"),
 
 
 @app.command()
-def validate(store: str = typer.Argument(..., help="store path or URL")):
+def validate(store: str = typer.Argument(..., help="store path or URL"),
+             deep: bool = typer.Option(False, "--deep", help="read every byte and verify every checksum; name the "
+                                                             "array, shard and samples of any mismatch")):
     """Check a store against storage_schemas, completeness and NaN/Inf; exit 1 on any problem."""
     setup_logging()
     from tqdm import tqdm
 
     from distillkit.stores import validate_store
 
-    bar = tqdm(desc="validating shards", unit="shard", file=sys.stderr)
+    bar = tqdm(desc="verifying every byte" if deep else "validating shards", unit="shard", file=sys.stderr)
 
     def progress(done: int, total: int) -> None:
         bar.total = total
         bar.n = done
         bar.refresh()
 
-    problems = validate_store(store, progress=progress)
+    notes: list = []
+    problems = validate_store(store, progress=progress, deep=deep, notes=notes)
     bar.close()
+    for n in notes:
+        console.print(f"[yellow]note[/] {n}")
     if problems:
         for p in problems:
             console.print(f"[red]✗[/] {p}")

@@ -83,7 +83,11 @@ def validate_features(group, progress: Callable[[int, int], None] | None = None)
         for t in manifest.teachers:
             for kind in ("patch", "cls"):
                 path = f"teachers/{t}/{kind}"
-                data = group[path][sl]
+                try:
+                    data = group[path][sl]
+                except ValueError as e:  # a crc32c mismatch: `validate --deep` names the samples
+                    problems.append(Problem(path, f"shard {s}: unreadable ({str(e).split('.')[0]})"))
+                    continue
                 flat = data.reshape(data.shape[0], -1)
                 finite = np.isfinite(flat).all(axis=1)
                 for r in np.flatnonzero(ok & ~finite) + sl.start:

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec, ZstdCodec
+from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 from distillkit_schemas import (
     CREATING_ATTR, MANIFEST_ATTR, PROVENANCE_ATTR, VIEW_PARAMS, Manifest, TeacherProvenance, expected_arrays,
@@ -64,12 +64,15 @@ def is_created(group: zarr.Group) -> bool:
     return group.attrs.get(MANIFEST_ATTR) is not None and not group.attrs.get(CREATING_ATTR, False)
 
 
-def _compressors(codec: str, dtype: str):
+def _compressors(codec: str, dtype: str) -> list:
+    """The bytes-to-bytes codecs of a bulk array, always ending in a crc32c checksum (zarr verifies it on read;
+    sharded arrays also checksum their shard index, zarr's default)."""
+    checksum = [Crc32cCodec()]
     if codec == "none":
-        return None
+        return checksum
     if codec == "zstd":
-        return ZstdCodec(level=1)
-    return BloscCodec(cname="lz4", clevel=5, shuffle="shuffle", typesize=np.dtype(dtype).itemsize)
+        return [ZstdCodec(level=1)] + checksum
+    return [BloscCodec(cname="lz4", clevel=5, shuffle="shuffle", typesize=np.dtype(dtype).itemsize)] + checksum
 
 
 def create_store(url: str, manifest: Manifest, provenances: dict[str, TeacherProvenance], ids: list[str],
@@ -83,12 +86,12 @@ def create_store(url: str, manifest: Manifest, provenances: dict[str, TeacherPro
         is_feature = spec.path == "samples/image" or (
             spec.path.startswith("teachers/") and spec.path.rsplit("/", 1)[-1] in ("patch", "cls"))
         if spec.dtype == "str":
-            fill, compressors = "", None
+            fill, compressors = "", [Crc32cCodec()]
         elif spec.dtype.startswith("float"):
             fill = np.nan  # unwritten samples read back as NaN: missing data is detectable without listing
-            compressors = _compressors(codec, spec.dtype) if is_feature else ZstdCodec(level=1)
+            compressors = _compressors(codec, spec.dtype) if is_feature else [ZstdCodec(level=1), Crc32cCodec()]
         else:
-            fill, compressors = 0, _compressors(codec, spec.dtype) if is_feature else None
+            fill, compressors = 0, _compressors(codec if is_feature else "none", spec.dtype)
         arr = group.create_array(
             spec.path, shape=spec.shape, dtype=str if spec.dtype == "str" else spec.dtype,
             chunks=spec.chunks, shards=spec.shards, fill_value=fill,

@@ -82,9 +82,14 @@ class StoreSource:
         arr = self._open()[name]
         direct = self._direct.get(name)
         shard = self.manifest.shard_size
-        if direct is not None and start % shard == 0 and stop == min(start + shard, len(self.ids)):
-            return direct.read_shard(start // shard)
-        return arr[start:stop]
+        try:
+            if direct is not None and start % shard == 0 and stop == min(start + shard, len(self.ids)):
+                return direct.read_shard(start // shard)
+            return arr[start:stop]
+        except ValueError as e:  # zarr's crc32c mismatch does not say where: never train on damaged bytes
+            raise ValueError(f"store {self.url}: {name} shard {start // shard} (rows {start}-{stop - 1}) is "
+                             f"damaged: {e}. Run `distillkit validate --deep {self.url}` to locate it and "
+                             "`distillkit cache --repair` to recompute it") from e
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_arrays": None, "_direct": None, "_pid": None}
