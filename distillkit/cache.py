@@ -26,7 +26,7 @@ from distillkit.config.cache import CacheConfig
 from distillkit.config.common import safe_url
 from distillkit.sources import BadImage, SampleRef, list_source, load_rgb, source_fingerprint
 from distillkit.sources.images import split_of
-from distillkit.store import layout, stats
+from distillkit.store import growth, layout, stats
 from distillkit.store.writer import AsyncShardWriter, ShardResult, TeacherShard
 from distillkit.teachers import Teacher, load_teacher
 from distillkit.sources.views import center_view, random_view, render, view_seed
@@ -48,6 +48,7 @@ class Prepared:
     manifest: Manifest
     pending: list[int]
     teachers: dict[str, Teacher]
+    changes: growth.Changes | None = None  # what a re-run found new or gone in the source
 
 
 def plan_samples(cfg: CacheConfig) -> Plan:
@@ -90,8 +91,10 @@ def prepare_store(cfg: CacheConfig) -> Prepared:
     provs = {n: t.provenance for n, t in teachers.items()}
     want = build_manifest(cfg, plan)
     group = layout.try_open(cfg.store, cfg.storage_options)
+    changes = None
     if group is not None and layout.MANIFEST_ATTR in group.attrs:
         manifest = layout.check_compatible(group, want, provs, cfg.store)
+        manifest, changes = _grow(group, manifest, provs, plan, cfg)
     else:
         if group is not None and not layout.creation_interrupted(group):
             raise layout.StoreMismatch(
@@ -107,7 +110,31 @@ def prepare_store(cfg: CacheConfig) -> Prepared:
     if bad:
         raise ValueError(f"shards {bad} out of range: the store has {manifest.n_shards} shards")
     pending = [s for s in wanted if not done[s]]
-    return Prepared(group=group, manifest=manifest, pending=pending, teachers=teachers)
+    return Prepared(group=group, manifest=manifest, pending=pending, teachers=teachers, changes=changes)
+
+
+def _grow(group: zarr.Group, have: Manifest, provs: dict, plan: Plan, cfg: CacheConfig):
+    """A re-run over a source that changed: append what is new (and prune what left, if asked)."""
+    if growth.pending_intent(group) is None and have.source_fingerprint == plan.fingerprint:
+        return have, None
+    n0 = have.n_samples
+    changes = growth.diff(group["samples/id"][:n0], group["samples/uri"][:n0],
+                          [r.id for r in plan.refs], [r.uri for r in plan.refs])
+    if changes.removed:
+        log.warning("store %s: %d sample(s) no longer in the source, e.g. %s: %s", cfg.store, len(changes.removed),
+                    changes.removed[0], "marking them invalid (--prune)" if cfg.prune else
+                    "kept (--prune marks them invalid)")
+    prune_rows: list[int] = []
+    if cfg.prune and changes.removed:
+        gone, ids, valid = set(changes.removed), group["samples/id"][:n0], group["samples/valid"][:n0]
+        prune_rows = [r for r, i in enumerate(ids.tolist()) if i in gone and valid[r]]
+    if not changes.added and not prune_rows:
+        return have, changes
+    log.info("store %s: appending %d new sample(s) as version %d", cfg.store, len(changes.added), have.version + 1)
+    add = changes.added
+    manifest = growth.begin(group, have, provs, plan.fingerprint, [plan.refs[k].id for k in add],
+                            [plan.refs[k].uri for k in add], plan.splits[add], plan.seeds[add], prune_rows)
+    return manifest, changes
 
 
 @dataclass
@@ -274,6 +301,10 @@ def finalize_store(cfg: CacheConfig | str, storage_options: dict | None = None) 
     so = storage_options if isinstance(cfg, str) else cfg.storage_options
     group = layout.open_group(url, "r+", so)
     manifest = Manifest.model_validate(group.attrs[layout.MANIFEST_ATTR])
+    intent = growth.pending_intent(group)
+    if intent is not None:  # an append (or prune) to finish: the new version's size and fingerprint
+        manifest = manifest.model_copy(update={"n_samples": intent["to_samples"], "status": "in_progress",
+                                               "source_fingerprint": intent["source_fingerprint"]})
     done = group["progress/shard_done"][:]
     if not done.all():
         missing = np.flatnonzero(done == 0)
@@ -286,9 +317,10 @@ def finalize_store(cfg: CacheConfig | str, storage_options: dict | None = None) 
     manifest.status = "complete"
     manifest.finished = utcnow()
     manifest.n_valid = int(valid.sum())
-    manifest.n_rejected = int(len(valid) - valid.sum())
+    manifest.n_rejected = int((~growth.is_padding(group["samples/id"][:]) & (valid == 0)).sum())
     manifest.version += 1
-    group.attrs[layout.MANIFEST_ATTR] = manifest.model_dump(mode="json")
+    # one root update: the new version becomes visible and the append ends at the same moment
+    group.attrs.update({layout.MANIFEST_ATTR: manifest.model_dump(mode="json"), growth.APPEND_ATTR: None})
     with warnings.catch_warnings():  # zarr: consolidated metadata is an extension of the v3 spec
         warnings.simplefilter("ignore")
         zarr.consolidate_metadata(group.store)
@@ -368,6 +400,8 @@ def run_cache(cfg: CacheConfig, show_progress: bool = True, on_shard=None) -> di
         result = cache_shards(cfg, prepared, on_shard=on_shard, show_progress=show_progress)
         result["nothing_to_do"] = False
     result["finalize"] = finalize_store(cfg)
+    result["nothing_to_do"] = result["nothing_to_do"] and not result["finalize"].get("changed", False)
+    result["changes"] = prepared.changes.as_dict() if prepared.changes else None
     result["store"] = cfg.store
     result["wall_s"] = time.perf_counter() - t0
     return result

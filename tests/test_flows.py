@@ -91,12 +91,12 @@ def test_retrain_only_when_a_store_changed(harness, photos, tmp_path):
     assert first["changed"] is True and first["runs"] == 1
     again = retrain_student(config=cfg)
     assert again["changed"] is False and "nothing to do" in again["message"]
-    # new content: re-cache the store from a larger source (new fingerprint)
+    # new content: the source gains an image and the same store is cached again: the image is appended (version 2)
     more = tmp_path / "more"
     shutil.copytree(photos, more)
     shutil.copy(sorted(more.glob("*.png"))[0], more / "extra.png")
-    shutil.rmtree(store)
-    run_cache(tiny_cache_config(more, store), show_progress=False)
+    grown = run_cache(tiny_cache_config(more, store), show_progress=False)
+    assert grown["changes"]["added"] == 1 and grown["finalize"]["version"] == 2
     third = retrain_student(config=cfg)
     assert third["changed"] is True and third["runs"] == 2
     lineage = json.loads((tmp_path / "students" / "lineage.json").read_text())
@@ -104,6 +104,7 @@ def test_retrain_only_when_a_store_changed(harness, photos, tmp_path):
     assert lineage["runs"][1]["init_from"] == lineage["runs"][0]["checkpoint"]
     fp = [r["stores"][str(store)]["source_fingerprint"] for r in lineage["runs"]]
     assert fp[0] != fp[1]
+    assert [r["stores"][str(store)]["version"] for r in lineage["runs"]] == [1, 2]
 
 
 def test_multi_teacher_demo_config_through_both_flows(harness, tmp_path, monkeypatch):

@@ -48,6 +48,8 @@ def cache(
     views: Optional[int] = typer.Option(None, help="K replayable views per image [1]"),
     view_mode: Optional[str] = typer.Option(None, help="center | random (random resized crop + flip) [center]"),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML file with these fields"),
+    prune: bool = typer.Option(False, "--prune", help="on a re-run, mark samples whose file left the source "
+                                                      "invalid (default: report and keep them)"),
     repair: bool = typer.Option(False, "--repair", help="verify every checksum of the store and recompute exactly "
                                                         "the damaged shards"),
     quiet: bool = typer.Option(False, help="no progress bar"),
@@ -56,6 +58,8 @@ def cache(
     setup_logging()
     cfg = _cache_config(config, source, store, teacher, checkpoint, seed, student_patch, image_size, shard_size,
                         batch_size, num_workers, device, val_fraction, codec, views, view_mode)
+    if prune:
+        cfg = cfg.model_copy(update={"prune": True})
     from distillkit.cache import repair_store, run_cache
     from distillkit.store import StoreMismatch
 
@@ -72,6 +76,14 @@ def cache(
     else:
         console.print(f"cached {result['samples']} samples in {result['shards']} shards "
                       f"({result['wall_s']:.1f} s) -> {cfg.store}")
+    ch = result.get("changes")
+    if ch and (ch["added"] or ch["removed"]):
+        console.print(f"source changed: {ch['added']} new sample(s) appended as version {fin.get('version')}"
+                      + (f"; {len(ch['removed'])} sample(s) no longer in the source, "
+                         + ("marked invalid (--prune)" if cfg.prune else "kept (--prune marks them invalid)")
+                         if ch["removed"] else ""))
+        for i in ch["removed"][:20]:
+            console.print(f"[yellow]gone from the source[/] {i}")
     for r in result["rejected"]:
         console.print(f"[yellow]rejected[/] {r['uri']}: {r['reason']}")
     console.print(f"status: {fin['status']}" + (f", {fin['n_valid']} valid, {fin['n_rejected']} rejected"

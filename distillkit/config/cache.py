@@ -39,6 +39,8 @@ class CacheConfig(Strict):
         default="none", description="compressor for feature arrays (fp16 features compress ~1.08x; see README)")
     storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for source and store")
     shards: list[int] | None = Field(default=None, description="only cache these shard ids (scale-out)")
+    prune: bool = Field(default=False, description="samples whose file left the source are marked invalid "
+                                                   "(default: reported and kept)")
     views: int = Field(default=1, ge=1, description="K views per image, each its own sample '<id>#<k>'")
     view_mode: Literal["center", "random"] = Field(
         default="center", description="center: resize + centre crop; random: random resized crop (scale 0.4-1) + "

@@ -13,6 +13,7 @@ from distillkit_schemas import FEATURES, Problem, expected_arrays, validate_feat
 from distillkit_schemas.validate import read_manifest, read_provenance
 
 from distillkit.store.arrays import array_row
+from distillkit.store.growth import PRUNED, is_padding
 
 
 @dataclass
@@ -47,9 +48,10 @@ def summarize_features(group, url: str) -> StoreSummary:
     shard = manifest.shard_size
     bad_rows = [r for r in np.flatnonzero(valid == 0) if done[r // shard]]
     if bad_rows:
-        ids, errs, uris = group["samples/id"], group["samples/error"], group["samples/uri"]
+        ids, errs, uris = group["samples/id"][:], group["samples/error"], group["samples/uri"]
         for r in bad_rows:
-            rejected.append({"id": str(ids[r]), "uri": str(uris[r]), "reason": str(errs[r])})
+            if str(ids[r]):  # padding rows of a grown store are no rejected inputs
+                rejected.append({"id": str(ids[r]), "uri": str(uris[r]), "reason": str(errs[r])})
     return StoreSummary(url=url, manifest=manifest.model_dump(mode="json"),
                         provenance={t: p.model_dump(mode="json") for t, p in provs.items()}, arrays=arrays,
                         shards_done=int(done.sum()), n_shards=len(done), rejected=rejected)
@@ -66,19 +68,21 @@ def validate_features(group, progress: Callable[[int, int], None] | None = None)
     if manifest.status != "complete":
         problems.append(Problem("/", f"manifest status is {manifest.status!r}, not 'complete'"))
     ids = group["samples/id"][:]
-    if len(set(ids.tolist())) != len(ids):
-        problems.append(Problem("samples/id", "sample ids are not unique"))
-    if any(not str(i) for i in ids.tolist()):
-        problems.append(Problem("samples/id", "empty sample id"))
     valid = group["samples/valid"][:]
     errors = group["samples/error"][:]
+    padding = is_padding(ids)  # rows between the last old shard's end and an append's first shard
+    named = ids[~padding].tolist()
+    if len(set(named)) != len(named):
+        problems.append(Problem("samples/id", "sample ids are not unique"))
+    for r in np.flatnonzero(padding & (valid != 0)):
+        problems.append(Problem(f"samples/id[{r}]", "empty sample id on a valid sample"))
     n = manifest.n_samples
     done_shards = np.flatnonzero(done)
     for k, s in enumerate(done_shards):
         sl = slice(s * manifest.shard_size, min((s + 1) * manifest.shard_size, n))
         ok = valid[sl].astype(bool)
         for r in np.flatnonzero(~ok) + sl.start:
-            if not str(errors[r]):
+            if not str(errors[r]) and not padding[r]:
                 problems.append(Problem(f"samples/error[{r}]", "sample marked invalid without a reason"))
         for t in manifest.teachers:
             for kind in ("patch", "cls"):
@@ -92,7 +96,8 @@ def validate_features(group, progress: Callable[[int, int], None] | None = None)
                 finite = np.isfinite(flat).all(axis=1)
                 for r in np.flatnonzero(ok & ~finite) + sl.start:
                     problems.append(Problem(f"{path}[{r}]", f"NaN/Inf in a valid sample ({ids[r]})"))
-                for r in np.flatnonzero(~ok & ~np.isnan(flat).all(axis=1)) + sl.start:
+                kept = np.array([str(errors[r]).startswith(PRUNED) for r in range(sl.start, sl.stop)], bool)
+                for r in np.flatnonzero(~ok & ~kept & ~np.isnan(flat).all(axis=1)) + sl.start:
                     problems.append(Problem(f"{path}[{r}]", "rejected sample holds data (expected NaN)"))
         if progress:
             progress(k + 1, len(done_shards))

@@ -27,10 +27,14 @@ def is_url(path: str) -> bool:
 
 def open_group(url: str, mode: str = "r", storage_options: dict[str, Any] | None = None,
                consolidated: bool | None = None) -> zarr.Group:
-    """Open a Zarr v3 group on a local path or an fsspec URL (`consolidated=False`: the live metadata)."""
+    """Open a Zarr v3 group on a local path or an fsspec URL (`consolidated=False`: the live metadata).
+
+    Writers always see the live metadata: a consolidated snapshot is stale once an array has grown."""
     kwargs: dict[str, Any] = {"zarr_format": 3}
     if mode == "r" or consolidated is not None:
         kwargs["use_consolidated"] = consolidated
+    if mode not in ("r", "w"):
+        kwargs["use_consolidated"] = False
     if is_url(url):
         store = zarr.storage.FsspecStore.from_url(url, storage_options=storage_options or {}, read_only=mode == "r")
         return zarr.open_group(store=store, mode=mode, **kwargs)
@@ -115,8 +119,8 @@ def check_compatible(group: zarr.Group, want: Manifest, provenances: dict[str, T
     """Refuse to mix: the existing store must have the same sample table, layout and teacher provenance."""
     have = read_manifest(group)
     problems = []
-    for field in ("source_fingerprint", "n_samples", "shard_size", "image_hw", "student_patch", "val_fraction",
-                  "views", "view_mode"):
+    # the sample table may grow (see store/growth.py); how samples become rows and targets may not change
+    for field in ("shard_size", "image_hw", "student_patch", "val_fraction", "views", "view_mode"):
         a, b = getattr(have, field), getattr(want, field)
         if a != b:
             problems.append(f"{field}: store has {a!r}, this run has {b!r}")

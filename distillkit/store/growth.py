@@ -1,0 +1,124 @@
+"""Stores that grow: a re-run over a source that gained images appends them as new shards.
+
+The served version is what the root manifest says. An append never touches it until the very end:
+
+1. the intent (`distillkit_append`: from/to sample counts, the new source fingerprint) is written to the root;
+2. every array grows (metadata only) and the new rows of the sample table are written. New samples start at the
+   next shard boundary, so the last old shard is never rewritten; the rows in between are *padding* (empty id,
+   never valid);
+3. the new shards are cached like any shard (data first, completion mark last);
+4. finalize merges the statistics and writes the new manifest (version + 1) and clears the intent in one update.
+
+Each step is idempotent, so a run killed at any moment is finished by the next run with the same bytes. Readers
+clip every array to the manifest's `n_samples`: while an append runs they keep serving the old version.
+Old samples keep their rows, ids and splits. Samples whose file left the source are reported and kept, or with
+`prune` marked invalid (their features stay on disk but are never served).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import zarr
+
+from distillkit_schemas import Manifest, TeacherProvenance, expected_arrays
+
+from distillkit.store import stats as st
+
+log = logging.getLogger("distillkit")
+
+APPEND_ATTR = "distillkit_append"
+PRUNED = "pruned: no longer in the source"
+
+
+@dataclass
+class Changes:
+    added: list[int] = field(default_factory=list)  # indices into the new plan
+    removed: list[str] = field(default_factory=list)  # ids in the store that left the source
+    moved: int = 0  # ids whose uri changed (e.g. the source folder moved): kept as they are
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"added": len(self.added), "removed": self.removed, "moved": self.moved}
+
+
+def diff(old_ids: np.ndarray, old_uris: np.ndarray, new_ids: list[str], new_uris: list[str]) -> Changes:
+    old = {str(i): str(u) for i, u in zip(old_ids.tolist(), old_uris.tolist()) if str(i)}
+    now = set(new_ids)
+    ch = Changes(added=[k for k, i in enumerate(new_ids) if i not in old],
+                 removed=sorted(i for i in old if i not in now))
+    ch.moved = sum(1 for i, u in zip(new_ids, new_uris) if i in old and old[i] != u)
+    return ch
+
+
+def padded_start(manifest: Manifest) -> int:
+    """Where the next appended sample goes: the first row of the first shard after the store's last one."""
+    return manifest.n_shards * manifest.shard_size
+
+
+def pending_intent(group: zarr.Group) -> dict | None:
+    return group.attrs.get(APPEND_ATTR)
+
+
+def is_padding(ids: np.ndarray) -> np.ndarray:
+    return np.array([not str(i) for i in ids.tolist()], dtype=bool)
+
+
+def begin(group: zarr.Group, have: Manifest, provs: dict[str, TeacherProvenance], fingerprint: str,
+          ids: list[str], uris: list[str], splits: np.ndarray, seeds: np.ndarray,
+          prune_rows: list[int] | None = None) -> Manifest:
+    """Steps 1-2 (idempotent): the manifest the new version will have (written to the root only by finalize)."""
+    start = padded_start(have)
+    n1 = start + len(ids) if ids else have.n_samples
+    target = {"from_samples": have.n_samples, "to_samples": n1, "source_fingerprint": fingerprint,
+              "base_version": have.version, "pruned": len(prune_rows or [])}
+    new = have.model_copy(update={"n_samples": n1, "source_fingerprint": fingerprint, "status": "in_progress"})
+    intent = pending_intent(group)
+    if intent == {**target, "ready": True}:
+        return new
+    restart = intent is not None and {k: v for k, v in intent.items() if k != "ready"} != target
+    group.attrs[APPEND_ATTR] = {**target, "ready": False}
+    for spec in expected_arrays(new, provs):
+        arr = group[spec.path]
+        if spec.shape and tuple(arr.shape) != spec.shape:
+            arr.resize(spec.shape)  # growing rewrites the array's metadata only
+    if restart:  # an interrupted append of another listing: its new shards are not served; redo them all
+        log.warning("an interrupted append (%s) is replaced by this one", intent)
+        group["progress/shard_done"][have.n_shards:] = 0
+    if ids:
+        sl = slice(start, n1)
+        group["samples/id"][sl] = np.array(ids, dtype=object).astype(str)
+        group["samples/uri"][sl] = np.array(uris, dtype=object).astype(str)
+        group["samples/split"][sl] = splits.astype(np.uint8)
+        group["samples/view_seed"][sl] = seeds.astype(np.int64)
+    if prune_rows:
+        prune(group, have, provs, prune_rows)
+    group.attrs[APPEND_ATTR] = {**target, "ready": True}
+    return new
+
+
+def prune(group: zarr.Group, manifest: Manifest, provs: dict[str, TeacherProvenance], rows: list[int]) -> None:
+    """Mark rows invalid and recompute their shards' statistics partials from the stored features."""
+    size = manifest.shard_size
+    valid, error = group["samples/valid"], group["samples/error"]
+    for s in sorted({r // size for r in rows}):
+        sl = slice(s * size, min((s + 1) * size, manifest.n_samples))
+        v = valid[sl]
+        e = error[sl]
+        for r in rows:
+            if sl.start <= r < sl.stop:
+                v[r - sl.start], e[r - sl.start] = 0, PRUNED
+        valid[sl], error[sl] = v, e
+        ok = v.astype(bool)
+        for name in provs:
+            base = f"teachers/{name}"
+            patch, cls = group[f"{base}/patch"][sl], group[f"{base}/cls"][sl]
+            n_p, mean_p, m2_p = st.partial(patch[ok].reshape(-1, patch.shape[-1]))
+            _, mean_c, m2_c = st.partial(cls[ok])
+            group[f"{base}/stats/shard_patch_mean"][s] = mean_p
+            group[f"{base}/stats/shard_patch_m2"][s] = m2_p
+            group[f"{base}/stats/shard_cls_mean"][s] = mean_c
+            group[f"{base}/stats/shard_cls_m2"][s] = m2_c
+            group[f"{base}/stats/shard_count"][s] = int(ok.sum())
