@@ -10,7 +10,7 @@ import time
 import warnings
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
@@ -19,14 +19,17 @@ import zarr
 from tqdm.auto import tqdm
 
 from distillkit_schemas import Manifest
+from distillkit_schemas.storage import parse_storage
 from distillkit_schemas.v1 import utcnow
 
 from distillkit import __version__
+from distillkit.calibration import fit_codecs
 from distillkit.config.cache import CacheConfig
 from distillkit.config.common import safe_url
 from distillkit.sources import BadImage, SampleRef, list_source, load_rgb, source_fingerprint
 from distillkit.sources.images import split_of
 from distillkit.store import growth, layout, stats
+from distillkit.store.compact import Codec
 from distillkit.store.writer import AsyncShardWriter, ShardResult, TeacherShard
 from distillkit.teachers import Teacher, load_teacher
 from distillkit.sources.views import center_view, random_view, render, view_seed
@@ -49,6 +52,7 @@ class Prepared:
     pending: list[int]
     teachers: dict[str, Teacher]
     changes: growth.Changes | None = None  # what a re-run found new or gone in the source
+    codecs: dict[str, Codec] = field(default_factory=dict)  # per teacher: how patch tokens are stored
 
 
 def plan_samples(cfg: CacheConfig) -> Plan:
@@ -71,6 +75,8 @@ def load_teachers(cfg: CacheConfig) -> dict[str, Teacher]:
     for t in cfg.teachers:
         teacher = load_teacher(t, cfg.image_size, cfg.student_patch, cfg.device, cfg.storage_options)
         teacher.provenance.distillkit_version = __version__
+        parse_storage(t.storage, teacher.provenance.embed_dim)  # K no larger than the teacher's width
+        teacher.provenance.storage = t.storage
         out[t.name] = teacher
     return out
 
@@ -99,10 +105,13 @@ def prepare_store(cfg: CacheConfig) -> Prepared:
         if group is not None and not layout.creation_interrupted(group):
             raise layout.StoreMismatch(
                 f"{cfg.store} exists and is not a distillkit store; refusing to overwrite it")
+        codecs = fit_codecs(cfg, plan, teachers, _plan_decoder(cfg, plan, teachers))
         log.info("creating store %s: %d samples, %d shards of %d, teachers %s", cfg.store, want.n_samples,
                  want.n_shards, cfg.shard_size, ", ".join(want.teachers))
+        extra = {f"teachers/{n}/codec/{k}": v for n, c in codecs.items() for k, v in c.arrays().items()}
         group = layout.create_store(cfg.store, want, provs, [r.id for r in plan.refs], [r.uri for r in plan.refs],
-                                    plan.splits, cfg.codec, cfg.storage_options, view_seeds=plan.seeds)
+                                    plan.splits, cfg.codec, cfg.storage_options, view_seeds=plan.seeds,
+                                    codec_arrays=extra)
         manifest = want
     done = group["progress/shard_done"][:]
     wanted = range(manifest.n_shards) if cfg.shards is None else cfg.shards
@@ -110,7 +119,15 @@ def prepare_store(cfg: CacheConfig) -> Prepared:
     if bad:
         raise ValueError(f"shards {bad} out of range: the store has {manifest.n_shards} shards")
     pending = [s for s in wanted if not done[s]]
-    return Prepared(group=group, manifest=manifest, pending=pending, teachers=teachers, changes=changes)
+    codecs = {n: Codec.read(group, n, t.provenance.storage) for n, t in teachers.items()}
+    return Prepared(group=group, manifest=manifest, pending=pending, teachers=teachers, changes=changes,
+                    codecs=codecs)
+
+
+def _plan_decoder(cfg: CacheConfig, plan: Plan, teachers: dict[str, Teacher]) -> Callable[[int], "DecodedSample"]:
+    hws = {tuple(t.input_hw) for t in teachers.values()}
+    return lambda r: decode_sample(plan.refs[r].uri, cfg.image_size, hws, cfg.storage_options, cfg.view_mode,
+                                   int(plan.seeds[r]))
 
 
 def _grow(group: zarr.Group, have: Manifest, provs: dict, plan: Plan, cfg: CacheConfig):
@@ -230,6 +247,22 @@ def _run_teachers(teachers: dict[str, Teacher], decoded: list[DecodedSample], ro
         out[name].cls[valid == 0] = np.nan
 
 
+def _encoded(t: TeacherShard, codec: Codec, dtype: str, valid: np.ndarray) -> TeacherShard:
+    """The shard's patch tokens as the store keeps them, plus what readers will decode (for the statistics)."""
+    if codec.is_identity:
+        return t
+    ok = valid.astype(bool)
+    patch = np.where(ok[:, None, None, None], t.patch, 0).astype(t.patch.dtype)  # rejected rows: no NaN in int8
+    stored = codec.encode(patch, dtype)
+    if not codec.storage.int8:
+        stored[~ok] = np.nan
+    decoded = codec.decode(stored, dtype)
+    decoded[~ok] = np.nan
+    coef = codec.coefficients(stored) if codec.storage.pca_k else None
+    return TeacherShard(patch=stored, cls=t.cls, decoded=decoded, coef_patch=coef,
+                        coef_cls=codec.cls_coefficients(t.cls) if coef is not None else None)
+
+
 def cache_shards(cfg: CacheConfig, prepared: Prepared, shards: list[int] | None = None,
                  on_shard: Callable[[int, int], None] | None = None, show_progress: bool = True) -> dict:
     """Compute and write the given shards (default: all pending). Decoding, compute and writing overlap."""
@@ -274,6 +307,8 @@ def cache_shards(cfg: CacheConfig, prepared: Prepared, shards: list[int] | None 
                     for name, t in teachers.items()}
                 _run_teachers(teachers, decoded, [i for i in range(n) if valid[i]], out, valid, errors,
                               cfg.batch_size)
+                out = {name: _encoded(t, prepared.codecs[name], teachers[name].provenance.dtype, valid)
+                       for name, t in out.items()}
                 image = np.zeros((n, h, w, 3), np.uint8)
                 for i, d in enumerate(decoded):
                     if valid[i]:
@@ -334,54 +369,15 @@ def merge_statistics(group: zarr.Group, manifest: Manifest) -> None:
         base = f"teachers/{name}/stats"
         counts = group[f"{base}/shard_count"][:]
         tokens = int(np.prod(group[f"teachers/{name}/patch"].shape[1:3]))
-        for tok, mult in (("patch", tokens), ("cls", 1)):
+        kinds = [("patch", tokens), ("cls", 1)]
+        if f"{base}/shard_coef_patch_mean" in group:  # PCA storage: the coefficients' statistics too
+            kinds += [("coef_patch", tokens), ("coef_cls", 1)]
+        for tok, mult in kinds:
             means, m2s = group[f"{base}/shard_{tok}_mean"][:], group[f"{base}/shard_{tok}_m2"][:]
             n, mean, m2 = stats.merge([(int(c) * mult, means[i], m2s[i]) for i, c in enumerate(counts)])
             group[f"{base}/{tok}_mean"][:] = mean.astype(np.float32)
             group[f"{base}/{tok}_std"][:] = stats.std_from(n, m2).astype(np.float32)
         group[f"{base}/count"][...] = int(counts.sum())
-
-
-def repair_store(cfg: CacheConfig, show_progress: bool = True) -> dict:
-    """Verify every checksum; recompute exactly the damaged shards (and the merged statistics). The teachers and the
-    plan must match the store, as for any re-run; undamaged shards are not touched."""
-    from distillkit.store.integrity import deep_check, delete_shard_object
-
-    t0 = time.perf_counter()
-    damage, _ = deep_check(layout.open_group(cfg.store, "r", cfg.storage_options, consolidated=False))
-    shards = sorted({d.shard for d in damage if d.shard >= 0})
-    group = layout.open_group(cfg.store, "r+", cfg.storage_options)
-    if shards:  # first what the plan and the shard table need to be readable again
-        for d in damage:
-            if d.shard >= 0:
-                delete_shard_object(group[d.array], d.shard)
-        manifest = Manifest.model_validate(group.attrs[layout.MANIFEST_ATTR])
-        _rewrite_sample_table(group, plan_samples(cfg), shards, manifest)
-        group["progress/shard_done"][shards] = 0
-    prepared = prepare_store(cfg)
-    if shards:
-        log.warning("store %s: recomputing damaged shard(s) %s (%s)", cfg.store, shards,
-                    ", ".join(sorted({d.array for d in damage})))
-        result = cache_shards(cfg, prepared, shards=shards, show_progress=show_progress)
-    else:
-        result = {"shards": 0, "samples": 0, "rejected": []}
-    if damage:
-        merge_statistics(prepared.group, prepared.manifest)
-    result.update(repaired_shards=shards, damaged_arrays=sorted({d.array for d in damage}),
-                  nothing_to_do=not damage, finalize=finalize_store(cfg), store=cfg.store,
-                  wall_s=time.perf_counter() - t0)
-    return result
-
-
-def _rewrite_sample_table(group: zarr.Group, plan: Plan, shards: list[int], m: Manifest) -> None:
-    """The rows written at creation (ids, uris, split, view seed) of these shards, again from the plan."""
-    for s in shards:
-        sl = slice(s * m.shard_size, min((s + 1) * m.shard_size, m.n_samples))
-        refs = plan.refs[sl]
-        group["samples/id"][sl] = np.array([r.id for r in refs], dtype=object).astype(str)
-        group["samples/uri"][sl] = np.array([r.uri for r in refs], dtype=object).astype(str)
-        group["samples/split"][sl] = plan.splits[sl]
-        group["samples/view_seed"][sl] = plan.seeds[sl]
 
 
 def _counts(m: Manifest) -> dict:

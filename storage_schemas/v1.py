@@ -33,6 +33,8 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from .storage import parse_storage
+
 SCHEMA_VERSION = "distillkit-store/v1"
 MANIFEST_ATTR = "distillkit"
 # True while a store's arrays are being created (both kinds): without a manifest and with this unset, unfinished
@@ -43,7 +45,7 @@ VIEW_PARAMS = ("x0", "y0", "x1", "y1", "flip")
 # Fields of the provenance that must match exactly when a store is reopened for writing.
 PROVENANCE_IDENTITY_FIELDS = (
     "name", "family", "arch", "arch_overrides", "checkpoint_sha256", "input_hw", "patch_size", "grid_hw",
-    "embed_dim", "num_registers", "mean", "std", "output", "dtype", "resize",
+    "embed_dim", "num_registers", "mean", "std", "output", "dtype", "resize", "storage",
 )
 
 
@@ -73,6 +75,9 @@ class TeacherProvenance(BaseModel):
     dtype: Literal["float16", "float32"] = "float16"
     resize: str = Field(description="how the source image became the teacher input")
     distillkit_version: str = ""
+    storage: str = Field(default="fp16", description="how patch tokens are stored: fp16 | int8 | pca:K[+int8] "
+                                                     "(see storage_schemas/storage.py)")
+    storage_sha256: str = Field(default="", description="sha256 of the codec arrays (basis, mean, scale, offset)")
 
     # Marker in `output` of teachers without a CLS token (MASt3R, Multi-HMR encoders): their `cls` array holds the
     # mean of the patch tokens, a placeholder that is no distillation target. Old stores lack it: has_cls is True.
@@ -164,9 +169,12 @@ def expected_arrays(manifest: Manifest, teachers: dict[str, TeacherProvenance]) 
         gh, gw = p.grid_hw
         c = p.embed_dim
         base = f"teachers/{name}"
+        store = parse_storage(p.storage, c)
+        w = store.width(c)
         specs += [
-            ArraySpec(path=f"{base}/patch", shape=(n, gh, gw, c), dtype=p.dtype, dims=("sample", "y", "x", "channel"),
-                      chunks=(1, gh, gw, c), shards=(s, gh, gw, c), written_by="shard"),
+            ArraySpec(path=f"{base}/patch", shape=(n, gh, gw, w), dtype=store.dtype(p.dtype),
+                      dims=("sample", "y", "x", "coefficient" if store.pca_k else "channel"),
+                      chunks=(1, gh, gw, w), shards=(s, gh, gw, w), written_by="shard"),
             ArraySpec(path=f"{base}/cls", shape=(n, c), dtype=p.dtype, dims=("sample", "channel"), chunks=(s, c),
                       written_by="shard"),
             ArraySpec(path=f"{base}/stats/shard_count", shape=(k,), dtype="int64", dims=("shard",), chunks=(1,),
@@ -176,12 +184,26 @@ def expected_arrays(manifest: Manifest, teachers: dict[str, TeacherProvenance]) 
             for stat in ("mean", "m2"):
                 specs.append(ArraySpec(path=f"{base}/stats/shard_{tok}_{stat}", shape=(k, c), dtype="float64",
                                        dims=("shard", "channel"), chunks=(1, c), written_by="shard"))
+        coef = [f"coef_{tok}" for tok in ("patch", "cls")] if store.pca_k else []
+        for tok in coef:  # statistics of the PCA coefficients: standardisation when training on them
+            for stat in ("mean", "m2"):
+                specs.append(ArraySpec(path=f"{base}/stats/shard_{tok}_{stat}", shape=(k, w), dtype="float64",
+                                       dims=("shard", "coefficient"), chunks=(1, w), written_by="shard"))
+        for name, (shape, dtype) in store.codec_arrays(c).items():
+            dims = {"basis": ("coefficient", "channel"), "mean": ("channel",), "eigenvalues": ("component",)}.get(
+                name, ("coefficient" if store.pca_k else "channel",))
+            specs.append(ArraySpec(path=f"{base}/codec/{name}", shape=shape, dtype=dtype, dims=dims, chunks=shape,
+                                   written_by="create"))
         specs.append(ArraySpec(path=f"{base}/stats/count", shape=(), dtype="int64", dims=(), chunks=(),
                                written_by="finalize"))
         for tok in ("patch", "cls"):
             for stat in ("mean", "std"):
                 specs.append(ArraySpec(path=f"{base}/stats/{tok}_{stat}", shape=(c,), dtype="float32",
                                        dims=("channel",), chunks=(c,), written_by="finalize"))
+        for tok in coef:
+            for stat in ("mean", "std"):
+                specs.append(ArraySpec(path=f"{base}/stats/{tok}_{stat}", shape=(w,), dtype="float32",
+                                       dims=("coefficient",), chunks=(w,), written_by="finalize"))
     specs.append(ArraySpec(path="progress/shard_done", shape=(k,), dtype="uint8", dims=("shard",), chunks=(1,),
                            written_by="shard"))
     return specs

@@ -48,6 +48,8 @@ def cache(
     views: Optional[int] = typer.Option(None, help="K replayable views per image [1]"),
     view_mode: Optional[str] = typer.Option(None, help="center | random (random resized crop + flip) [center]"),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML file with these fields"),
+    storage: Optional[str] = typer.Option(None, help="patch tokens stored as fp16 | int8 | pca:K | pca:K+int8, for "
+                                                     "every teacher (per teacher: `storage:` in the YAML) [fp16]"),
     prune: bool = typer.Option(False, "--prune", help="on a re-run, mark samples whose file left the source "
                                                       "invalid (default: report and keep them)"),
     repair: bool = typer.Option(False, "--repair", help="verify every checksum of the store and recompute exactly "
@@ -60,7 +62,14 @@ def cache(
                         batch_size, num_workers, device, val_fraction, codec, views, view_mode)
     if prune:
         cfg = cfg.model_copy(update={"prune": True})
-    from distillkit.cache import repair_store, run_cache
+    if storage is not None:
+        try:
+            teachers = [t.model_validate({**t.model_dump(), "storage": storage}) for t in cfg.teachers]
+        except ValueError as e:
+            fail(f"--storage: {e}")
+        cfg = cfg.model_copy(update={"teachers": teachers})
+    from distillkit.cache import run_cache
+    from distillkit.repair import repair_store
     from distillkit.store import StoreMismatch
 
     try:

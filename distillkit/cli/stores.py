@@ -30,14 +30,18 @@ def print_feature_summary(s) -> None:
                           f"({pv['checkpoint_sha256']}); its features are not real targets[/]")
     console.print(array_table(s.arrays))
     p = Table(title="teachers")
-    for col in ("teacher", "arch", "weights", "sha256", "input", "grid", "dim", "dtype"):
+    for col in ("teacher", "arch", "weights", "sha256", "input", "grid", "dim", "dtype", "storage",
+                "bytes/sample", "vs fp16", "PCA variance"):
         p.add_column(col)
     for name, pv in s.provenance.items():
         random = pv["checkpoint_sha256"].startswith("random-init:")
+        st = s.storage.get(name, {})
+        var = st.get("retained_variance")
         p.add_row(name, pv["arch"], "[bold red]RANDOM INIT (" + pv["checkpoint_sha256"] + ")[/]" if random
                   else pv["checkpoint"], "-" if random else pv["checkpoint_sha256"][:16],
                   "x".join(map(str, pv["input_hw"])), "x".join(map(str, pv["grid_hw"])), str(pv["embed_dim"]),
-                  pv["dtype"])
+                  pv["dtype"], pv.get("storage", "fp16"), f"{st.get('bytes_per_sample', 0):,}",
+                  f"{st.get('ratio_vs_fp16', 1):.3f}x", "-" if var is None else f"{100 * var:.1f} %")
     console.print(p)
     if s.rejected:
         r = Table(title=f"rejected inputs ({len(s.rejected)})")

@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from distillkit_schemas.storage import parse_storage
+
 from distillkit.config.common import Strict, parse_hw
 
 
@@ -17,9 +19,18 @@ class TeacherConfig(Strict):
     overrides: dict[str, int | float | str | bool] = Field(
         default_factory=dict, description="architecture overrides, e.g. {depth: 2} for small test configs")
     dtype: Literal["float16", "float32"] = "float16"
+    storage: str = Field(
+        default="fp16", description="patch tokens stored as fp16 (the teacher dtype) | int8 (per-channel affine) | "
+        "pca:K (top-K principal coefficients) | pca:K+int8; see README 'Storage at scale'")
     grid: Literal["student", "own"] = Field(
         default="student", description="student = tokens on the student's grid (input = grid x teacher patch); "
         "own = student input rounded to a multiple of the teacher patch (the teacher's own grid)")
+
+
+    @field_validator("storage")
+    @classmethod
+    def _storage(cls, v: str) -> str:
+        return parse_storage(v).name if not v.startswith("pca") else str(v).strip()
 
 
 class CacheConfig(Strict):
@@ -39,6 +50,8 @@ class CacheConfig(Strict):
         default="none", description="compressor for feature arrays (fp16 features compress ~1.08x; see README)")
     storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for source and store")
     shards: list[int] | None = Field(default=None, description="only cache these shard ids (scale-out)")
+    calibration_samples: int = Field(default=512, ge=1, description="training images the int8/PCA storage is "
+                                                                      "fitted on (before the store is created)")
     prune: bool = Field(default=False, description="samples whose file left the source are marked invalid "
                                                    "(default: reported and kept)")
     views: int = Field(default=1, ge=1, description="K views per image, each its own sample '<id>#<k>'")

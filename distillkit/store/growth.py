@@ -26,7 +26,8 @@ import zarr
 
 from distillkit_schemas import Manifest, TeacherProvenance, expected_arrays
 
-from distillkit.store import stats as st
+from distillkit.store.compact import Codec
+from distillkit.store.writer import write_partials
 
 log = logging.getLogger("distillkit")
 
@@ -112,13 +113,10 @@ def prune(group: zarr.Group, manifest: Manifest, provs: dict[str, TeacherProvena
                 v[r - sl.start], e[r - sl.start] = 0, PRUNED
         valid[sl], error[sl] = v, e
         ok = v.astype(bool)
-        for name in provs:
+        for name, p in provs.items():
             base = f"teachers/{name}"
-            patch, cls = group[f"{base}/patch"][sl], group[f"{base}/cls"][sl]
-            n_p, mean_p, m2_p = st.partial(patch[ok].reshape(-1, patch.shape[-1]))
-            _, mean_c, m2_c = st.partial(cls[ok])
-            group[f"{base}/stats/shard_patch_mean"][s] = mean_p
-            group[f"{base}/stats/shard_patch_m2"][s] = m2_p
-            group[f"{base}/stats/shard_cls_mean"][s] = mean_c
-            group[f"{base}/stats/shard_cls_m2"][s] = m2_c
-            group[f"{base}/stats/shard_count"][s] = int(ok.sum())
+            codec = Codec.read(group, name, p.storage)
+            stored, cls = group[f"{base}/patch"][sl], group[f"{base}/cls"][sl]
+            coef = codec.coefficients(stored) if codec.storage.pca_k else None
+            write_partials(group, base, s, ok, codec.decode(stored, p.dtype), cls, coef,
+                           codec.cls_coefficients(cls) if coef is not None else None)

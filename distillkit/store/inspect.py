@@ -13,6 +13,7 @@ from distillkit_schemas import FEATURES, Problem, expected_arrays, validate_feat
 from distillkit_schemas.validate import read_manifest, read_provenance
 
 from distillkit.store.arrays import array_row
+from distillkit.store.compact import storage_summary
 from distillkit.store.growth import PRUNED, is_padding
 
 
@@ -26,6 +27,7 @@ class StoreSummary:
     n_shards: int
     rejected: list[dict] = field(default_factory=list)
     kind: str = FEATURES
+    storage: dict[str, dict] = field(default_factory=dict)  # per teacher: bytes per sample, PCA variance
 
     @property
     def completion(self) -> float:
@@ -34,7 +36,7 @@ class StoreSummary:
     def as_dict(self) -> dict[str, Any]:
         return {"url": self.url, "kind": self.kind, "manifest": self.manifest, "provenance": self.provenance, "arrays": self.arrays,
                 "shards_done": self.shards_done, "n_shards": self.n_shards, "completion_pct": self.completion,
-                "rejected": self.rejected}
+                "rejected": self.rejected, "storage": self.storage}
 
 
 def summarize_features(group, url: str) -> StoreSummary:
@@ -54,7 +56,8 @@ def summarize_features(group, url: str) -> StoreSummary:
                 rejected.append({"id": str(ids[r]), "uri": str(uris[r]), "reason": str(errs[r])})
     return StoreSummary(url=url, manifest=manifest.model_dump(mode="json"),
                         provenance={t: p.model_dump(mode="json") for t, p in provs.items()}, arrays=arrays,
-                        shards_done=int(done.sum()), n_shards=len(done), rejected=rejected)
+                        shards_done=int(done.sum()), n_shards=len(done), rejected=rejected,
+                        storage={t: storage_summary(group, t, p) for t, p in provs.items()})
 
 
 def validate_features(group, progress: Callable[[int, int], None] | None = None) -> list[Problem]:

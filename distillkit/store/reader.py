@@ -30,17 +30,22 @@ from torch.utils.data import IterableDataset, get_worker_info
 from distillkit_schemas import Manifest, TeacherProvenance
 from distillkit_schemas.validate import read_manifest, read_provenance
 
+from distillkit.store.compact import Codec
 from distillkit.store.direct import DirectShardReader
 from distillkit.store.layout import open_group
 
 Split = Literal["train", "val", "all"]
+Decode = Literal["full", "coeffs"]
 
 
 class StoreSource:
     """One store's arrays, opened lazily in each process (fsspec async clients do not survive fork)."""
 
-    def __init__(self, url: str, teachers: list[str] | None = None, storage_options: dict[str, Any] | None = None):
+    def __init__(self, url: str, teachers: list[str] | None = None, storage_options: dict[str, Any] | None = None,
+                 verify: bool = True, decode: Decode = "full"):
         self.url = url
+        self.decode = decode  # compact storage: full-width features, or the PCA coefficients ("coeffs")
+        self.verify = verify  # crc32c of every row and shard index on the direct path (zarr always verifies)
         self.storage_options = storage_options or {}
         try:
             group = open_group(url, "r", self.storage_options)
@@ -54,9 +59,19 @@ class StoreSource:
         if unknown:
             raise ValueError(f"store {url} has no teacher(s) {unknown}; it has {self.manifest.teachers}")
         self.provenance: dict[str, TeacherProvenance] = {t: read_provenance(group, t) for t in self.teachers}
-        self.ids = np.array(group["samples/id"][:].tolist(), dtype=object)
-        self.valid = group["samples/valid"][:].astype(bool)
-        self.split = group["samples/split"][:]
+        self.codecs = {t: Codec.read(group, t, p.storage) for t, p in self.provenance.items()}
+        if decode == "coeffs":
+            flat = [t for t, c in self.codecs.items() if c.storage.pca_k is None]
+            if flat:
+                raise ValueError(f"decode=coeffs needs PCA storage; store {url} keeps teacher(s) {flat} as "
+                                 f"{[self.provenance[t].storage for t in flat]}")
+            # targets live in the reduced space: the student's projectors predict K coefficients
+            self.provenance = {t: p.model_copy(update={"embed_dim": self.codecs[t].storage.pca_k})
+                               for t, p in self.provenance.items()}
+        n = self.manifest.n_samples  # the version the manifest describes: rows an append is writing are not served
+        self.ids = np.array(group["samples/id"][:n].tolist(), dtype=object)
+        self.valid = group["samples/valid"][:n].astype(bool)
+        self.split = group["samples/split"][:n]
         self._arrays: dict[str, Any] | None = None
         self._pid: int | None = None
 
@@ -67,13 +82,14 @@ class StoreSource:
     def stats(self, teacher: str) -> dict[str, np.ndarray]:
         g = open_group(self.url, "r", self.storage_options)
         base = f"teachers/{teacher}/stats"
-        return {k: g[f"{base}/{k}"][:] for k in ("patch_mean", "patch_std", "cls_mean", "cls_std")}
+        prefix = "coef_" if self.decode == "coeffs" else ""
+        return {k: g[f"{base}/{prefix}{k}"][:] for k in ("patch_mean", "patch_std", "cls_mean", "cls_std")}
 
     def _open(self) -> dict[str, Any]:
         if self._arrays is None or self._pid != os.getpid():
             g = open_group(self.url, "r", self.storage_options)
             self._arrays = {n: g[n] for n in self.array_names(True)}
-            self._direct = {n: DirectShardReader.maybe(a) for n, a in self._arrays.items()}
+            self._direct = {n: DirectShardReader.maybe(a, self.verify) for n, a in self._arrays.items()}
             self._pid = os.getpid()
         return self._arrays
 
@@ -84,12 +100,23 @@ class StoreSource:
         shard = self.manifest.shard_size
         try:
             if direct is not None and start % shard == 0 and stop == min(start + shard, len(self.ids)):
-                return direct.read_shard(start // shard)
-            return arr[start:stop]
+                raw = direct.read_shard(start // shard)[: stop - start]  # the array may have grown since
+            else:
+                raw = arr[start:stop]
+            return self._decoded(name, raw)
         except ValueError as e:  # zarr's crc32c mismatch does not say where: never train on damaged bytes
             raise ValueError(f"store {self.url}: {name} shard {start // shard} (rows {start}-{stop - 1}) is "
                              f"damaged: {e}. Run `distillkit validate --deep {self.url}` to locate it and "
                              "`distillkit cache --repair` to recompute it") from e
+
+    def _decoded(self, name: str, raw: np.ndarray) -> np.ndarray:
+        parts = name.split("/")
+        if parts[0] != "teachers" or parts[1] not in self.codecs or self.codecs[parts[1]].is_identity:
+            return raw
+        codec, p = self.codecs[parts[1]], self.provenance[parts[1]]
+        if self.decode == "coeffs":
+            return (codec.coefficients(raw) if parts[2] == "patch" else codec.cls_coefficients(raw)).astype(p.dtype)
+        return codec.decode(raw, p.dtype) if parts[2] == "patch" else raw
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_arrays": None, "_direct": None, "_pid": None}

@@ -19,8 +19,11 @@ log = logging.getLogger("distillkit")
 
 @dataclass
 class TeacherShard:
-    patch: np.ndarray  # [n, h, w, C] stored dtype; NaN rows for rejected samples
+    patch: np.ndarray  # [n, h, w, W] as stored (fp16 / int8 / PCA coefficients); NaN rows for rejected samples
     cls: np.ndarray  # [n, C]
+    decoded: np.ndarray | None = None  # [n, h, w, C] what readers decode from `patch` (compact storage only)
+    coef_patch: np.ndarray | None = None  # [n, h, w, K] PCA coefficients (float32), for their statistics
+    coef_cls: np.ndarray | None = None  # [n, K] CLS tokens on the PCA basis
 
 
 @dataclass
@@ -57,15 +60,22 @@ def write_shard(group: zarr.Group, r: ShardResult) -> None:
         base = f"teachers/{name}"
         group[f"{base}/patch"][sl] = t.patch
         group[f"{base}/cls"][sl] = t.cls
-        c = t.patch.shape[-1]
-        n_p, mean_p, m2_p = st.partial(t.patch[ok].reshape(-1, c))
-        _, mean_c, m2_c = st.partial(t.cls[ok])
-        group[f"{base}/stats/shard_patch_mean"][r.shard] = mean_p
-        group[f"{base}/stats/shard_patch_m2"][r.shard] = m2_p
-        group[f"{base}/stats/shard_cls_mean"][r.shard] = mean_c
-        group[f"{base}/stats/shard_cls_m2"][r.shard] = m2_c
-        group[f"{base}/stats/shard_count"][r.shard] = int(ok.sum())
+        write_partials(group, base, r.shard, ok, t.patch if t.decoded is None else t.decoded, t.cls,
+                       t.coef_patch, t.coef_cls)
     group["progress/shard_done"][r.shard] = 1  # LAST: the shard counts as done only after all of the above
+
+
+def write_partials(group, base: str, shard: int, ok: np.ndarray, patch: np.ndarray, cls: np.ndarray,
+                   coef_patch: np.ndarray | None = None, coef_cls: np.ndarray | None = None) -> None:
+    """One shard's statistics partials, of the values readers get back (decoded), over its valid rows."""
+    parts = [("patch", patch), ("cls", cls)]
+    if coef_patch is not None:
+        parts += [("coef_patch", coef_patch), ("coef_cls", coef_cls)]
+    for tok, x in parts:
+        _, mean, m2 = st.partial(x[ok].reshape(-1, x.shape[-1]))
+        group[f"{base}/stats/shard_{tok}_mean"][shard] = mean
+        group[f"{base}/stats/shard_{tok}_m2"][shard] = m2
+    group[f"{base}/stats/shard_count"][shard] = int(ok.sum())
 
 
 def remove_debris(group: zarr.Group, shard: int) -> None:

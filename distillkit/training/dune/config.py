@@ -48,6 +48,11 @@ class TrainConfig(Strict):
     teacher_drop: Literal["none", "lowest_loss"] = Field(
         default="none", description="lowest_loss: per image keep the worst-fit teacher, drop each other with p")
     teacher_drop_p: float = Field(default=0.5, ge=0.0, le=1.0)
+    decode: Literal["full", "coeffs"] = Field(
+        default="full", description="PCA-stored targets: full = back to the teacher width; coeffs = the K "
+                                    "coefficients (projectors predict them, the loss is computed there)")
+    verify_checksums: bool = Field(default=True, description="verify every shard's crc32c while reading "
+                                                             "(a damaged shard stops training with its name)")
     normalization: Literal["standard", "phi-s"] = Field(
         default="standard", description="teacher targets: per-channel standardisation (store stats) or PHI-S")
     color_jitter: float = Field(default=0.0, ge=0.0, le=1.0,

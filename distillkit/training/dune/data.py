@@ -27,13 +27,15 @@ class Group:
     teachers: list[str] = field(default_factory=list)
 
 
-def _open(urls: list[str], wanted: list[str] | None, storage_options: dict) -> list[StoreSource]:
+def _open(urls: list[str], wanted: list[str] | None, storage_options: dict, verify: bool = True,
+          decode: str = "full") -> list[StoreSource]:
     out = []
     for url in urls:
-        probe = StoreSource(url, None, storage_options)
+        probe = StoreSource(url, None, storage_options, verify)
         names = probe.teachers if wanted is None else [t for t in probe.teachers if t in wanted]
         if names:
-            out.append(probe if names == probe.teachers else StoreSource(url, names, storage_options))
+            out.append(StoreSource(url, names, storage_options, verify, decode)
+                       if names != probe.teachers or decode != "full" else probe)
     return out
 
 
@@ -42,7 +44,7 @@ def build_groups(cfg: TrainConfig, rank: int, world: int) -> list[Group]:
     sizes = [cfg.batch_size // len(specs) + (i < cfg.batch_size % len(specs)) for i in range(len(specs))]
     groups = []
     for i, ((name, urls, own), bs) in enumerate(zip(specs, sizes)):
-        sources = _open(urls, cfg.teachers, cfg.storage_options)
+        sources = _open(urls, cfg.teachers, cfg.storage_options, cfg.verify_checksums, cfg.decode)
         if not sources:
             raise ValueError(f"group {name!r}: no selected teacher in stores {urls}")
         stream = ShardStream(sources, bs, "train", cfg.seed + 1000 * i, True, cfg.shuffle_shards, rank, world)
