@@ -1,0 +1,132 @@
+"""Compact targets: each storage option round-trips within its stated error, the PCA basis is exact on a known case,
+provenance refuses a changed option, and a student trains on the coefficients."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import yaml
+import zarr
+from typer.testing import CliRunner
+
+from conftest import TINY_TEACHER, tiny_cache_config
+
+from distillkit.cache import run_cache
+from distillkit.cli import app
+from distillkit.store.compact import Codec
+from distillkit.store.reader import StoreSource
+
+runner = CliRunner()
+T = TINY_TEACHER["name"]
+PATCH = f"teachers/{T}/patch"
+# stated error per option: (cos_p01 at least, relative L2 at most) against the fp16 features of the same store
+BOUNDS = {"int8": (0.995, 0.03), "pca:96": (0.90, 0.2), "pca:96+int8": (0.90, 0.2)}
+
+
+def test_pca_basis_is_exact_on_a_known_subspace():
+    rng = np.random.default_rng(0)
+    c, k = 24, 3
+    q, _ = np.linalg.qr(rng.standard_normal((c, k)))  # an orthonormal 3-dim subspace of R^24
+    coeffs = rng.standard_normal((500, k)) * np.array([5.0, 2.0, 0.5])
+    x = coeffs @ q.T + 3.0
+    codec = Codec.fit(f"pca:{k}", x)
+    np.testing.assert_allclose(codec.mean, 3.0 * np.ones(c) + (coeffs.mean(0) @ q.T), atol=1e-5)
+    np.testing.assert_allclose(codec.basis @ codec.basis.T, np.eye(k), atol=1e-5)  # orthonormal
+    np.testing.assert_allclose(np.abs(codec.basis @ q), np.abs(codec.basis @ q) @ np.eye(k), atol=1e-5)
+    proj = q @ q.T  # the fitted basis spans exactly the true subspace
+    np.testing.assert_allclose(codec.basis.T @ codec.basis, proj, atol=1e-5)
+    np.testing.assert_allclose(codec.decode(codec.encode(x, "float32"), "float32"), x, atol=1e-4)
+    assert codec.retained_variance() == pytest.approx(1.0, abs=1e-9)
+    # eigenvalues: the variances of the three coefficients, largest first, then zeros
+    np.testing.assert_allclose(codec.eigenvalues[:k], np.sort(coeffs.var(0))[::-1], rtol=0.05)
+    assert codec.eigenvalues[k:].max() < 1e-9
+
+
+def test_int8_codes_use_the_range_and_round_trip_within_half_a_step():
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal((1000, 16)) * np.linspace(0.1, 30, 16)).astype(np.float16)  # outlier channels
+    codec = Codec.fit("int8", x)
+    q = codec.encode(x, "float16")
+    assert q.dtype == np.int8 and np.abs(q).max() <= 127 and np.abs(q).max() >= 115
+    err = np.abs(codec.decode(q, "float32") - x.astype(np.float32))
+    assert (err <= codec.scale / 2 + 1e-3 * np.abs(x)).all()
+
+
+@pytest.fixture(scope="module")
+def stores(photos, tmp_path_factory):
+    root = tmp_path_factory.mktemp("storage")
+    out = {}
+    for storage in ["fp16", *BOUNDS]:
+        url = root / f"{storage.replace(':', '_').replace('+', '_')}.zarr"
+        run_cache(tiny_cache_config(photos, url, teachers=[{**TINY_TEACHER, "storage": storage}]),
+                  show_progress=False)
+        out[storage] = url
+    return out
+
+
+def _features(url) -> np.ndarray:
+    src = StoreSource(str(url))
+    n, s = len(src.ids), src.manifest.shard_size
+    x = np.concatenate([src.read(PATCH, i, min(i + s, n)) for i in range(0, n, s)])
+    return x[src.valid].astype(np.float32).reshape(-1, x.shape[-1])
+
+
+@pytest.mark.parametrize("storage", list(BOUNDS))
+def test_each_option_round_trips_within_its_stated_error(stores, storage):
+    ref, got = _features(stores["fp16"]), _features(stores[storage])
+    assert got.shape == ref.shape  # decode: full gives the teacher's width back
+    cos = (ref * got).sum(1) / np.linalg.norm(ref, axis=1) / np.linalg.norm(got, axis=1)
+    min_cos, max_rel = BOUNDS[storage]
+    assert np.percentile(cos, 1) >= min_cos
+    assert np.linalg.norm(got - ref) / np.linalg.norm(ref) <= max_rel
+    g = zarr.open_group(str(stores[storage]), mode="r")
+    prov = g[f"teachers/{T}"].attrs["provenance"]
+    assert prov["storage"] == storage and len(prov["storage_sha256"]) == 64
+    stored = g[PATCH]
+    assert stored.dtype == (np.int8 if storage.endswith("int8") else np.float16)
+    assert stored.shape[-1] == (96 if storage.startswith("pca") else 384)
+    # the statistics describe what the reader returns
+    mean = g[f"teachers/{T}/stats/patch_mean"][:]
+    np.testing.assert_allclose(mean, got.mean(0), atol=2e-3 * np.abs(got).max())
+
+
+def test_inspect_reports_bytes_per_sample_and_variance(stores):
+    res = runner.invoke(app, ["inspect", str(stores["pca:96+int8"]), "--json"])
+    assert res.exit_code == 0, res.output
+    import json
+    st = json.loads(res.output)["storage"][T]
+    assert st["bytes_per_sample"] == 16 * 96 * 1 + 384 * 2
+    assert st["ratio_vs_fp16"] == pytest.approx((16 * 96 + 768) / (16 * 384 * 2 + 768))
+    assert 0 < st["retained_variance"] <= 1
+
+
+def test_reopening_with_another_storage_is_refused(stores, photos, tmp_path):
+    cfg = tmp_path / "int8.yaml"
+    cfg.write_text(yaml.safe_dump({"teachers": [{**TINY_TEACHER, "storage": "int8"}]}))
+    res = runner.invoke(app, ["cache", "--source", str(photos), "--store", str(stores["fp16"]), "--config", str(cfg),
+                              "--image-size", "56", "--shard-size", "4", "--val-fraction", "0.25"])
+    assert res.exit_code != 0
+    assert "storage: store has 'fp16', this run has 'int8'" in " ".join(res.output.split())
+    bad = runner.invoke(app, ["cache", "--source", str(photos), "--store", str(tmp_path / "x.zarr"),
+                              "--teacher", T, "--storage", "pca:0"])
+    assert bad.exit_code != 0 and "pca:0" in bad.output
+
+
+def test_student_trains_on_pca_coefficients(stores, tmp_path):
+    from distillkit.training.dune.config import TrainConfig
+    from distillkit.training.dune.trainer import train
+
+    src = StoreSource(str(stores["pca:96"]), decode="coeffs")
+    assert src.provenance[T].embed_dim == 96
+    assert src.read(PATCH, 0, 4).shape[-1] == 96 and src.read(f"teachers/{T}/cls", 0, 4).shape[-1] == 96
+    assert set(src.stats(T)) == {"patch_mean", "patch_std", "cls_mean", "cls_std"}
+    cfg = TrainConfig(stores=[str(stores["pca:96"])], out_dir=str(tmp_path / "s"), max_steps=4, num_workers=0,
+                      batch_size=3, decode="coeffs", student={"preset": "custom", "embed_dim": 32, "depth": 1,
+                                                                "num_heads": 2})
+    result = train(cfg)
+    assert result["steps"] == 4 and np.isfinite(result["last_loss"])
+    from distillkit.training.checkpoint import load_checkpoint
+    ck = load_checkpoint(result["checkpoint"])
+    assert ck["teacher_dims"][T][0] == 96  # the projector predicts the 96 coefficients
+    with pytest.raises(ValueError, match="decode=coeffs needs PCA storage"):
+        StoreSource(str(stores["int8"]), decode="coeffs")
