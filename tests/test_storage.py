@@ -130,3 +130,24 @@ def test_student_trains_on_pca_coefficients(stores, tmp_path):
     assert ck["teacher_dims"][T][0] == 96  # the projector predicts the 96 coefficients
     with pytest.raises(ValueError, match="decode=coeffs needs PCA storage"):
         StoreSource(str(stores["int8"]), decode="coeffs")
+
+
+def test_bench_storage_measures_each_option_against_fp16(stores):
+    import json
+
+    res = runner.invoke(app, ["bench", "storage", "--store", str(stores["fp16"]), "--option", "int8",
+                              "--option", "pca:96", "--epochs", "1", "--batch-size", "4", "--json"])
+    assert res.exit_code == 0, res.output
+    row = json.loads(res.stdout[res.stdout.index("{"):])["teachers"][T]
+    opts = row["options"]
+    assert opts["int8"]["patch_ratio_vs_fp16"] == pytest.approx(0.5)
+    assert opts["pca:96"]["ratio_vs_fp16"] == pytest.approx((16 * 96 * 2 + 768) / (16 * 384 * 2 + 768))
+    assert opts["int8"]["cos_p01"] >= 0.995 and opts["int8"]["rel_l2"] < opts["pca:96"]["rel_l2"]
+    assert 0 < opts["pca:96"]["retained_variance"] <= 1
+    curve = row["pca_variance_curve"]
+    assert list(curve.values()) == sorted(curve.values()) and curve[str(384)] == pytest.approx(1.0)
+    for o in opts.values():  # the training reader ran on a transcoded copy, next to the fp16 store
+        assert o["samples_per_s"] > 0 and o["reader_ratio_vs_fp16"] == pytest.approx(
+            o["samples_per_s"] / o["samples_per_s_fp16"])
+    bad = runner.invoke(app, ["bench", "storage", "--store", str(stores["int8"])])
+    assert bad.exit_code != 0 and "needs an fp16 store" in bad.output
