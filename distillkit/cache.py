@@ -5,13 +5,13 @@ Each step is a plain function so the CLI, the Prefect flow and the tests run the
 
 from __future__ import annotations
 
+import errno
 import logging
 import time
 import warnings
-from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator
+from typing import Callable
 
 import numpy as np
 import torch
@@ -23,16 +23,18 @@ from distillkit_schemas.storage import parse_storage
 from distillkit_schemas.v1 import utcnow
 
 from distillkit import __version__
+from distillkit.cache_inputs import DecodedSample, SharedDecodes, decode_sample, prefetched  # noqa: F401
 from distillkit.calibration import fit_codecs
 from distillkit.config.cache import CacheConfig
 from distillkit.config.common import safe_url
-from distillkit.sources import BadImage, SampleRef, list_source, load_rgb, source_fingerprint
+from distillkit.sources import SampleRef, list_source, source_fingerprint
 from distillkit.sources.images import split_of
 from distillkit.store import growth, layout, stats
 from distillkit.store.compact import Codec
-from distillkit.store.writer import AsyncShardWriter, ShardResult, TeacherShard
+from distillkit.store.lease import Lease
+from distillkit.store.writer import AsyncShardWriter, ShardResult, StoreFull, TeacherShard
 from distillkit.teachers import Teacher, load_teacher
-from distillkit.sources.views import center_view, random_view, render, view_seed
+from distillkit.sources.views import view_seed
 
 log = logging.getLogger("distillkit")
 
@@ -154,75 +156,6 @@ def _grow(group: zarr.Group, have: Manifest, provs: dict, plan: Plan, cfg: Cache
     return manifest, changes
 
 
-@dataclass
-class DecodedSample:
-    ok: bool
-    error: str
-    source_hw: tuple[int, int]
-    view: np.ndarray
-    image: np.ndarray | None  # student view, uint8 HxWx3
-    teacher_inputs: dict[tuple[int, int], np.ndarray]
-
-
-def decode_sample(uri: str, image_hw: tuple[int, int], teacher_hws: set[tuple[int, int]],
-                  storage_options: dict, view_mode: str = "center", seed: int = 0,
-                  loader: Callable[[str], np.ndarray] | None = None) -> DecodedSample:
-    try:
-        rgb = loader(uri) if loader else load_rgb(uri, storage_options)
-    except BadImage as e:
-        return DecodedSample(False, str(e), (0, 0), np.full(5, np.nan, np.float32), None, {})
-    view = random_view(rgb.shape[:2], image_hw, seed) if view_mode == "random" else center_view(rgb.shape[:2],
-                                                                                                   image_hw)
-    try:
-        student = render(rgb, view, image_hw)
-        inputs = {hw: (student if hw == tuple(image_hw) else render(rgb, view, hw)) for hw in teacher_hws}
-    except (ValueError, OSError) as e:
-        return DecodedSample(False, f"cannot render view: {e}", rgb.shape[:2], view.as_array(), None, {})
-    return DecodedSample(True, "", rgb.shape[:2], view.as_array(), student, inputs)
-
-
-class _SharedDecodes:
-    """Decoded images shared by the K views of an image (rows of one image are adjacent): a small LRU."""
-
-    def __init__(self, storage_options: dict, size: int = 16):
-        import threading
-        from collections import OrderedDict
-
-        self._so, self._size, self._lock = storage_options, size, threading.Lock()
-        self._items: OrderedDict = OrderedDict()
-
-    def __call__(self, uri: str) -> np.ndarray:
-        with self._lock:
-            if uri in self._items:
-                self._items.move_to_end(uri)
-                hit = self._items[uri]
-                if isinstance(hit, BadImage):
-                    raise hit
-                return hit
-        try:
-            value = load_rgb(uri, self._so)
-        except BadImage as e:
-            value = e
-        with self._lock:
-            self._items[uri] = value
-            while len(self._items) > self._size:
-                self._items.popitem(last=False)
-        if isinstance(value, BadImage):
-            raise value
-        return value
-
-
-def _prefetched(pool: ThreadPoolExecutor, fn: Callable, items: Iterable, window: int) -> Iterator:
-    """Map fn over items on a thread pool, yielding results in order with `window` jobs in flight."""
-    inflight: deque = deque()
-    for item in items:
-        inflight.append(pool.submit(fn, item))
-        if len(inflight) >= window:
-            yield inflight.popleft().result()
-    while inflight:
-        yield inflight.popleft().result()
-
-
 def _run_teachers(teachers: dict[str, Teacher], decoded: list[DecodedSample], rows: list[int],
                   out: dict[str, TeacherShard], valid: np.ndarray, errors: list[str], batch_size: int) -> None:
     """Forward the valid rows of one shard in fixed batches (same batches on every run: same bytes)."""
@@ -287,14 +220,14 @@ def cache_shards(cfg: CacheConfig, prepared: Prepared, shards: list[int] | None 
             on_shard(written["shards"], len(shards))
 
     seeds = prepared.group["samples/view_seed"][:]
-    loader = _SharedDecodes(cfg.storage_options) if m.views > 1 else None  # K views: decode each image once
+    loader = SharedDecodes(cfg.storage_options) if m.views > 1 else None  # K views: decode each image once
     decode = lambda r: decode_sample(str(uris[r]), (h, w), teacher_hws, cfg.storage_options,  # noqa: E731
                                      m.view_mode, int(seeds[r]), loader)
     bar = tqdm(total=len(all_rows), unit="img", desc="caching", disable=not show_progress)
     writer = AsyncShardWriter(prepared.group, on_written=on_written)
     try:
         with ThreadPoolExecutor(max(cfg.num_workers, 1), thread_name_prefix="distillkit-decode") as pool:
-            stream = _prefetched(pool, decode, all_rows, window=max(2 * cfg.batch_size, 4 * cfg.num_workers))
+            stream = prefetched(pool, decode, all_rows, window=max(2 * cfg.batch_size, 4 * cfg.num_workers))
             for s in shards:
                 rows = rows_of(s)
                 n = len(rows)
@@ -385,7 +318,28 @@ def _counts(m: Manifest) -> dict:
 
 
 def run_cache(cfg: CacheConfig, show_progress: bool = True, on_shard=None) -> dict:
-    """Everything `distillkit cache` does: prepare, cache pending shards, finalize."""
+    """Everything `distillkit cache` does: prepare, cache pending shards, finalize — holding the store's lease
+    (a second run on the same store refuses, naming this one). With `shards` (scale-out over several machines)
+    the lease covers only creating or growing the store; the shards themselves are disjoint."""
+    if cfg.shards is not None:
+        with Lease(cfg.store, cfg.storage_options):
+            prepare_store(cfg)
+        return _run_cache(cfg, show_progress, on_shard)
+    with Lease(cfg.store, cfg.storage_options):
+        return _run_cache(cfg, show_progress, on_shard)
+
+
+def _run_cache(cfg: CacheConfig, show_progress: bool, on_shard) -> dict:
+    try:
+        return _cache_all(cfg, show_progress, on_shard)
+    except OSError as e:  # creating or finalizing on a full device: nothing half-written is ever served
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise StoreFull(f"no space left on the device of store {cfg.store} ({e}); every completed shard is "
+                            "intact. Free space and run the same command again.") from e
+        raise
+
+
+def _cache_all(cfg: CacheConfig, show_progress: bool, on_shard) -> dict:
     t0 = time.perf_counter()
     prepared = prepare_store(cfg)
     if not prepared.pending:

@@ -14,6 +14,7 @@ from distillkit.cache import Plan, cache_shards, finalize_store, merge_statistic
 from distillkit.config.cache import CacheConfig
 from distillkit.store import layout
 from distillkit.store.integrity import deep_check, delete_shard_object
+from distillkit.store.lease import Lease
 
 log = logging.getLogger("distillkit")
 
@@ -21,6 +22,11 @@ log = logging.getLogger("distillkit")
 def repair_store(cfg: CacheConfig, show_progress: bool = True) -> dict:
     """Verify every checksum; recompute exactly the damaged shards (and the merged statistics). The teachers and the
     plan must match the store, as for any re-run; undamaged shards are not touched."""
+    with Lease(cfg.store, cfg.storage_options):
+        return _repair(cfg, show_progress)
+
+
+def _repair(cfg: CacheConfig, show_progress: bool) -> dict:
     t0 = time.perf_counter()
     damage, _ = deep_check(layout.open_group(cfg.store, "r", cfg.storage_options, consolidated=False))
     shards = sorted({d.shard for d in damage if d.shard >= 0})

@@ -71,10 +71,12 @@ def cache(
     from distillkit.cache import run_cache
     from distillkit.repair import repair_store
     from distillkit.store import StoreMismatch
+    from distillkit.store.lease import StoreBusy
+    from distillkit.store.writer import StoreFull
 
     try:
         result = (repair_store if repair else run_cache)(cfg, show_progress=not quiet)
-    except (StoreMismatch, ValueError) as e:
+    except (StoreMismatch, StoreBusy, StoreFull, ValueError) as e:
         fail(str(e))
     fin = result["finalize"]
     if repair:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import queue
 import threading
@@ -112,6 +113,10 @@ class _GroupView:
         return self._get(path)
 
 
+class StoreFull(RuntimeError):
+    """The store's device ran out of space; completed shards are intact and a re-run continues."""
+
+
 class AsyncShardWriter:
     """Writes shards on a background thread so the next batch computes meanwhile. At most `depth` shards queue."""
 
@@ -119,6 +124,7 @@ class AsyncShardWriter:
         self._group = group
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
+        self._failed = -1  # the shard whose write failed
         self._on_written = on_written
         self._thread = threading.Thread(target=self._run, name="distillkit-writer", daemon=True)
         self._thread.start()
@@ -132,7 +138,7 @@ class AsyncShardWriter:
                 try:
                     write_shard(self._group, item)
                 except BaseException as e:  # re-raised on the caller's thread
-                    self._error = e
+                    self._error, self._failed = e, item.shard
                     continue
                 if self._on_written:
                     try:
@@ -141,8 +147,14 @@ class AsyncShardWriter:
                         log.warning("progress callback failed after shard %d: %s", item.shard, e)
 
     def _raise(self) -> None:
-        if self._error is not None:
-            raise RuntimeError(f"writing a shard failed: {self._error}") from self._error
+        e = self._error
+        if e is None:
+            return
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise StoreFull(f"no space left on the store's device while writing shard {self._failed}: every shard "
+                            "written before it is complete and valid. Free space (or move the store) and run the "
+                            "same command again: it continues where this run stopped.") from e
+        raise RuntimeError(f"writing shard {self._failed} failed: {e}") from e
 
     def submit(self, result: ShardResult) -> None:
         self._raise()
