@@ -187,13 +187,14 @@ def _encoded(t: TeacherShard, codec: Codec, dtype: str, valid: np.ndarray) -> Te
     ok = valid.astype(bool)
     patch = np.where(ok[:, None, None, None], t.patch, 0).astype(t.patch.dtype)  # rejected rows: no NaN in int8
     stored = codec.encode(patch, dtype)
+    cls = codec.encode_cls(np.where(ok[:, None], t.cls, 0).astype(t.cls.dtype), dtype)
     if not codec.storage.int8:
-        stored[~ok] = np.nan
-    decoded = codec.decode(stored, dtype)
-    decoded[~ok] = np.nan
+        stored[~ok], cls[~ok] = np.nan, np.nan
+    decoded, decoded_cls = codec.decode(stored, dtype), codec.decode_cls(cls, dtype)
+    decoded[~ok], decoded_cls[~ok] = np.nan, np.nan
     coef = codec.coefficients(stored) if codec.storage.pca_k else None
-    return TeacherShard(patch=stored, cls=t.cls, decoded=decoded, coef_patch=coef,
-                        coef_cls=codec.cls_coefficients(t.cls) if coef is not None else None)
+    return TeacherShard(patch=stored, cls=cls, decoded=decoded, decoded_cls=decoded_cls, coef_patch=coef,
+                        coef_cls=codec.cls_coefficients(decoded_cls) if coef is not None else None)
 
 
 def cache_shards(cfg: CacheConfig, prepared: Prepared, shards: list[int] | None = None,

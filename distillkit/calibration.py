@@ -45,13 +45,16 @@ def fit_codecs(cfg, plan, teachers: dict, decode) -> dict[str, Codec]:
     for name in compact:
         t = teachers[name]
         hw = tuple(t.input_hw)
-        tokens = []
+        tokens, cls_tokens = [], []
         for i in range(0, len(decoded), cfg.batch_size):
             x = torch.from_numpy(np.stack([d.teacher_inputs[hw] for d in decoded[i:i + cfg.batch_size]]))
-            patch = t(x).patch.cpu().numpy().astype(t.provenance.dtype)
+            y = t(x)
+            patch = y.patch.cpu().numpy().astype(t.provenance.dtype)
+            cls = (y.cls if y.cls is not None else y.patch.mean(dim=(1, 2))).cpu().numpy()  # as `cache` stores it
             tokens.append(patch.reshape(-1, patch.shape[-1]))
-        tokens = np.concatenate(tokens)
-        tokens = tokens[np.isfinite(tokens).all(axis=1)]
-        codecs[name] = Codec.fit(storage[name], tokens)
+            cls_tokens.append(cls.astype(t.provenance.dtype))
+        tokens, cls_tokens = np.concatenate(tokens), np.concatenate(cls_tokens)
+        codecs[name] = Codec.fit(storage[name], tokens[np.isfinite(tokens).all(axis=1)],
+                                 cls_tokens[np.isfinite(cls_tokens).all(axis=1)])
         t.provenance.storage_sha256 = codecs[name].sha256()
     return codecs

@@ -1,13 +1,15 @@
 """How a teacher's patch tokens are stored (`TeacherProvenance.storage`): the contract, no torch needed.
 
     fp16         the teacher's dtype, full width (default)
-    int8         per-channel affine int8: x = q * scale + offset          (codec/scale, codec/offset [C])
+    int8         per-channel affine int8: x = q * scale + offset          (codec/scale, codec/offset [C]);
+                 the CLS token too, with its own (codec/cls_scale, codec/cls_offset [C])
     pca:K        K coefficients on the top-K principal directions, in the teacher's dtype:
                  x = c @ basis + mean                                     (codec/mean [C], codec/basis [K, C])
-    pca:K+int8   the coefficients as per-coefficient affine int8          (+ codec/scale, codec/offset [K])
+    pca:K+int8   the coefficients as per-coefficient affine int8          (+ codec/scale, codec/offset [K]);
+                 the CLS token as in int8
 
 codec/eigenvalues [C] (pca) holds the whole spectrum of the fitting sample: the retained variance of any K.
-CLS tokens are always stored at full width in the teacher's dtype (1 token per sample: not worth compacting).
+CLS tokens are always stored at full width (one token per sample): in the teacher's dtype, or int8 with `+int8`.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ class Storage:
             w = self.width(embed_dim)
             out["scale"] = ((w,), "float32")
             out["offset"] = ((w,), "float32")
+            out["cls_scale"] = ((embed_dim,), "float32")
+            out["cls_offset"] = ((embed_dim,), "float32")
         return out
 
 

@@ -175,8 +175,8 @@ def expected_arrays(manifest: Manifest, teachers: dict[str, TeacherProvenance]) 
             ArraySpec(path=f"{base}/patch", shape=(n, gh, gw, w), dtype=store.dtype(p.dtype),
                       dims=("sample", "y", "x", "coefficient" if store.pca_k else "channel"),
                       chunks=(1, gh, gw, w), shards=(s, gh, gw, w), written_by="shard"),
-            ArraySpec(path=f"{base}/cls", shape=(n, c), dtype=p.dtype, dims=("sample", "channel"), chunks=(s, c),
-                      written_by="shard"),
+            ArraySpec(path=f"{base}/cls", shape=(n, c), dtype=store.dtype(p.dtype), dims=("sample", "channel"),
+                      chunks=(s, c), written_by="shard"),
             ArraySpec(path=f"{base}/stats/shard_count", shape=(k,), dtype="int64", dims=("shard",), chunks=(1,),
                       written_by="shard"),
         ]
@@ -190,7 +190,8 @@ def expected_arrays(manifest: Manifest, teachers: dict[str, TeacherProvenance]) 
                 specs.append(ArraySpec(path=f"{base}/stats/shard_{tok}_{stat}", shape=(k, w), dtype="float64",
                                        dims=("shard", "coefficient"), chunks=(1, w), written_by="shard"))
         for name, (shape, dtype) in store.codec_arrays(c).items():
-            dims = {"basis": ("coefficient", "channel"), "mean": ("channel",), "eigenvalues": ("component",)}.get(
+            dims = {"basis": ("coefficient", "channel"), "mean": ("channel",), "eigenvalues": ("component",),
+                    "cls_scale": ("channel",), "cls_offset": ("channel",)}.get(
                 name, ("coefficient" if store.pca_k else "channel",))
             specs.append(ArraySpec(path=f"{base}/codec/{name}", shape=shape, dtype=dtype, dims=dims, chunks=shape,
                                    written_by="create"))

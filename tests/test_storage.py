@@ -64,10 +64,10 @@ def stores(photos, tmp_path_factory):
     return out
 
 
-def _features(url) -> np.ndarray:
+def _features(url, path: str = PATCH) -> np.ndarray:
     src = StoreSource(str(url))
     n, s = len(src.ids), src.manifest.shard_size
-    x = np.concatenate([src.read(PATCH, i, min(i + s, n)) for i in range(0, n, s)])
+    x = np.concatenate([src.read(path, i, min(i + s, n)) for i in range(0, n, s)])
     return x[src.valid].astype(np.float32).reshape(-1, x.shape[-1])
 
 
@@ -79,7 +79,10 @@ def test_each_option_round_trips_within_its_stated_error(stores, storage):
     min_cos, max_rel = BOUNDS[storage]
     assert np.percentile(cos, 1) >= min_cos
     assert np.linalg.norm(got - ref) / np.linalg.norm(ref) <= max_rel
+    ref_cls, got_cls = _features(stores["fp16"], f"teachers/{T}/cls"), _features(stores[storage], f"teachers/{T}/cls")
+    assert np.linalg.norm(got_cls - ref_cls) / np.linalg.norm(ref_cls) <= 0.03  # full width; int8 with +int8
     g = zarr.open_group(str(stores[storage]), mode="r")
+    assert g[f"teachers/{T}/cls"].dtype == (np.int8 if "int8" in storage else np.float16)
     prov = g[f"teachers/{T}"].attrs["provenance"]
     assert prov["storage"] == storage and len(prov["storage_sha256"]) == 64
     stored = g[PATCH]
@@ -95,8 +98,8 @@ def test_inspect_reports_bytes_per_sample_and_variance(stores):
     assert res.exit_code == 0, res.output
     import json
     st = json.loads(res.output)["storage"][T]
-    assert st["bytes_per_sample"] == 16 * 96 * 1 + 384 * 2
-    assert st["ratio_vs_fp16"] == pytest.approx((16 * 96 + 768) / (16 * 384 * 2 + 768))
+    assert st["bytes_per_sample"] == 16 * 96 + 384  # int8 coefficients and an int8 CLS token
+    assert st["ratio_vs_fp16"] == pytest.approx((16 * 96 + 384) / (16 * 384 * 2 + 768))
     assert 0 < st["retained_variance"] <= 1
 
 
@@ -140,7 +143,7 @@ def test_bench_storage_measures_each_option_against_fp16(stores):
     assert res.exit_code == 0, res.output
     row = json.loads(res.stdout[res.stdout.index("{"):])["teachers"][T]
     opts = row["options"]
-    assert opts["int8"]["patch_ratio_vs_fp16"] == pytest.approx(0.5)
+    assert opts["int8"]["ratio_vs_fp16"] == pytest.approx(0.5)
     assert opts["pca:96"]["ratio_vs_fp16"] == pytest.approx((16 * 96 * 2 + 768) / (16 * 384 * 2 + 768))
     assert opts["int8"]["cos_p01"] >= 0.995 and opts["int8"]["rel_l2"] < opts["pca:96"]["rel_l2"]
     assert 0 < opts["pca:96"]["retained_variance"] <= 1

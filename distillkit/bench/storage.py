@@ -37,6 +37,11 @@ def _features(src: StoreSource, teacher: str) -> tuple[np.ndarray, np.ndarray]:
     return x[src.valid], src.split[src.valid]
 
 
+def _cls(src: StoreSource, teacher: str) -> np.ndarray:
+    n, s = len(src.ids), src.manifest.shard_size
+    return np.concatenate([src.read(f"teachers/{teacher}/cls", i, min(i + s, n)) for i in range(0, n, s)])[src.valid]
+
+
 def _quality(ref: np.ndarray, got: np.ndarray) -> dict:
     ref, got = ref.reshape(-1, ref.shape[-1]).astype(np.float64), got.reshape(-1, got.shape[-1]).astype(np.float64)
     cos = (ref * got).sum(1) / np.maximum(np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1), 1e-12)
@@ -81,10 +86,11 @@ def transcode(url: str, out: str, storage: dict[str, str], codecs: dict[str, Cod
             patch, cls = g[f"teachers/{t}/patch"][sl], g[f"teachers/{t}/cls"][sl]
             codec = codecs[t]
             stored = codec.encode(np.where(ok[:, None, None, None], patch, 0).astype(patch.dtype), p.dtype)
-            decoded = codec.decode(stored, p.dtype)
+            stored_cls = codec.encode_cls(np.where(ok[:, None], cls, 0).astype(cls.dtype), p.dtype)
+            decoded, decoded_cls = codec.decode(stored, p.dtype), codec.decode_cls(stored_cls, p.dtype)
             coef = codec.coefficients(stored) if codec.storage.pca_k else None
-            teachers[t] = TeacherShard(stored, cls, decoded, coef,
-                                       codec.cls_coefficients(cls) if coef is not None else None)
+            teachers[t] = TeacherShard(stored, stored_cls, decoded, decoded_cls, coef,
+                                       codec.cls_coefficients(decoded_cls) if coef is not None else None)
         write_shard(out_g, ShardResult(shard=s, start=sl.start, stop=sl.stop, valid=valid,
                                        error=g["samples/error"][sl].tolist(), source_hw=g["samples/source_hw"][sl],
                                        view=g["samples/view"][sl], image=g["samples/image"][sl], teachers=teachers))
@@ -123,17 +129,17 @@ def bench_storage(url: str, options: list[str] | None = None, batch_size: int = 
             fit_tokens = train.reshape(-1, c)
             if len(fit_tokens) > MAX_FIT_TOKENS:
                 fit_tokens = fit_tokens[np.linspace(0, len(fit_tokens) - 1, MAX_FIT_TOKENS).astype(int)]
+            cls_all = _cls(src, t)
+            cls_fit = cls_all[split == 0] if (split == 0).any() else cls_all
             fp16_bytes = bytes_per_sample(p.grid_hw, c, "fp16")
             curve = variance_curve(Codec.fit(f"pca:{c}", fit_tokens).eigenvalues)
             rows[t] = {"embed_dim": c, "fp16_bytes_per_sample": fp16_bytes, "pca_variance_curve": curve,
                        "options": {}}
             for i, opt in enumerate(options or default_options(c)):
-                codec = Codec.fit(opt, fit_tokens)
+                codec = Codec.fit(opt, fit_tokens, cls_fit)
                 got = codec.decode(codec.encode(x, p.dtype), p.dtype)
                 b = bytes_per_sample(p.grid_hw, c, opt, p.dtype)
-                patch_b = b - c * np.dtype(p.dtype).itemsize  # the CLS token stays at full width in every option
                 rows[t]["options"][opt] = {"bytes_per_sample": b, "ratio_vs_fp16": b / fp16_bytes,
-                                           "patch_ratio_vs_fp16": patch_b / (fp16_bytes - 2 * c),
                                            **_quality(x, got), "clip_fraction": _clip_fraction(codec, x),
                                            "retained_variance": codec.retained_variance()}
                 per_option.setdefault(i, {})[t] = (opt, codec)

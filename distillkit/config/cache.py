@@ -8,7 +8,7 @@ from pydantic import Field, field_validator, model_validator
 
 from distillkit_schemas.storage import parse_storage
 
-from distillkit.config.common import Strict, parse_hw
+from distillkit.config.common import Strict, check_multiple, parse_hw
 
 
 class TeacherConfig(Strict):
@@ -74,9 +74,7 @@ class CacheConfig(Strict):
 
     @model_validator(mode="after")
     def _check(self) -> "CacheConfig":
-        h, w = self.image_size
-        if h % self.student_patch or w % self.student_patch:
-            raise ValueError(f"image_size {h}x{w} must be a multiple of student_patch {self.student_patch}")
+        check_multiple("image_size", self.image_size, self.student_patch, "student_patch")
         names = [t.name for t in self.teachers]
         if len(set(names)) != len(names):
             raise ValueError(f"each teacher may appear once, got {names}")

@@ -31,6 +31,8 @@ class Codec:
     eigenvalues: np.ndarray | None = None  # [C] (pca)
     scale: np.ndarray | None = None  # [W] (int8)
     offset: np.ndarray | None = None  # [W] (int8)
+    cls_scale: np.ndarray | None = None  # [C] (int8: the CLS token has its own range)
+    cls_offset: np.ndarray | None = None  # [C]
 
     @property
     def is_identity(self) -> bool:
@@ -38,8 +40,8 @@ class Codec:
 
     # ---- fit ------------------------------------------------------------------------------------------------
     @classmethod
-    def fit(cls, storage: str | Storage, tokens: np.ndarray) -> "Codec":
-        """tokens: [n, C] patch tokens as the teacher's dtype holds them."""
+    def fit(cls, storage: str | Storage, tokens: np.ndarray, cls_tokens: np.ndarray | None = None) -> "Codec":
+        """tokens: [n, C] patch tokens as the teacher's dtype holds them; cls_tokens: [m, C] (int8 storage)."""
         st = parse_storage(storage, tokens.shape[-1]) if isinstance(storage, str) else storage
         codec = cls(st)
         x = np.asarray(tokens, np.float64)
@@ -55,11 +57,9 @@ class Codec:
             codec.basis = vecs[:, :st.pca_k].T.astype(np.float32)
             x = codec.project(x)
         if st.int8:
-            lo, hi = x.min(axis=0), x.max(axis=0)
-            pad = (hi - lo) * MARGIN
-            lo, hi = lo - pad, hi + pad
-            codec.offset = ((hi + lo) / 2).astype(np.float32)
-            codec.scale = np.where(hi > lo, (hi - lo) / 254.0, 1.0).astype(np.float32)
+            codec.offset, codec.scale = _affine(x)
+            codec.cls_offset, codec.cls_scale = _affine(np.asarray(tokens if cls_tokens is None else cls_tokens,
+                                                                   np.float64))
         return codec
 
     # ---- encode / decode ----------------------------------------------------------------------------------------
@@ -75,14 +75,28 @@ class Codec:
         if self.storage.pca_k is not None:
             v = self.project(v)
         if self.storage.int8:
-            q = np.rint((v - self.offset) / self.scale)
-            return np.clip(q, -127, 127).astype(np.int8).reshape(*shape, -1)
+            return _quantize(v, self.offset, self.scale).reshape(*shape, -1)
         return v.astype(dtype).reshape(*shape, -1)
+
+    def encode_cls(self, cls: np.ndarray, dtype: str) -> np.ndarray:
+        return _quantize(np.asarray(cls, np.float32), self.cls_offset, self.cls_scale) if self.storage.int8 else cls
+
+    def decode_cls(self, stored: np.ndarray, dtype: str = "float16") -> np.ndarray:
+        if not self.storage.int8:
+            return stored
+        v = stored.astype(np.float32)
+        v *= self.cls_scale
+        v += self.cls_offset
+        return v.astype(dtype)
 
     def coefficients(self, stored: np.ndarray) -> np.ndarray:
         """Stored values -> the W-dim values they stand for (PCA coefficients, or features for int8), float32."""
         v = np.asarray(stored, np.float32)
-        return v * self.scale + self.offset if self.storage.int8 else v
+        if self.storage.int8:  # in place: one temporary for a whole shard
+            v = v.copy() if v is stored else v
+            v *= self.scale
+            v += self.offset
+        return v
 
     def decode(self, stored: np.ndarray, dtype: str = "float16") -> np.ndarray:
         """Stored values -> features at the teacher's full width."""
@@ -101,7 +115,7 @@ class Codec:
     # ---- persistence ----------------------------------------------------------------------------------------
     def arrays(self) -> dict[str, np.ndarray]:
         names = {"mean": self.mean, "basis": self.basis, "eigenvalues": self.eigenvalues, "scale": self.scale,
-                 "offset": self.offset}
+                 "offset": self.offset, "cls_scale": self.cls_scale, "cls_offset": self.cls_offset}
         return {k: v for k, v in names.items() if v is not None}
 
     def sha256(self) -> str:
@@ -130,12 +144,23 @@ class Codec:
         return codec
 
 
+def _affine(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel (offset, scale) mapping the widened calibration range onto the int8 codes -127..127."""
+    lo, hi = x.min(axis=0), x.max(axis=0)
+    pad = (hi - lo) * MARGIN
+    lo, hi = lo - pad, hi + pad
+    return ((hi + lo) / 2).astype(np.float32), np.where(hi > lo, (hi - lo) / 254.0, 1.0).astype(np.float32)
+
+
+def _quantize(v: np.ndarray, offset: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint((v - offset) / scale), -127, 127).astype(np.int8)
+
+
 def bytes_per_sample(grid_hw, embed_dim: int, storage: str, teacher_dtype: str = "float16") -> int:
     """Stored bytes of one sample of one teacher (patch tokens + the full-width CLS token), uncompressed."""
     st = parse_storage(storage, embed_dim)
     tokens = int(np.prod(grid_hw))
-    return tokens * st.width(embed_dim) * np.dtype(st.dtype(teacher_dtype)).itemsize \
-        + embed_dim * np.dtype(teacher_dtype).itemsize
+    return (tokens * st.width(embed_dim) + embed_dim) * np.dtype(st.dtype(teacher_dtype)).itemsize
 
 
 def storage_summary(group: zarr.Group, teacher: str, prov) -> dict:

@@ -116,7 +116,7 @@ def prune(group: zarr.Group, manifest: Manifest, provs: dict[str, TeacherProvena
         for name, p in provs.items():
             base = f"teachers/{name}"
             codec = Codec.read(group, name, p.storage)
-            stored, cls = group[f"{base}/patch"][sl], group[f"{base}/cls"][sl]
+            stored, cls = group[f"{base}/patch"][sl], codec.decode_cls(group[f"{base}/cls"][sl], p.dtype)
             coef = codec.coefficients(stored) if codec.storage.pca_k else None
             write_partials(group, base, s, ok, codec.decode(stored, p.dtype), cls, coef,
                            codec.cls_coefficients(cls) if coef is not None else None)

@@ -114,9 +114,10 @@ class StoreSource:
         if parts[0] != "teachers" or parts[1] not in self.codecs or self.codecs[parts[1]].is_identity:
             return raw
         codec, p = self.codecs[parts[1]], self.provenance[parts[1]]
-        if self.decode == "coeffs":
-            return (codec.coefficients(raw) if parts[2] == "patch" else codec.cls_coefficients(raw)).astype(p.dtype)
-        return codec.decode(raw, p.dtype) if parts[2] == "patch" else raw
+        if parts[2] == "cls":
+            cls = codec.decode_cls(raw, p.dtype)
+            return codec.cls_coefficients(cls).astype(p.dtype) if self.decode == "coeffs" else cls
+        return codec.coefficients(raw).astype(p.dtype) if self.decode == "coeffs" else codec.decode(raw, p.dtype)
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_arrays": None, "_direct": None, "_pid": None}

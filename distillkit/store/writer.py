@@ -23,6 +23,7 @@ class TeacherShard:
     patch: np.ndarray  # [n, h, w, W] as stored (fp16 / int8 / PCA coefficients); NaN rows for rejected samples
     cls: np.ndarray  # [n, C]
     decoded: np.ndarray | None = None  # [n, h, w, C] what readers decode from `patch` (compact storage only)
+    decoded_cls: np.ndarray | None = None  # [n, C] what readers decode from `cls`
     coef_patch: np.ndarray | None = None  # [n, h, w, K] PCA coefficients (float32), for their statistics
     coef_cls: np.ndarray | None = None  # [n, K] CLS tokens on the PCA basis
 
@@ -61,8 +62,8 @@ def write_shard(group: zarr.Group, r: ShardResult) -> None:
         base = f"teachers/{name}"
         group[f"{base}/patch"][sl] = t.patch
         group[f"{base}/cls"][sl] = t.cls
-        write_partials(group, base, r.shard, ok, t.patch if t.decoded is None else t.decoded, t.cls,
-                       t.coef_patch, t.coef_cls)
+        write_partials(group, base, r.shard, ok, t.patch if t.decoded is None else t.decoded,
+                       t.cls if t.decoded_cls is None else t.decoded_cls, t.coef_patch, t.coef_cls)
     group["progress/shard_done"][r.shard] = 1  # LAST: the shard counts as done only after all of the above
 
 
