@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import time
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -101,3 +102,72 @@ def test_bench_loader_counts_requests_on_s3(cached_store, s3_bucket):
     assert res["samples"] == 12 and res["ratio_vs_memmap"] > 0
     # whole-shard reads: a handful of requests per shard and array, well under one per sample per array
     assert 0 < res["requests_per_sample"] < 3, res["requests_by_kind"]
+
+
+def _calls(fn) -> Counter:
+    """S3 API calls made by fn, counted at s3fs's single call site (every GET, HEAD, LIST is one _call_s3)."""
+    counts: Counter = Counter()
+    original = s3fs.S3FileSystem._call_s3
+
+    async def counted(self, method, *args, **kwargs):
+        counts[getattr(method, "__name__", str(method))] += 1
+        return await original(self, method, *args, **kwargs)
+
+    s3fs.S3FileSystem.clear_instance_cache()  # no listing cache carried over from the upload
+    s3fs.S3FileSystem._call_s3 = counted
+    try:
+        fn()
+    finally:
+        s3fs.S3FileSystem._call_s3 = original
+    return counts
+
+
+def _upload_metadata(fs: s3fs.S3FileSystem, local, url: str, consolidated: bool) -> None:
+    """The zarr.json documents only (opening reads no chunk); `consolidated=False`: without the snapshot."""
+    for doc in sorted(local.rglob("zarr.json")):
+        body = json.loads(doc.read_text())
+        if doc.parent == local and not consolidated:
+            body["consolidated_metadata"] = None
+        fs.pipe_file(f"{url}/{doc.relative_to(local).as_posix()}", json.dumps(body).encode())
+
+
+def test_opening_a_1000_shard_store_takes_a_bounded_number_of_requests(s3_bucket, tmp_path):
+    """Open a store as its readers do (root, attributes, every array's metadata): with consolidated metadata a
+    handful of requests, however many arrays; without it one or more per array."""
+    from distillkit_schemas import expected_arrays
+    from distillkit_schemas.scenes import expected_scene_arrays, read_scene_info, read_scene_manifest
+    from distillkit_schemas.validate import read_manifest, read_provenance
+    from test_interop import write_feature_store, write_scene_store
+
+    from distillkit.scenes import store as scene_store
+    from distillkit.store.layout import open_group
+
+    def open_features(url):
+        g = open_group(url, "r")
+        m = read_manifest(g)
+        for spec in expected_arrays(m, {t: read_provenance(g, t) for t in m.teachers}):
+            assert g[spec.path].shape == spec.shape
+
+    def open_scenes(url):
+        g = scene_store.open_store(url)
+        m = read_scene_manifest(g)
+        for s in m.scenes:
+            for spec in expected_scene_arrays(m, read_scene_info(g, s)):
+                assert g[spec.path].shape == spec.shape
+
+    fs = s3fs.S3FileSystem()
+    features = write_feature_store(tmp_path / "f.zarr", "none", n_samples=1000, shard_size=1, write=False)
+    scenes, _ = write_scene_store(tmp_path / "s.zarr", n_frames=1000, frames_per_shard=1, fill=False)
+    report = {}
+    for kind, local, opener in (("features", features, open_features), ("scenes", scenes, open_scenes)):
+        for consolidated in (False, True):
+            url = f"{s3_bucket}/{kind}-{consolidated}.zarr"
+            _upload_metadata(fs, local, url, consolidated)
+            calls = _calls(lambda: opener(f"s3://{url}"))
+            report[f"{kind}, {'consolidated' if consolidated else 'live metadata'}"] = dict(calls)
+    print(json.dumps(report, indent=1))
+    n_arrays = {k: len(list(p.rglob("zarr.json"))) for k, p in (("features", features), ("scenes", scenes))}
+    for kind in ("features", "scenes"):
+        before = sum(report[f"{kind}, live metadata"].values())
+        after = sum(report[f"{kind}, consolidated"].values())
+        assert before >= n_arrays[kind] - 1 and after <= 3, (kind, before, after)

@@ -36,8 +36,16 @@ NETWORK_IDENTITY = ("predictor", "arch", "config", "checkpoint_sha256", "dtype")
 
 
 def open_store(url: str, mode: str = "r", storage_options: dict[str, Any] | None = None) -> zarr.Group:
-    """Always the live metadata (never a consolidated snapshot: attributes change on re-alignment)."""
-    return open_group(url, mode, storage_options, consolidated=False)
+    """Readers use the consolidated snapshot when there is one (all metadata in one request on S3); writers see the
+    live metadata and first remove the snapshot, which would go stale with their first attribute change
+    (re-alignment): until they consolidate again (finalize, align), readers see the live metadata."""
+    if mode == "r":
+        return open_group(url, "r", storage_options)
+    group = open_group(url, mode, storage_options, consolidated=False)
+    if mode != "w" and open_group(url, "r", storage_options).metadata.consolidated_metadata is not None:
+        # rewriting the root attributes through a live-metadata handle writes zarr.json without the snapshot
+        group.attrs.put(group.attrs.asdict())
+    return group
 
 
 def consolidate(group: zarr.Group) -> None:
