@@ -80,7 +80,8 @@ def test_each_option_round_trips_within_its_stated_error(stores, storage):
     assert np.percentile(cos, 1) >= min_cos
     assert np.linalg.norm(got - ref) / np.linalg.norm(ref) <= max_rel
     ref_cls, got_cls = _features(stores["fp16"], f"teachers/{T}/cls"), _features(stores[storage], f"teachers/{T}/cls")
-    assert np.linalg.norm(got_cls - ref_cls) / np.linalg.norm(ref_cls) <= 0.03  # full width; int8 with +int8
+    # full width (int8 with +int8: its range comes from only 9 calibration CLS tokens here, hence the looser bound)
+    assert np.linalg.norm(got_cls - ref_cls) / np.linalg.norm(ref_cls) <= (0.06 if "int8" in storage else 1e-6)
     g = zarr.open_group(str(stores[storage]), mode="r")
     assert g[f"teachers/{T}/cls"].dtype == (np.int8 if "int8" in storage else np.float16)
     prov = g[f"teachers/{T}"].attrs["provenance"]
@@ -154,3 +155,33 @@ def test_bench_storage_measures_each_option_against_fp16(stores):
             o["samples_per_s"] / o["samples_per_s_fp16"])
     bad = runner.invoke(app, ["bench", "storage", "--store", str(stores["int8"])])
     assert bad.exit_code != 0 and "needs an fp16 store" in bad.output
+
+
+def test_student_trained_on_compact_targets_is_compared_on_fp16(stores):
+    from distillkit.bench.storage_student import student_gap
+
+    res = student_gap(str(stores["fp16"]), "pca:96+int8", steps=2, batch_size=4,
+                      student={"preset": "custom", "embed_dim": 32, "depth": 1, "num_heads": 2})
+    for arm in ("fp16", "compact"):
+        m = res[arm][T]
+        assert np.isfinite(m["loss"]) and -1 <= m["cos_patch"] <= 1
+    assert res["loss_ratio"][T] == pytest.approx(res["compact"][T]["loss"] / res["fp16"][T]["loss"])
+
+
+@pytest.mark.parametrize("storage,decode", [("int8", "full"), ("pca:96+int8", "full"), ("pca:96+int8", "coeffs")])
+def test_device_decode_equals_loader_decode(stores, storage, decode):
+    """TrainConfig.decode_on=device: the loader hands over the stored codes, TargetNorm decodes them on the device."""
+    import torch
+
+    from distillkit.training.dune.normalize import TargetNorm
+
+    cpu_src = StoreSource(str(stores[storage]), decode=decode)
+    dev_src = StoreSource(str(stores[storage]), decode=decode, on_device=True)
+    cpu, dev = TargetNorm({T: cpu_src}, torch.device("cpu")), TargetNorm({T: dev_src}, torch.device("cpu"))
+    for kind in ("patch", "cls"):
+        path = f"teachers/{T}/{kind}"
+        codes = dev_src.read(path, 0, 4)
+        assert codes.dtype == np.int8  # the loader moved only the compact bytes
+        a = cpu(T, kind, torch.from_numpy(cpu_src.read(path, 0, 4)))
+        b = dev(T, kind, torch.from_numpy(codes))
+        torch.testing.assert_close(a, b, atol=2e-2, rtol=2e-3)  # the CPU path rounds to fp16 once more

@@ -3,7 +3,9 @@
 Per teacher and option: bytes per sample and the ratio to fp16, cosine (mean and 1st percentile over tokens) and
 relative L2 error of what the reader decodes against the fp16 features, the int8 clip fraction, the PCA retained
 variance (and the whole variance curve), and the training reader's samples/s on a copy of the store transcoded to
-that option, against the fp16 store in the same run. Codecs are fitted on the training split, as `cache` does.
+that option, against the fp16 store in the same run: decoding in the loader (`decode_on: cpu`) and handing the
+codes to the trainer, which decodes on its device (`decode_on: device`, the default). Codecs are fitted on the
+training split, as `cache` does.
 """
 
 from __future__ import annotations
@@ -99,8 +101,8 @@ def transcode(url: str, out: str, storage: dict[str, str], codecs: dict[str, Cod
     finalize_store(out)
 
 
-def _reader_rate(url: str, batch_size: int, epochs: int) -> float:
-    src = StoreSource(url)
+def _reader_rate(url: str, batch_size: int, epochs: int, on_device: bool = False) -> float:
+    src = StoreSource(url, on_device=on_device)
     stream = ShardStream([src], batch_size=batch_size, split="all", shuffle=True)
     n, t0 = 0, time.perf_counter()
     for e in range(epochs):
@@ -148,9 +150,12 @@ def bench_storage(url: str, options: list[str] | None = None, batch_size: int = 
                 copy = str(tmp / f"{i}.zarr")
                 transcode(url, copy, {t: o for t, (o, _) in chosen.items()}, {t: c for t, (_, c) in chosen.items()})
                 rate = _reader_rate(copy, batch_size, epochs)
+                codes = _reader_rate(copy, batch_size, epochs, on_device=True)
                 for t, (opt, _) in chosen.items():
                     rows[t]["options"][opt].update(samples_per_s=rate, samples_per_s_fp16=fp16_rate,
-                                                   reader_ratio_vs_fp16=rate / fp16_rate)
+                                                   reader_ratio_vs_fp16=rate / fp16_rate,
+                                                   samples_per_s_codes=codes,
+                                                   codes_reader_ratio_vs_fp16=codes / fp16_rate)
         out["teachers"] = rows
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -42,9 +42,10 @@ class StoreSource:
     """One store's arrays, opened lazily in each process (fsspec async clients do not survive fork)."""
 
     def __init__(self, url: str, teachers: list[str] | None = None, storage_options: dict[str, Any] | None = None,
-                 verify: bool = True, decode: Decode = "full"):
+                 verify: bool = True, decode: Decode = "full", on_device: bool = False):
         self.url = url
         self.decode = decode  # compact storage: full-width features, or the PCA coefficients ("coeffs")
+        self.on_device = on_device  # read() returns the stored codes; the trainer decodes them on its device
         self.verify = verify  # crc32c of every row and shard index on the direct path (zarr always verifies)
         self.storage_options = storage_options or {}
         try:
@@ -103,11 +104,16 @@ class StoreSource:
                 raw = direct.read_shard(start // shard)[: stop - start]  # the array may have grown since
             else:
                 raw = arr[start:stop]
-            return self._decoded(name, raw)
+            return raw if self.on_device else self._decoded(name, raw)
         except ValueError as e:  # zarr's crc32c mismatch does not say where: never train on damaged bytes
             raise ValueError(f"store {self.url}: {name} shard {start // shard} (rows {start}-{stop - 1}) is "
                              f"damaged: {e}. Run `distillkit validate --deep {self.url}` to locate it and "
                              "`distillkit cache --repair` to recompute it") from e
+
+    def read_targets(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Like `read`, always decoded on the CPU (statistics, plots)."""
+        raw = self.read(name, start, stop)
+        return self._decoded(name, raw) if self.on_device else raw
 
     def _decoded(self, name: str, raw: np.ndarray) -> np.ndarray:
         parts = name.split("/")
@@ -116,7 +122,8 @@ class StoreSource:
         codec, p = self.codecs[parts[1]], self.provenance[parts[1]]
         if parts[2] == "cls":
             cls = codec.decode_cls(raw, p.dtype)
-            return codec.cls_coefficients(cls).astype(p.dtype) if self.decode == "coeffs" else cls
+            # float32: CLS coefficients vary little across images, fp16 would round away much of that variation
+            return codec.cls_coefficients(cls) if self.decode == "coeffs" else cls
         return codec.coefficients(raw).astype(p.dtype) if self.decode == "coeffs" else codec.decode(raw, p.dtype)
 
     def __getstate__(self) -> dict:

@@ -51,6 +51,9 @@ class TrainConfig(Strict):
     decode: Literal["full", "coeffs"] = Field(
         default="full", description="PCA-stored targets: full = back to the teacher width; coeffs = the K "
                                     "coefficients (projectors predict them, the loss is computed there)")
+    decode_on: Literal["device", "cpu"] = Field(
+        default="device", description="compact targets are decoded on the training device (the loader moves only "
+                                      "the compact bytes) or in the loader workers")
     verify_checksums: bool = Field(default=True, description="verify every shard's crc32c while reading "
                                                              "(a damaged shard stops training with its name)")
     normalization: Literal["standard", "phi-s"] = Field(

@@ -28,14 +28,14 @@ class Group:
 
 
 def _open(urls: list[str], wanted: list[str] | None, storage_options: dict, verify: bool = True,
-          decode: str = "full") -> list[StoreSource]:
+          decode: str = "full", on_device: bool = True) -> list[StoreSource]:
     out = []
     for url in urls:
-        probe = StoreSource(url, None, storage_options, verify)
+        probe = StoreSource(url, None, storage_options, verify, on_device=on_device)
         names = probe.teachers if wanted is None else [t for t in probe.teachers if t in wanted]
         if names:
-            out.append(StoreSource(url, names, storage_options, verify, decode)
-                       if names != probe.teachers or decode != "full" else probe)
+            out.append(probe if names == probe.teachers and decode == "full"
+                       else StoreSource(url, names, storage_options, verify, decode, on_device))
     return out
 
 
@@ -44,7 +44,8 @@ def build_groups(cfg: TrainConfig, rank: int, world: int) -> list[Group]:
     sizes = [cfg.batch_size // len(specs) + (i < cfg.batch_size % len(specs)) for i in range(len(specs))]
     groups = []
     for i, ((name, urls, own), bs) in enumerate(zip(specs, sizes)):
-        sources = _open(urls, cfg.teachers, cfg.storage_options, cfg.verify_checksums, cfg.decode)
+        sources = _open(urls, cfg.teachers, cfg.storage_options, cfg.verify_checksums, cfg.decode,
+                        cfg.decode_on == "device")
         if not sources:
             raise ValueError(f"group {name!r}: no selected teacher in stores {urls}")
         stream = ShardStream(sources, bs, "train", cfg.seed + 1000 * i, True, cfg.shuffle_shards, rank, world)

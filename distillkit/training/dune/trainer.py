@@ -83,10 +83,10 @@ def evaluate(model, streams: list[tuple[ShardStream, list[str]]], norm: TargetNo
                 a = acc.setdefault(t, {"loss": 0.0, "cos_patch": 0.0, "cos_cls": 0.0, "samples": 0})
                 a["samples"] += b
                 a["loss"] += float(loss.sum())
-                raw_patch = batch[f"teachers/{t}/patch"].to(device)
+                raw_patch = norm.raw(t, "patch", batch[f"teachers/{t}/patch"].to(device))
                 a["cos_patch"] += float(cosine(norm.invert(t, "patch", patch_s), raw_patch).flatten(1).mean(1).sum())
                 if has_cls[t]:
-                    raw_cls = batch[f"teachers/{t}/cls"].to(device)
+                    raw_cls = norm.raw(t, "cls", batch[f"teachers/{t}/cls"].to(device))
                     a["cos_cls"] += float(cosine(norm.invert(t, "cls", cls_s), raw_cls).sum())
     model.train()
     return {t: {k: (v / a["samples"] if k != "samples" else v) for k, v in a.items() if k != "cos_cls" or has_cls[t]}
