@@ -21,6 +21,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import get_run_context
 
 from distillkit.cache import cache_shards, finalize_store, prepare_store
+from distillkit.store.lease import Lease
 from distillkit.config.cache import CacheConfig
 from distillkit.config.scenes import SceneCacheConfig
 from distillkit_flows.common import resolve_config
@@ -132,6 +133,16 @@ def cache_teachers(config: CacheConfig | None = None, config_file: str | None = 
     if scenes is not None and config is None and config_file is None:  # scene stores only
         return {"scenes": _align_scenes(scenes)}
     cfg = resolve_config(CacheConfig, config, config_file, overrides)
+    # a top-level run holds the store's lease (a second run on it refuses, naming this one); fan-out children don't
+    lease = Lease(cfg.store, cfg.storage_options).acquire() if finalize and cfg.shards is None else None
+    try:
+        return _cache(cfg, parts, runner, fanout, finalize, scenes, log)
+    finally:
+        if lease is not None:
+            lease.release()
+
+
+def _cache(cfg: CacheConfig, parts: int, runner: str, fanout: str | None, finalize: bool, scenes, log) -> dict:
     plan = prepare(cfg)
     pending = plan["pending"]
     rejected, samples = [], 0

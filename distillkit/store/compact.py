@@ -21,6 +21,7 @@ import zarr
 from distillkit_schemas.storage import Storage, parse_storage
 
 MARGIN = 0.05  # int8 range widened by 5 % on each side of the calibration range: headroom for unseen images
+CLS_MARGIN = 0.5  # one CLS token per image: a much smaller calibration sample, so far more headroom
 
 
 @dataclass
@@ -59,7 +60,7 @@ class Codec:
         if st.int8:
             codec.offset, codec.scale = _affine(x)
             codec.cls_offset, codec.cls_scale = _affine(np.asarray(tokens if cls_tokens is None else cls_tokens,
-                                                                   np.float64))
+                                                                   np.float64), CLS_MARGIN)
         return codec
 
     # ---- encode / decode ----------------------------------------------------------------------------------------
@@ -144,10 +145,10 @@ class Codec:
         return codec
 
 
-def _affine(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _affine(x: np.ndarray, margin: float = MARGIN) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel (offset, scale) mapping the widened calibration range onto the int8 codes -127..127."""
     lo, hi = x.min(axis=0), x.max(axis=0)
-    pad = (hi - lo) * MARGIN
+    pad = (hi - lo) * margin
     lo, hi = lo - pad, hi + pad
     return ((hi + lo) / 2).astype(np.float32), np.where(hi > lo, (hi - lo) / 254.0, 1.0).astype(np.float32)
 
