@@ -9,7 +9,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 export MALLOC_MMAP_THRESHOLD_ := 1073741824
 export MALLOC_TRIM_THRESHOLD_ := 2147483648
 
-.PHONY: install demo test test-fast deploy worker clean
+.PHONY: install demo test test-newest-zarr test-fast deploy worker clean
 
 $(STAMP): pyproject.toml setup.py
 	$(PY) -m venv $(VENV)
@@ -22,8 +22,29 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m distillkit.demo demo_out
 
+# zarr >= 3.2 needs Python >= 3.12 (torch is not installed there): the zarr-facing, torch-free tests run again on
+# the newest zarr 3.x, in a second small venv inside .venv
+PY_NEWEST ?= $(shell for p in python3.12 python3.13 $$HOME/.pyenv/versions/3.1[23].*/bin/python; do \
+	$$p -c 'import sys; assert sys.version_info >= (3, 12)' 2>/dev/null && { echo $$p; break; }; done)
+ZVENV := $(VENV)/zarr-newest
+ZSTAMP := $(ZVENV)/.installed
+ZARR_TESTS := tests/test_direct_reader.py tests/test_interop.py
+
+$(ZSTAMP): pyproject.toml
+	$(PY_NEWEST) -m venv $(ZVENV)
+	$(ZVENV)/bin/pip install -q --upgrade "zarr>=3.4,<3.5" numcodecs numpy pydantic pytest pytest-timeout tensorstore xarray
+	mkdir -p $(ZVENV)/src && ln -sfn $(CURDIR)/storage_schemas $(ZVENV)/src/distillkit_schemas
+	printf '%s\n%s\n' $(CURDIR) $(CURDIR)/$(ZVENV)/src > "$$($(ZVENV)/bin/python -c 'import site; print(site.getsitepackages()[0])')/distillkit-src.pth"
+	touch $(ZSTAMP)
+
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+	@if [ -n "$(PY_NEWEST)" ]; then $(MAKE) --no-print-directory test-newest-zarr; \
+	else echo "note: no Python >= 3.12 here (set PY_NEWEST=<python>): the newest-zarr run is skipped"; fi
+
+test-newest-zarr: $(ZSTAMP)
+	$(ZVENV)/bin/python -c "import zarr; print('newest zarr run: zarr', zarr.__version__)"
+	$(ZVENV)/bin/python -m pytest -q --noconftest -p no:cacheprovider $(ZARR_TESTS)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow and not integration"
@@ -32,7 +53,7 @@ test-fast: $(STAMP)
 deploy: $(STAMP)
 	@test -n "$$PREFECT_API_URL" || { echo "set PREFECT_API_URL, e.g. http://127.0.0.1:4200/api"; exit 2; }
 	$(BIN)/prefect work-pool inspect gpu >/dev/null 2>&1 || $(BIN)/prefect --no-prompt work-pool create gpu --type process
-	DISTILL_ROOT=$(CURDIR) $(BIN)/prefect --no-prompt deploy --all --prefect-file deploy/prefect.yaml
+	$(BIN)/prefect --no-prompt deploy --all --prefect-file deploy/prefect.yaml
 
 worker: $(STAMP)
 	DISTILL_ROOT=$(CURDIR) $(BIN)/prefect worker start --pool gpu

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -209,15 +211,38 @@ def test_list_jsonl_manifest(tree):
     assert [(r.id, Path(r.uri)) for r in refs] == [("sub/c.png", tree / "sub" / "c.png"), ("z", tree / "a.jpg")]
 
 
-def test_duplicate_ids_in_manifest(tree):
+def test_duplicate_ids_in_manifest_keep_the_first_row_and_warn(tree, caplog):
     man = tree / "dup.csv"
     man.write_text("id,uri\nsame,a.jpg\nother,b.png\nsame,sub/c.png\n")
-    with pytest.raises(ValueError, match="'same'"):
-        list_source(str(man))
+    with caplog.at_level(logging.WARNING, logger="distillkit"):
+        refs = list_source(str(man))
+    assert [(r.id, Path(r.uri).name) for r in refs] == [("other", "b.png"), ("same", "a.jpg")]
+    assert "sample id 'same' appears twice" in caplog.text and "sub/c.png" in caplog.text
     man = tree / "dup.txt"
     man.write_text("a.jpg\nb.png\na.jpg\n")
-    with pytest.raises(ValueError, match="a.jpg"):
-        list_source(str(man))
+    assert [r.id for r in list_source(str(man))] == ["a.jpg", "b.png"]
+
+
+def test_names_with_newlines_and_line_separators_survive_csv_and_jsonl(tree):
+    odd = ["two\nlines.png", "sep\u2028arated.png", "nel\x85.png"]
+    for name in odd:
+        _write_image(tree / name)
+    man = tree / "odd.csv"
+    with open(man, "w", newline="") as f:
+        csv.writer(f).writerows([("id", "uri"), *[(n, n) for n in odd]])
+    jl = tree / "odd.jsonl"
+    jl.write_text("".join(json.dumps({"uri": n}, ensure_ascii=False) + "\n" for n in odd), encoding="utf-8")
+    for m in (man, jl):
+        refs = list_source(str(m))
+        assert sorted(r.id for r in refs) == sorted(odd) and all(Path(r.uri).is_file() for r in refs), m
+
+
+def test_folder_lists_a_directory_named_like_an_image_so_it_is_reported(tree):
+    (tree / "folder.png").mkdir()
+    refs = {r.id: r.uri for r in list_source(str(tree))}
+    assert "folder.png" in refs
+    with pytest.raises(BadImage, match="is a directory"):
+        load_rgb(refs["folder.png"])
 
 
 def test_empty_folder_rejected(tmp_path):

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+from difflib import get_close_matches
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
-
-from distillkit_schemas.attrs import field_errors
 
 
 def parse_hw(value: Any) -> tuple[int, int]:
@@ -49,13 +48,64 @@ def read_config_file(path: str | Path | None) -> dict[str, Any]:
     return data
 
 
+def check_multiple(field: str, hw: tuple[int, int], patch: int, patch_field: str) -> None:
+    """ValueError unless both sides of `hw` are multiples of `patch`; the message gives the nearest valid sizes."""
+    bad = [(side, n) for side, n in zip(("height", "width"), hw) if n % patch]
+    if bad:
+        near = "; ".join(f"{side} {n} -> " + " or ".join(str(m) for m in (n // patch * patch, (n // patch + 1) * patch)
+                                                          if m > 0) for side, n in bad)
+        raise ValueError(f"{field} {hw[0]}x{hw[1]} must be a multiple of {patch_field} {patch} (nearest valid: "
+                         f"{near})")
+
+
+def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    """The (nested) pydantic model that holds the field at `loc` (list indices and dict keys skipped)."""
+    for key in loc[:-1]:
+        field = model.model_fields.get(key) if isinstance(key, str) else None
+        if field is None:
+            continue  # an index into a list/dict of models
+        sub = _submodel(field.annotation)
+        if sub is None:
+            return None
+        model = sub
+    return model
+
+
+def _submodel(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        if (sub := _submodel(arg)) is not None:
+            return sub
+    return None
+
+
+def _describe(model: type[BaseModel], e: ValidationError) -> str:
+    """Every bad field by its dotted name: an unknown one with the closest known name, a bad value with its input."""
+    out = []
+    for err in e.errors():
+        loc = err["loc"]
+        name = ".".join(str(p) for p in loc)
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            owner = _model_at(model, loc)
+            known = sorted(owner.model_fields) if owner else []
+            close = get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
+            msg = "unknown field" + (f" (did you mean {close[0]!r}?)" if close else
+                                     f" (known: {', '.join(known)})" if known else "")
+        elif err["type"] != "missing" and "input" in err and not isinstance(err["input"], (dict, list)):
+            msg += f" (got {err['input']!r})"
+        out.append(f"{name}: {msg}" if name else msg)
+    return "; ".join(out)
+
+
 def validate_config(model: type[BaseModel], data: dict[str, Any], path: str | Path | None = None) -> BaseModel:
     """`model` from `data`; errors name the file (if any) and every bad field."""
     try:
         return model.model_validate(data)
     except ValidationError as e:
         where = f"config file {path}" if path else "config"
-        raise ValueError(f"{where}: {field_errors(e)}") from None
+        raise ValueError(f"{where}: {_describe(model, e)}") from None
 
 
 def merged_config_data(path: str | Path | None, overrides: dict[str, Any]) -> dict[str, Any]:

@@ -1,14 +1,17 @@
-"""Decode any image the way a careful user expects: EXIF rotation, grayscale, alpha, 16-bit, palettes."""
+"""Decode any image the way a careful user expects: EXIF rotation, grayscale, alpha, 16-bit, palettes, CMYK, the
+first frame of an animation or multi-page file; anything unusable raises BadImage with a reason naming the cause."""
 
 from __future__ import annotations
 
+import errno
 import io
+import os
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from distillkit.sources.images import read_bytes
+from distillkit.sources.images import Unreachable, read_bytes
 
 
 class BadImage(Exception):
@@ -42,31 +45,73 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
+# EXIF orientation -> the transpose that shows the image upright (as ImageOps.exif_transpose does)
+_ORIENT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+           5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+           8: Image.Transpose.ROTATE_90}
+
+
+def _deep_colour(data: bytes, img: Image.Image) -> np.ndarray | None:
+    """16-bit colour (RGB/RGBA/LA PNG or TIFF): Pillow keeps only the high byte; OpenCV reads all 16 bits, so the
+    8-bit value is round(v / 257) as for 16-bit grayscale. None when OpenCV cannot read it (Pillow's result stands)."""
+    import cv2
+
+    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if arr is None or arr.dtype != np.uint16 or arr.ndim != 3 or arr.shape[2] not in (3, 4):
+        return None
+    x = arr[..., [2, 1, 0]].astype(np.float64)
+    if arr.shape[2] == 4:  # composite over white, as for 8-bit alpha
+        a = arr[..., 3:].astype(np.float64) / 65535.0
+        x = x * a + 65535.0 * (1.0 - a)
+    rgb = np.clip(x / 257.0, 0, 255).round().astype(np.uint8)
+    method = _ORIENT.get(img.getexif().get(0x0112, 1))
+    return np.asarray(Image.fromarray(rgb).transpose(method)) if method is not None else rgb
+
+
 def decode_rgb(data: bytes, uri: str = "<bytes>") -> np.ndarray:
     """Decode bytes to an HxWx3 uint8 array in display orientation; raises BadImage with the reason."""
     if not data:
         raise BadImage("empty file (0 bytes)")
     try:
         img = Image.open(io.BytesIO(data))
+        if getattr(img, "n_frames", 1) > 1:
+            img.seek(0)  # animated GIF/WebP/PNG, multi-page TIFF: the first frame
+        deep = img.mode not in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F") and any(
+            ";16" in str(t.args) for t in img.tile or ())
         img.load()
-        img = ImageOps.exif_transpose(img)
-        rgb = _to_rgb(img)
+        rgb = _deep_colour(data, img) if deep else None
+        if rgb is None:
+            rgb = _to_rgb(ImageOps.exif_transpose(img))
     except UnidentifiedImageError:
         raise BadImage("not an image (format not recognised)") from None
     except Image.DecompressionBombError as e:
-        raise BadImage(f"image too large: {e}") from None
-    except (OSError, SyntaxError, ValueError) as e:
+        raise BadImage(f"image too large (decompression-bomb guard): {e}") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise BadImage(f"corrupt or truncated image: {e}") from None
     if rgb.ndim != 3 or rgb.shape[2] != 3 or min(rgb.shape[:2]) < 1:
         raise BadImage(f"unexpected decoded shape {rgb.shape}")
     return rgb
 
 
+def _unreadable(uri: str, e: BaseException) -> str:
+    """The reason a file could not be read, in words."""
+    if isinstance(e, IsADirectoryError):
+        return "is a directory, not an image file"
+    if isinstance(e, FileNotFoundError):
+        local = "://" not in uri or uri.startswith("file://")
+        return "unreadable: file not found" + (" (dangling symlink)" if local and os.path.islink(uri) else "")
+    if isinstance(e, OSError) and e.errno == errno.ELOOP:
+        return "unreadable: symlink loop (too many levels of symbolic links)"
+    if isinstance(e, PermissionError):
+        return "unreadable: permission denied"
+    if isinstance(e, Unreachable):
+        return str(e)
+    return f"unreadable: {type(e).__name__}: {e}"
+
+
 def load_rgb(uri: str, storage_options: dict[str, Any] | None = None) -> np.ndarray:
     try:
         data = read_bytes(uri, storage_options)
-    except FileNotFoundError:
-        raise BadImage("unreadable: file not found") from None
-    except Exception as e:  # network/permission errors of any fsspec backend
-        raise BadImage(f"unreadable: {type(e).__name__}: {e}") from None
+    except Exception as e:  # missing, directory, loop, network errors of any fsspec backend
+        raise BadImage(_unreadable(uri, e)) from None
     return decode_rgb(data, uri)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import logging
 import os
 import posixpath
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,8 +69,10 @@ def _from_manifest(fs, path: str, source: str) -> list[SampleRef]:
     with fs.open(path, "r") as f:
         text = f.read()
     rows: list[tuple[str | None, str]] = []
+    # split on "\n" only: str.splitlines() also splits inside names holding U+2028, \x85, \x1c…
+    lines = [ln.rstrip("\r") for ln in text.split("\n")]
     if path.endswith(".jsonl"):
-        for n, line in enumerate(text.splitlines(), 1):
+        for n, line in enumerate(lines, 1):
             if not line.strip():
                 continue
             try:
@@ -77,12 +81,12 @@ def _from_manifest(fs, path: str, source: str) -> list[SampleRef]:
             except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
                 raise ValueError(f"manifest {source}, line {n}: expected a JSON object with 'uri' (and 'id')") from None
     elif path.endswith(".csv"):
-        reader = csv.DictReader(text.splitlines())
+        reader = csv.DictReader(io.StringIO(text, newline=""))  # quoted fields may hold newlines
         if not reader.fieldnames or "uri" not in reader.fieldnames:
             raise ValueError(f"manifest {source}: CSV needs a header with a 'uri' column (and optionally 'id')")
         rows = [(r.get("id") or None, r["uri"]) for r in reader]
     else:
-        rows = [(None, ln.strip()) for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+        rows = [(None, ln.strip()) for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
     out = []
     for sid, uri in rows:
         full = uri if (_is_url(uri) or posixpath.isabs(uri)) else posixpath.join(base, uri)
@@ -100,10 +104,13 @@ def list_source(source: str, storage_options: dict[str, Any] | None = None) -> l
     if _has_glob(path):
         matches = sorted(fs.glob(path))
         root = path.split("*")[0].split("?")[0].split("[")[0].rsplit("/", 1)[0]
-        files = [m for m in matches if fs.isfile(m)]
+        files = [m for m in matches if fs.isfile(m) or m.lower().endswith(IMAGE_EXTENSIONS)]
     elif fs.isdir(path):
         root = path.rstrip("/")
-        files = sorted(fs.find(path))
+        # a folder named like an image (x.jpg/) is listed too: the cache rejects it with its reason, not silently
+        found = fs.find(path, withdirs=True, detail=True)
+        files = sorted(p for p, info in found.items() if p.rstrip("/") != root and (
+            info.get("type") != "directory" or p.lower().rstrip("/").endswith(IMAGE_EXTENSIONS)))
     elif fs.isfile(path) and path.lower().endswith(MANIFEST_EXTENSIONS):
         refs = _from_manifest(fs, path, source)
         return _check(refs, source)
@@ -120,14 +127,20 @@ def list_source(source: str, storage_options: dict[str, Any] | None = None) -> l
 
 
 def _check(refs: list[SampleRef], source: str) -> list[SampleRef]:
+    """Sorted by id. A repeated id (a manifest listing one id twice) keeps its first row; the others are dropped
+    with a warning naming the id and both files, and the run goes on."""
     if not refs:
         raise ValueError(f"source {source!r} holds no images (extensions: {', '.join(IMAGE_EXTENSIONS)})")
     seen: dict[str, str] = {}
+    kept = []
     for r in refs:
         if r.id in seen:
-            raise ValueError(f"source {source!r}: sample id {r.id!r} appears twice ({seen[r.id]} and {r.uri})")
+            log.warning("source %s: skipping %s: sample id %r appears twice (first: %s)", source, r.uri, r.id,
+                        seen[r.id])
+            continue
         seen[r.id] = r.uri
-    return sorted(refs, key=lambda r: r.id)
+        kept.append(r)
+    return sorted(kept, key=lambda r: r.id)
 
 
 def source_fingerprint(refs: list[SampleRef]) -> str:
@@ -145,6 +158,42 @@ def split_of(sample_id: str, val_fraction: float) -> int:
     return int(x < val_fraction)
 
 
+ATTEMPTS = 3  # reads of a remote file; a refused connection fails in well under a second per attempt
+_FINAL = (FileNotFoundError, IsADirectoryError, PermissionError, ValueError, TypeError)  # retrying cannot help
+
+
+class Unreachable(OSError):
+    """A remote file that could not be read after ATTEMPTS tries."""
+
+
+def _transient(e: BaseException) -> bool:
+    """fsspec's HTTP filesystem reports a refused connection or a timeout as FileNotFoundError: look at the cause."""
+    cause = e.__cause__
+    status = getattr(cause, "status", None)  # an HTTP answer: only 408, 429 and 5xx are worth another try
+    if isinstance(status, int):
+        return status in (408, 429) or status >= 500
+    return isinstance(cause, (OSError, TimeoutError)) and not isinstance(cause, FileNotFoundError)
+
+
 def read_bytes(uri: str, storage_options: dict[str, Any] | None = None) -> bytes:
-    with fsspec.open(uri, "rb", **(storage_options or {})) as f:
-        return f.read()
+    """The file's bytes. Remote reads are retried (bounded: ATTEMPTS, short back-off) on transient errors; an
+    HTTP(S) read without `client_kwargs` gets connect/read timeouts, so an unreachable host cannot stall a worker."""
+    options = dict(storage_options or {})
+    remote = _is_url(uri) and not uri.startswith("file://")
+    if uri.startswith(("http://", "https://")) and "client_kwargs" not in options:
+        import aiohttp
+
+        options["client_kwargs"] = {"timeout": aiohttp.ClientTimeout(total=300, sock_connect=10, sock_read=60)}
+    attempt = 1
+    while True:
+        try:
+            with fsspec.open(uri, "rb", **options) as f:
+                return f.read()
+        except Exception as e:
+            if not remote or (isinstance(e, _FINAL) and not _transient(e)):
+                raise
+            if attempt == ATTEMPTS:
+                why = e.__cause__ if isinstance(e, FileNotFoundError) and e.__cause__ else e
+                raise Unreachable(f"unreachable after {attempt} attempts: {type(why).__name__}: {why}") from e
+        time.sleep(0.2 * 2 ** (attempt - 1))
+        attempt += 1
