@@ -34,6 +34,13 @@ def align_scene(cfg: SceneCacheConfig, scene: str, progress_id=None, total: int 
     return result
 
 
+@task(name="add-frames", cache_policy=NO_CACHE)
+def add_frames_task(cfg: SceneCacheConfig, scene: str, frames: list[str]) -> dict:
+    from distillkit.scenes.add import add_frames
+
+    return add_frames(cfg, scene, frames)
+
+
 @task(name="finalize-scenes", cache_policy=NO_CACHE)
 def finalize_task(cfg: SceneCacheConfig) -> dict:
     return pipeline.finalize(cfg)
@@ -51,9 +58,11 @@ def _row(r: dict) -> dict:
 
 @flow(name="align-scenes", log_prints=True)
 def align_scenes(config: SceneCacheConfig | None = None, config_file: str | None = None,
-                 overrides: dict | None = None, parallel: int = 1) -> dict:
+                 overrides: dict | None = None, parallel: int = 1, add: dict[str, list[str]] | None = None) -> dict:
     """DUSt3R pairs -> global alignment -> world-frame pointmaps for every scene of `config.source` into
-    `config.store`. parallel: scenes aligned at the same time (threads; one network per process)."""
+    `config.store`. parallel: scenes aligned at the same time (threads; one network per process).
+    add: ``{scene: [frame ids or image files of its source]}`` to add to already aligned scenes afterwards
+    (pairs only for the new frames, re-aligned from the old poses; `distillkit align --add`)."""
     log = get_run_logger()
     cfg = resolve_config(SceneCacheConfig, config, config_file, overrides)
     planned = plan(cfg)
@@ -66,6 +75,7 @@ def align_scenes(config: SceneCacheConfig | None = None, config_file: str | None
                                                description=f"scenes aligned into {cfg.store}")
         results = _run(cfg, pending, progress_id, len(planned["scenes"]), parallel)
         update_progress_artifact(progress_id, progress=100.0)
+    added = [add_frames_task(cfg, scene, frames) for scene, frames in (add or {}).items()]
     fin = finalize_task(cfg)
     rows = [_row(r) for r in results if not r.get("skipped")]
     if rows:
@@ -76,7 +86,11 @@ def align_scenes(config: SceneCacheConfig | None = None, config_file: str | None
         f"* point cloud: `distillkit export-ply {cfg.store} --scene {planned['scenes'][0]} --out scene.ply`\n"
         f"* images: `distillkit show {cfg.store} --scene {planned['scenes'][0]} --out views/`\n"
         f"* re-align from the stored pairs (no network): `distillkit align {cfg.store} --free-poses`"))
-    return {"store": cfg.store, "nothing_to_do": not pending, "scenes": results, "finalize": fin}
+    if added:
+        create_table_artifact(key="scenes-added-frames", table=[
+            {k: r[k] for k in ("scene", "n_frames", "n_edges", "new_edges", "loss", "align_s")} for r in added],
+            description="align-scenes: frames added to aligned scenes")
+    return {"store": cfg.store, "nothing_to_do": not pending, "scenes": results, "finalize": fin, "added": added}
 
 
 @flow(name="align-scene-tasks")

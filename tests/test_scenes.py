@@ -107,7 +107,14 @@ def test_folder_layout_discovery_and_crop_geometry(tmp_path):
     scenes = discover(str(tmp_path / "photos"))
     assert [(s.name, s.layout, len(s.frames), s.has_gt) for s in scenes] == [("a", "folder", 3, False),
                                                                              ("b", "folder", 2, False)]
-    planned = pipeline.plan_scene(scenes[0], scene_cfg(tmp_path / "photos", tmp_path / "x.zarr", image_size=512))
+    cfg = scene_cfg(tmp_path / "photos", tmp_path / "x.zarr", image_size=512)
+    with pytest.raises(ValueError, match=r"scene a: frames of different sizes \(384x512: frame 0.jpg, frame 1.jpg; "
+                       r"512x336: frame 2.jpg\)"):
+        pipeline.plan_scene(scenes[0], cfg)
+    with pytest.raises(ValueError, match="scene a: frames of different sizes"):  # nothing written
+        pipeline.prepare(cfg.model_copy(update={"scenes": ["a"]}))
+    assert not (tmp_path / "x.zarr").exists()
+    planned = pipeline.plan_scene(scenes[0], cfg.model_copy(update={"mixed_sizes": "skip"}))
     assert planned[1].info.n_frames == 2 and planned[1].info.n_skipped_size == 1  # the portrait frame is dropped
     with pytest.raises(ValueError, match="no scene of the 12scenes layout"):
         discover(str(tmp_path / "photos"), layout="12scenes")

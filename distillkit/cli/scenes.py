@@ -111,14 +111,22 @@ def align_cmd(
                                                     help="fix focal + principal point [store setting]"),
     min_conf_thr: Optional[float] = typer.Option(None, help="mask threshold [store setting]"),
     pose_pixels: Optional[int] = typer.Option(None, help="pixels per image in the pose stage"),
+    add: Optional[list[str]] = typer.Option(None, "--add", help="add these frames to --scene (frame ids, image "
+                                            "files or a folder of the scene's source; repeatable), then re-align "
+                                            "from the old poses: pairs only for the new frames"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="with --add: the store's cache-scenes YAML "
+                                          "(network, source) [the store's manifest]"),
     as_json: bool = typer.Option(False, "--json"),
 ):
-    """Re-run the global alignment from the stored pair outputs (no network)."""
+    """Re-run the global alignment from the stored pair outputs (no network), or add frames to a scene."""
     from distillkit.scenes import realign
     setup_logging()
     overrides = {k: v for k, v in dict(known_poses=known_poses, known_intrinsics=known_intrinsics,
                                        min_conf_thr=min_conf_thr, pose_pixels=pose_pixels).items()
                  if v is not None}
+    if add:
+        _add_frames(store, scene, add, config, overrides, as_json)
+        return
     try:
         res = realign(store, scene, overrides)
     except (ValueError, KeyError) as e:
@@ -131,6 +139,42 @@ def align_cmd(
         err = f", GT point error {g['point_err_cm_median']:.2f} cm (median)" if "point_err_cm_median" in g else ""
         console.print(f"scene {r['scene']}: loss {r['loss']:.6g} in {r['iterations']} iterations, "
                       f"{r['align_s']:.1f} s (run {r['runs']}){err}")
+
+
+def _expand(items: list[str]) -> list[str]:
+    """Folders and globs -> image files (sorted); anything else (frame ids, files) as given."""
+    import glob
+
+    out = []
+    for x in items:
+        p = Path(x)
+        if p.is_dir():
+            out += sorted(str(f) for f in p.rglob("*") if f.suffix.lower() in (".jpg", ".jpeg", ".png"))
+        elif any(c in x for c in "*?["):
+            out += sorted(glob.glob(x))
+        else:
+            out.append(x)
+    return out
+
+
+def _add_frames(store: str, scene: str | None, add: list[str], config, overrides: dict, as_json: bool) -> None:
+    from distillkit.scenes.add import add_config, add_frames
+
+    if not scene:
+        fail("--add needs --scene")
+    try:
+        cfg = add_config(store, config)
+        if overrides:
+            cfg = cfg.model_copy(update={"align": cfg.align.model_copy(update=overrides)})
+        res = add_frames(cfg, scene, _expand(add))
+    except (ValueError, KeyError) as e:
+        fail(str(e))
+    if as_json:
+        print(json.dumps(res, indent=1))
+        return
+    console.print(f"scene {res['scene']}: {len(res['added'])} frame(s) added ({res['new_edges']} new pairs; "
+                  f"{res['n_frames']} frames, {res['n_edges']} pairs), loss {res['loss']:.6g} in "
+                  f"{res['iterations']} iterations, {res['align_s']:.1f} s")
 
 
 @app.command("export-ply")

@@ -34,6 +34,8 @@ class SceneAlignSettings(Strict):
     known_intrinsics: bool = Field(default=True, description="fix focal and principal point to the dataset's")
     min_conf_thr: float = Field(default=3.0, description="mask = confidence > this (DUSt3R's default 3)")
     pose_pixels: int | None = Field(default=4096, description="pixels per image in the joint pose stage")
+    fine_iters: int = Field(default=3, ge=0, description="full-resolution Newton steps after the pose stage "
+                            "(0: none; the pose-stage optimum is then off by its pixel sampling)")
     max_iters: int = Field(default=30, ge=1)
     tol: float = Field(default=1e-5, gt=0)
     threads: int | None = Field(default=1, ge=1, description="torch intra-op threads while aligning (the solver's "
@@ -50,6 +52,9 @@ class SceneCacheConfig(Strict):
     splits: list[Literal["train", "test"]] = Field(default_factory=lambda: ["train", "test"], min_length=1)
     frame_stride: int = Field(default=1, ge=1, description="keep every k-th frame (after the split filter)")
     max_frames: int | None = Field(default=24, ge=2, description="then at most this many, evenly spread")
+    mixed_sizes: Literal["error", "skip"] = Field(
+        default="error", description="frames of one scene that crop to different sizes: an error naming them, "
+        "or skip the ones not of the most common size")
     predictor: Literal["network", "gt-depth"] = Field(
         default="network", description="gt-depth: exact pairs from GT depth instead of the network (tests, bounds)")
     network: SceneNetworkConfig = Field(default_factory=SceneNetworkConfig)

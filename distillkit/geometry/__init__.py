@@ -2,7 +2,9 @@
 a faithful reference of the official optimiser, synthetic scenes and benchmarks.
 
 Modules: ``pairs`` (scene graphs), ``predictions`` (input container), ``align`` (the aligner),
-``problem`` / ``init`` / ``solver`` / ``dense`` (its stages), ``procrustes`` and ``cameras`` (helpers),
+``problem`` / ``init`` / ``solver`` / ``dense`` / ``refine`` (its stages), ``system`` (the reduced system,
+dense or sparse), ``incremental`` (start from a previous alignment), ``checks`` (input errors),
+``procrustes`` and ``cameras`` (helpers),
 ``reference_ga`` (official-style Adam loop), ``synthetic`` (scene generator), ``metrics``, ``bench``.
 """
 

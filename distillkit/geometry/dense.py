@@ -22,20 +22,29 @@ from distillkit.geometry.predictions import PairPredictions
 from distillkit.geometry.problem import Problem, State, mm
 
 
-def _pixel_terms(preds: PairPredictions, k: int, sl: slice, v: np.ndarray, a: np.ndarray, t: np.ndarray, sR, T):
-    """``(w, tau, rho2)`` as ``[K, C]`` float64 arrays and the edge ids ``[K]`` for image ``k``'s pixels ``sl``."""
+def _image_predictions(preds: PairPredictions, k: int):
+    """Image ``k``'s observations ``[(edge, side)]`` with their points ``[H*W, 3]`` and confidences ``[H*W]``,
+    each edge read once (lazy edge arrays would otherwise be read again for every pixel chunk)."""
     H, W = preds.hw
     ob = preds.observations(k)
+    return ob, [np.asarray(preds.points(e, s)).reshape(H * W, 3) for e, s in ob], \
+        [np.asarray(preds.conf(e, s)).reshape(H * W) for e, s in ob]
+
+
+def _pixel_terms(image, sl: slice, v: np.ndarray, a: np.ndarray, t: np.ndarray, sR, T):
+    """``(w, tau, rho2)`` as ``[K, C]`` float64 arrays and the edge ids ``[K]`` for pixels ``sl`` of an image
+    (``_image_predictions``)."""
+    ob, pts, confs = image
     C = v.shape[1]
     w, tau, rho2 = np.empty((len(ob), C)), np.empty((len(ob), C)), np.empty((len(ob), C))
-    for n, (e, side) in enumerate(ob):
-        X = np.asarray(preds.points(e, side)).reshape(H * W, 3)[sl].T.astype(np.float64)  # [3, C]
+    for n, (e, _) in enumerate(ob):
+        X = pts[n][sl].T.astype(np.float64)  # [3, C]
         q = mm(sR[e], X)
         q += (T[e] - t)[:, None]
         b = (q * v).sum(0)
         np.divide(b, a, out=tau[n])
         np.maximum((q * q).sum(0) - b * tau[n], 0.0, out=rho2[n])
-        np.log(np.maximum(np.asarray(preds.conf(e, side)).reshape(H * W)[sl], 1.0), out=w[n])
+        np.log(np.maximum(confs[n][sl], 1.0), out=w[n])
     return w, tau, rho2, np.array([e for e, _ in ob], dtype=np.int64)
 
 
@@ -121,12 +130,13 @@ def dense_depths(preds: PairPredictions, R, t, focals, sR, T, pp=None, depth=Non
     count = 0
     samples = []
     for k in range(n):
+        image = _image_predictions(preds, k)
         for c0 in range(0, H * W, chunk):
             sl = slice(c0, min(c0 + chunk, H * W))
             off = pixel_offsets(H, W, pp, np.arange(sl.start, sl.stop))
             v = R[k] @ np.concatenate((off / focals[k], np.ones((1, off.shape[1]))), 0)
             a = (v * v).sum(0)
-            w, tau, rho2, eids = _pixel_terms(preds, k, sl, v, a, t[k], sR, T)
+            w, tau, rho2, eids = _pixel_terms(image, sl, v, a, t[k], sR, T)
             if depth is None:
                 d, dist = _depths(w, tau, rho2, a, iters)
             else:

@@ -33,6 +33,8 @@ class PairPredictions:
                 raise ValueError(f"{name} must be {self.pts1.shape[:3]}")
         if self.pts2.shape != self.pts1.shape:
             raise ValueError("pts1 and pts2 must have the same shape")
+        if E == 0:
+            raise ValueError("no pairs: global alignment needs at least two frames and one pair between them")
         used = np.unique(self.edges)
         if used.size == 0 or used[0] != 0 or used[-1] != used.size - 1:
             raise ValueError("edges must use every image index 0..n-1")

@@ -31,10 +31,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from distillkit.geometry.cameras import so3_exp
 from distillkit.geometry.problem import Problem, State, mm, weighted_loss
+from distillkit.geometry.system import ReducedSystem
 
 
 def _feature_maps():
@@ -173,12 +173,16 @@ def _update(st: State, cam, pair, dy, dl) -> State:
                  so3_exp(dp[:, :3]) @ st.Rp, st.Tp + dp[:, 3:6], st.sig + dp[:, 6])
 
 
-def _cholesky_solve(H: np.ndarray, g: np.ndarray):
-    Ht = torch.from_numpy(H)
-    L, info = torch.linalg.cholesky_ex(Ht)
-    if int(info):
-        return None
-    return -torch.cholesky_solve(torch.from_numpy(g)[:, None], L)[:, 0].numpy()
+def local_block(Mcc, Mca, Maa) -> np.ndarray:
+    """Image block ``[7 + 7K, 7 + 7K]`` over (its camera, its K edges) from the model pieces."""
+    K = len(Maa)
+    L = np.zeros((7 + 7 * K, 7 + 7 * K))
+    L[:7, :7] = Mcc
+    L[:7, 7:] = Mca.transpose(1, 0, 2).reshape(7, 7 * K)
+    L[7:, :7] = L[:7, 7:].T
+    for a in range(K):
+        L[7 + 7 * a:14 + 7 * a, 7 + 7 * a:14 + 7 * a] = Maa[a]
+    return L
 
 
 def solve(prob: Problem, st: State, fr: Freedom, opt: SolverOptions | None = None, log=None):
@@ -192,53 +196,31 @@ def solve(prob: Problem, st: State, fr: Freedom, opt: SolverOptions | None = Non
     sig_idx = pair[:, 6]
     it = 0
     for it in range(1, opt.max_iters + 1):
-        Hd = np.zeros((N + 1, N + 1))
-        gd = np.zeros(N + 1)
         schur = []
+        diag = np.zeros(N + 1)
         for k, (eids, _, _) in enumerate(prob.obs):
             Mcc, Mca, Maa, gc, ga, Bt, h, gl = linearise(prob, st, k, opt.beta, eps)
-            ci, pi = cam[k], pair[eids]  # [7], [K, 7]
-            Hd[ci[:, None], ci[None, :]] += Mcc
-            Hd[ci[None, :, None], pi[:, None, :]] += Mca
-            Hd[pi[:, :, None], ci[None, None, :]] += Mca.transpose(0, 2, 1)
-            Hd[pi[:, :, None], pi[:, None, :]] += Maa
-            gd[ci] += gc
-            gd[pi] += ga
-            schur.append((np.concatenate((ci, pi.reshape(-1))), Bt, h, gl))
-        Hd, gd = Hd[:N, :N], gd[:N]
-        diag = Hd.diagonal().copy()
+            idx = np.concatenate((cam[k], pair[eids].reshape(-1)))
+            L = local_block(Mcc, Mca, Maa)
+            np.add.at(diag, idx, L.diagonal())
+            schur.append((idx, L, np.concatenate((gc, ga.reshape(-1))), Bt, h, gl))
         while True:
-            H = np.zeros((N + 1, N + 1))
-            H[:N, :N] = Hd
-            H.flat[:(N + 1) * N:N + 2] += lam * diag + 1e-300
-            g = np.concatenate((gd, [0.0]))
+            system = ReducedSystem(N)
             hds = []
-            for idx, Bt, h, gl in schur:
+            for idx, L, gloc, Bt, h, gl in schur:
                 hd = h * (1 + lam) + 1e-12 * h.mean() + 1e-300
                 hds.append(hd)
                 Bs = Bt / hd
                 # float32 is plenty for the fill-in (a model term; the gradient stays float64)
-                H[idx[:, None], idx[None, :]] -= mm(Bs.astype(np.float32), Bt.astype(np.float32).T)
-                g[idx] -= Bs @ gl
-            H, g = H[:N, :N], g[:N]
-            if fr.norm_scale:  # restrict to sum(d sig) = 0: H <- P H P + c a a^T, g <- P g (P = I - a a^T)
-                a = 1.0 / np.sqrt(len(sig_idx))
-                Ha = H[:, sig_idx].sum(1) * a
-                aHa = Ha[sig_idx].sum() * a
-                c = float(H.diagonal()[sig_idx].mean())
-                H[:, sig_idx] -= Ha[:, None] * a
-                H[sig_idx, :] -= Ha[None, :] * a
-                H[sig_idx[:, None], sig_idx[None, :]] += (aHa + c) * a * a
-                g = g.copy()
-                g[sig_idx] -= g[sig_idx].sum() * a * a
-            dy = _cholesky_solve(H, g)
+                system.add(idx, L - mm(Bs.astype(np.float32), Bt.astype(np.float32).T), gloc - Bs @ gl)
+            dy = system.solve(lam, sig_idx, fr.norm_scale, diag)
             if dy is None or not np.isfinite(dy).all():
                 lam = max(lam * 10, 1e-8)
                 if lam > 1e8:
                     return st, loss, it, history
                 continue
             dyx = np.concatenate((dy, [0.0]))
-            dl = np.stack([-(gl + dyx[idx] @ Bt) / hd for (idx, Bt, _, gl), hd in zip(schur, hds)])
+            dl = np.stack([-(gl + dyx[idx] @ Bt) / hd for (idx, _, _, Bt, _, gl), hd in zip(schur, hds)])
             cand = _update(st, cam, pair, dy, dl)
             new_loss = weighted_loss(prob, cand)
             if new_loss <= loss:

@@ -29,6 +29,7 @@ from distillkit_schemas.scenes import read_alignment, read_scene_info, read_scen
 from distillkit import __version__
 from distillkit.config.scenes import SceneAlignSettings, SceneCacheConfig
 from distillkit.geometry import AlignConfig, AlignResult, align, make_pairs, pairs_by_overlap
+from distillkit.geometry.checks import check_graph, check_pair_values, check_sizes
 from distillkit.store.layout import is_created, is_url
 from distillkit.scenes import store as st
 from distillkit.scenes.frames import crop_geometry, gt_intrinsics, image_hw, load_frame
@@ -71,6 +72,9 @@ def plan_scene(scene: SceneSource, cfg: SceneCacheConfig) -> tuple[SceneSource, 
     if not out_hws:
         log.warning("scene %s: no frames selected; skipped", scene.name)
         return None
+    ids = [f.frame_id for f in scene.frames]
+    if cfg.mixed_sizes == "error":  # before anything is written
+        check_sizes(out_hws, scene.name, ids)
     size, _ = Counter(out_hws).most_common(1)[0]
     keep = [i for i, hw in enumerate(out_hws) if hw == size]
     skipped_size = len(out_hws) - len(keep)
@@ -78,16 +82,16 @@ def plan_scene(scene: SceneSource, cfg: SceneCacheConfig) -> tuple[SceneSource, 
         log.warning("scene %s: %d frame(s) crop to another size than %s and are skipped (DUSt3R aligns one size)",
                     scene.name, skipped_size, size)
     scene.frames = [scene.frames[i] for i in keep]
-    if len(scene.frames) < 2:
-        log.warning("scene %s: fewer than 2 usable frames; skipped", scene.name)
-        return None
     n = len(scene.frames)
+    if n < 2:
+        check_graph(np.zeros((0, 2), np.int64), n, scene.name, [f.frame_id for f in scene.frames])
     c2w = np.stack([f.cam2world for f in scene.frames]) if scene.has_gt else None
     K = None
     if scene.has_gt and scene.color_K is not None:
         K = np.stack([gt_intrinsics(scene, src_hws[i], cfg.image_size, PATCH) for i in keep])
     has_gt = c2w is not None and K is not None
     edges, graph = _graph_edges(cfg.graph, n, cfg.symmetrize, c2w if has_gt else None, K, size)
+    check_graph(edges, n, scene.name, [f.frame_id for f in scene.frames])
     info = SceneInfo(name=scene.name, layout=scene.layout, root=scene.uri(scene.root), n_frames=n,
                      n_edges=len(edges), image_hw=size, has_gt=has_gt, has_gt_depth=has_gt and scene.has_gt_depth,
                      n_skipped_invalid=scene.n_invalid, n_skipped_size=skipped_size,
@@ -179,7 +183,7 @@ def align_config(settings: SceneAlignSettings, gt: dict) -> tuple[AlignConfig, b
     use_poses = settings.known_poses and gt["cam2world"] is not None
     use_K = settings.known_intrinsics and gt["intrinsics"] is not None
     cfg = AlignConfig(min_conf_thr=settings.min_conf_thr, pose_pixels=settings.pose_pixels,
-                      max_iters=settings.max_iters, tol=settings.tol)
+                      max_iters=settings.max_iters, tol=settings.tol, fine_iters=settings.fine_iters)
     if use_poses:
         cfg.known_cam2world = np.asarray(gt["cam2world"], np.float64)
     if use_K:
@@ -204,9 +208,10 @@ def _torch_threads(n: int | None):
 
 
 def align_stored(group, manifest: SceneManifest, scene: str, settings: SceneAlignSettings,
-                 extra_timings: dict | None = None) -> tuple[AlignResult, SceneAlignment]:
+                 extra_timings: dict | None = None, previous=None) -> tuple[AlignResult, SceneAlignment]:
     """Align one scene from its stored pair outputs (no network) and write it; ``scene_done`` is managed here
-    (cleared before the rewrite, set after everything else, its record included)."""
+    (cleared before the rewrite, set after everything else, its record included).  ``previous``: a
+    ``geometry.incremental.Previous`` of the scene's first frames to start from (frames added to it)."""
     idx = st.scene_index(manifest, scene)
     pairs_done, _ = st.done_flags(group)
     if not pairs_done[idx]:
@@ -215,6 +220,8 @@ def align_stored(group, manifest: SceneManifest, scene: str, settings: SceneAlig
     preds = st.read_pairs(group, scene)
     gt = st.read_scene_gt(group, scene)
     acfg, use_poses, use_K = align_config(settings, gt)
+    acfg.scene, acfg.frame_ids = scene, [str(i) for i in group[f"scenes/{scene}/frame_id"][:]]
+    acfg.previous = previous
     t1 = time.perf_counter()
     # far-off pointmaps (a random-init network) overflow harmlessly in the solver: checked for finiteness below
     with _torch_threads(settings.threads), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
@@ -290,6 +297,8 @@ def run_scene(cfg: SceneCacheConfig, scene: str, source: SceneSource | None = No
             batches = infer_pairs(model, images, edges, cfg.batch_size, cfg.network.dtype)
         writer = st.PairWriter(group, scene)
         for start, stop, batch in batches:
+            for e in range(start, stop):  # a bad pair is an error before its batch is written
+                check_pair_values(tuple(edges[e]), *(batch[k][e - start] for k in st.PAIR_KEYS), scene, ids, e)
             writer.add(start, stop, batch)
         writer.close()
         st.set_flag(group, "pairs_done", idx, 1)
