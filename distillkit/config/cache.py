@@ -30,7 +30,8 @@ class TeacherConfig(Strict):
     @field_validator("storage")
     @classmethod
     def _storage(cls, v: str) -> str:
-        return parse_storage(v).name if not v.startswith("pca") else str(v).strip()
+        parse_storage(v)  # a clear error for a malformed option; K is checked against the width at load time
+        return str(v).strip()
 
 
 class CacheConfig(Strict):
