@@ -17,13 +17,34 @@ app.add_typer(bench_app, name="bench")
 def bench_loader(store: str = typer.Option(..., help="store to read"),
                  batch_size: int = typer.Option(64), num_workers: int = typer.Option(0),
                  epochs: int = typer.Option(2), shuffle_shards: int = typer.Option(2),
+                 peers: Optional[str] = typer.Option(None, help="compare with other formats instead of the memmap "
+                                                     "baseline: comma list of litdata, mds, webdataset"),
+                 peers_dir: Optional[str] = typer.Option(None, help="where to write the peers' copies (default: a "
+                                                         "temp dir, or <store>.bench-peers on S3, removed after)"),
+                 resume: bool = typer.Option(True, "--resume/--no-resume", help="with --peers: also interrupt an "
+                                             "epoch half-way and check each loader's own resume"),
                  as_json: bool = typer.Option(False, "--json")):
-    """Training reader vs the same pipeline over a raw memory-mapped .npy copy (same run)."""
+    """Training reader vs the same pipeline over a raw memory-mapped .npy copy, or vs other formats' own loaders
+    (--peers); same run."""
     setup_logging()
-    from distillkit.bench.loader import bench_loader as run
+    if peers is None:
+        from distillkit.bench.loader import bench_loader as run
 
-    res = run(store, batch_size=batch_size, num_workers=num_workers, epochs=epochs, shuffle_shards=shuffle_shards)
-    print_metrics(res, as_json)
+        res = run(store, batch_size=batch_size, num_workers=num_workers, epochs=epochs, shuffle_shards=shuffle_shards)
+        print_metrics(res, as_json)
+        return
+    from distillkit.bench.peers.compare import PEERS, bench_peers, flat
+
+    names = [p.strip() for p in peers.split(",") if p.strip()]
+    unknown = [p for p in names if p not in PEERS]
+    if not names or unknown:
+        fail(f"--peers {peers!r}: unknown peer(s) {unknown}; choose from {', '.join(PEERS)}")
+    try:
+        res = bench_peers(store, names, batch_size=batch_size, num_workers=num_workers, epochs=epochs,
+                          shuffle_shards=shuffle_shards, peers_dir=peers_dir, resume=resume)
+    except ValueError as e:
+        fail(str(e))
+    print_metrics(res if as_json else flat(res), as_json)
 
 
 @bench_app.command("cache")
@@ -47,6 +68,11 @@ def bench_align(fixture: Optional[Path] = typer.Option(None, help=".npz laid out
                 size: str = typer.Option("48x64", help="HxW of the synthetic scene"),
                 graph: str = typer.Option("swin-3", help="pair graph of the synthetic scene"),
                 reference: bool = typer.Option(False, help="also time the official-style Adam optimiser (300 its)"),
+                reference_iters: int = typer.Option(300, help="run the reference this many iterations; fewer than "
+                                                    "300: its 300-iteration time is extrapolated"),
+                exact: Optional[str] = typer.Option(None, help="also solve the exact optimum and report the "
+                                                    "distance to it: full (pose_pixels=None) | converged"),
+                noise: float = typer.Option(0.01, help="point noise of the synthetic scene (x distance)"),
                 repeats: int = typer.Option(1, help="run ours this many times, report the fastest"),
                 threads: int = typer.Option(1, help="torch threads for both (1 = stable timings)"),
                 as_json: bool = typer.Option(False, "--json")):
@@ -60,8 +86,81 @@ def bench_align(fixture: Optional[Path] = typer.Option(None, help=".npz laid out
         fail(f"fixture {fixture} does not exist")
     try:
         res = run(fixture=str(fixture) if fixture else None, synthetic=synthetic, size=size, graph=graph,
-                  reference=reference, repeats=repeats, threads=threads)
+                  reference=reference, repeats=repeats, threads=threads, reference_iters=reference_iters,
+                  exact=exact, noise=noise)
     except (ValueError, KeyError) as e:
         fail(f"cannot align {fixture or 'synthetic scene'}: {e}")
     res = {k: v for k, v in res.items() if not isinstance(v, (dict, list))} if not as_json else res
+    print_metrics(res, as_json)
+
+
+@bench_app.command("storage")
+def bench_storage_cmd(store: str = typer.Option(..., help="an fp16 feature store (the reference)"),
+                      option: Optional[list[str]] = typer.Option(None, "--option", help="storage option to measure "
+                                                                 "(repeat); default int8 and pca:C/8..C/2[+int8]"),
+                      batch_size: int = typer.Option(32),
+                      epochs: int = typer.Option(3, help="reader epochs per arm (the best counts)"),
+                      reader: bool = typer.Option(True, "--reader/--no-reader", help="also time the training "
+                                                  "reader on a transcoded copy per option"),
+                      student_option: Optional[str] = typer.Option(None, help="also train the same student on "
+                                                                   "fp16 and on this option, compare their losses"),
+                      student_steps: int = typer.Option(200, help="training steps of each of those students"),
+                      as_json: bool = typer.Option(False, "--json")):
+    """Each storage option on the store's own features: bytes/sample, cosine, relative L2, reader samples/s."""
+    setup_logging()
+    from distillkit.bench.storage import bench_storage
+
+    try:
+        res = bench_storage(store, options=option or None, batch_size=batch_size, epochs=epochs, reader=reader)
+        if student_option:
+            from distillkit.bench.storage_student import student_gap
+
+            res["student"] = student_gap(store, student_option, student_steps)
+    except ValueError as e:
+        fail(str(e))
+    if not as_json:
+        flat = {f"{t}/{o}/{k}": v for t, row in res["teachers"].items() for o, m in row["options"].items()
+                for k, v in m.items() if k in ("ratio_vs_fp16", "cos_p01", "rel_l2", "reader_ratio_vs_fp16",
+                                                 "codes_reader_ratio_vs_fp16")}
+        st = res.get("student")
+        res = {"store": res["store"], **flat, **({f"student/loss_ratio/{t}": v for t, v in st["loss_ratio"].items()}
+                                                  if st else {})}
+    print_metrics(res, as_json)
+
+
+@bench_app.command("decouple")
+def bench_decouple_cmd(teacher: str = typer.Option("dinov2_vitb14", help="teacher name (`distillkit teachers`)"),
+                       student: str = typer.Option("vit_small", help="student preset: vit_tiny|vit_small|vit_base"),
+                       source: Optional[str] = typer.Option(None, help="images to cache (default: the demo photos)"),
+                       checkpoint: Optional[str] = typer.Option(None, help="teacher weights (default random init)"),
+                       teacher_overrides: Optional[str] = typer.Option(None, help='JSON, e.g. \'{"depth": 2}\''),
+                       image_size: str = typer.Option("224"), student_patch: int = typer.Option(14),
+                       projector: str = typer.Option("tp"), batch_size: int = typer.Option(8),
+                       steps: int = typer.Option(5, help="timed steps per arm"), warmup: int = typer.Option(1),
+                       num_workers: int = typer.Option(0, help="reader workers (0: reading counts in the step)"),
+                       students: str = typer.Option("1,2,4,8,16", help="N for the amortised cost"),
+                       epochs: float = typer.Option(1.0, help="epochs per student for the amortised cost"),
+                       device: str = typer.Option("auto"), as_json: bool = typer.Option(False, "--json")):
+    """Same student trained from the store vs with the teacher online per batch (DUNE/UNIC), same run."""
+    import json
+
+    setup_logging()
+    from distillkit.bench.decouple import bench_decouple
+
+    if student not in ("vit_tiny", "vit_small", "vit_base"):
+        fail(f"--student {student!r}: use vit_tiny, vit_small or vit_base")
+    try:
+        overrides = json.loads(teacher_overrides) if teacher_overrides else None
+        ns = tuple(int(n) for n in students.split(","))
+    except ValueError as e:
+        fail(f"--teacher-overrides must be a JSON object and --students comma-separated integers: {e}")
+    try:
+        res = bench_decouple(teacher, student, source=source, checkpoint=checkpoint, image_size=image_size,
+                             student_patch=student_patch, batch_size=batch_size, steps=steps, warmup=warmup,
+                             projector=projector, num_workers=num_workers, device=device, overrides=overrides,
+                             students=ns, epochs=epochs)
+    except ValueError as e:
+        fail(str(e))
+    if not as_json:
+        res = {k: v for k, v in res.items() if not isinstance(v, (dict, list))}
     print_metrics(res, as_json)

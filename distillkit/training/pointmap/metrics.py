@@ -110,16 +110,26 @@ def pose_errors(c2w_est: np.ndarray | None, c2w_ref: np.ndarray) -> tuple[float,
     return t, r
 
 
-def pose_metrics(t_err: np.ndarray, r_err: np.ndarray, metres_per_unit: float = 1.0) -> dict:
-    """% of frames within each (cm, deg) threshold and the median errors, from per-frame errors in world units."""
+def pose_metrics(t_err: np.ndarray, r_err: np.ndarray, metres_per_unit: float = 1.0,
+                 thresholds: tuple = THRESHOLDS, strict: bool = False, median: str = "mean") -> dict:
+    """% of frames within each (metres, deg) threshold and the median errors, from per-frame errors in world units.
+
+    `strict`: within means < (ACE) rather than <=. `median`: "mean" of the two middle values (numpy) or "upper",
+    sorted[n // 2] (ACE's `test_ace.py`)."""
     t_m = np.asarray(t_err, dtype=np.float64) * metres_per_unit
     r = np.asarray(r_err, dtype=np.float64)
     out: dict = {"frames": int(len(t_m)), "pnp_failed": int(np.isinf(t_m).sum())}
-    for tm, rd in THRESHOLDS:
-        out[f"pct_{round(tm * 100)}cm_{round(rd)}deg"] = float(100.0 * np.mean((t_m <= tm) & (r <= rd))) \
-            if len(t_m) else float("nan")
-    out["median_t_cm"] = float(np.median(t_m) * 100) if len(t_m) else float("nan")
-    out["median_r_deg"] = float(np.median(r)) if len(r) else float("nan")
+    for tm, rd in thresholds:
+        ok = (t_m < tm) & (r < rd) if strict else (t_m <= tm) & (r <= rd)
+        out[f"pct_{round(tm * 100)}cm_{round(rd)}deg"] = float(100.0 * np.mean(ok)) if len(t_m) else float("nan")
+
+    def med(x):
+        if not len(x):
+            return float("nan")
+        return float(np.sort(x)[len(x) // 2]) if median == "upper" else float(np.median(x))
+
+    out["median_t_cm"] = med(t_m) * 100
+    out["median_r_deg"] = med(r)
     return out
 
 
