@@ -121,7 +121,7 @@ def align(pairs: PairPredictions, config: AlignConfig | None = None) -> AlignRes
     cfg = config or AlignConfig()
     log = (lambda msg, *_: print(msg)) if cfg.verbose else None
     H, W = pairs.hw
-    n, E = pairs.n_images, pairs.n_edges
+    n = pairs.n_images
     t0 = time.perf_counter()
     if cfg.check_inputs:
         check_pairs(pairs, cfg.scene, cfg.frame_ids)
