@@ -160,3 +160,42 @@ def test_layouts_it_does_not_know_are_left_to_zarr(tmp_path):
     assert DirectShardReader.maybe(g.create_array("u", shape=(4, 2), dtype="f4", chunks=(1, 2))) is None
     two_rows = g.create_array("r", shape=(8, 2), dtype="f4", chunks=(2, 2), shards=(4, 2))
     assert DirectShardReader.maybe(two_rows) is None
+
+
+def make_cls(root: Path, compressors, store=None) -> zarr.Array:
+    """An unsharded [N, C] array chunked in whole shards of rows, like the CLS tokens."""
+    g = zarr.open_group(store if store is not None else str(root / "c.zarr"), mode="w")
+    arr = g.create_array("teachers/t/cls", shape=(ROWS, 6), dtype="float16", chunks=(SHARD, 6),
+                         compressors=compressors, fill_value=np.nan)
+    arr[:8] = (np.random.default_rng(1).standard_normal((8, 6)) * 10).astype("float16")  # chunk 2 never written
+    return arr
+
+
+@pytest.mark.parametrize("codec", list(CODECS))
+def test_chunk_reader_same_values_as_zarr(tmp_path, codec):
+    arr = make_cls(tmp_path, CODECS[codec])
+    r = direct.direct_reader(arr)
+    assert isinstance(r, direct.DirectChunkReader) and r.crc == codec.endswith("crc32c")
+    got = np.concatenate([r.read_shard(s) for s in range(3)])
+    assert got.shape == (ROWS, 6) and got.dtype == np.float16
+    np.testing.assert_array_equal(got, arr[:])  # the unwritten, short last chunk reads as fill
+    mem = make_cls(tmp_path, CODECS[codec], store=zarr.storage.MemoryStore())
+    np.testing.assert_array_equal(np.concatenate([direct.direct_reader(mem).read_shard(s) for s in range(3)]), mem[:])
+
+
+def test_chunk_reader_names_a_damaged_chunk(tmp_path):
+    arr = make_cls(tmp_path, [ZstdCodec(level=1), Crc32cCodec()])
+    flip(tmp_path / "c.zarr" / arr.path / "c" / "1" / "0", 5)
+    with pytest.raises(ChecksumError, match=r"teachers/t/cls: chunk 1: crc32c checksum mismatch"):
+        direct.direct_reader(arr).read_shard(1)
+    with pytest.raises(ValueError):  # zarr refuses the same bytes
+        arr[4:8]
+    np.testing.assert_array_equal(direct.direct_reader(arr).read_shard(0), arr[:4])
+
+
+def test_chunk_reader_leaves_other_layouts_to_zarr(tmp_path):
+    g = zarr.open_group(str(tmp_path / "o.zarr"), mode="w")
+    assert direct.direct_reader(g.create_array("b", shape=(8, 2), dtype="f4", chunks=(4, 2),
+                                               compressors=[BloscCodec(cname="lz4")])) is None
+    assert direct.direct_reader(g.create_array("cols", shape=(8, 4), dtype="f4", chunks=(4, 2))) is None
+    assert direct.direct_reader(g.create_array("s", shape=(4,), dtype=str, chunks=(2,))) is None

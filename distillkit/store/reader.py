@@ -31,7 +31,7 @@ from distillkit_schemas import Manifest, TeacherProvenance
 from distillkit_schemas.validate import read_manifest, read_provenance
 
 from distillkit.store.compact import Codec
-from distillkit.store.direct import DirectShardReader
+from distillkit.store.direct import direct_reader
 from distillkit.store.layout import open_group
 
 Split = Literal["train", "val", "all"]
@@ -48,6 +48,7 @@ class StoreSource:
         self.on_device = on_device  # read() returns the stored codes; the trainer decodes them on its device
         self.verify = verify  # crc32c of every row and shard index on the direct path (zarr always verifies)
         self.storage_options = storage_options or {}
+        self.remote = "://" in url and not url.startswith("file://")  # latency-bound: read shards concurrently
         try:
             group = open_group(url, "r", self.storage_options)
         except Exception as e:
@@ -90,7 +91,9 @@ class StoreSource:
         if self._arrays is None or self._pid != os.getpid():
             g = open_group(self.url, "r", self.storage_options)
             self._arrays = {n: g[n] for n in self.array_names(True)}
-            self._direct = {n: DirectShardReader.maybe(a, self.verify) for n, a in self._arrays.items()}
+            shard = self.manifest.shard_size
+            direct = {n: direct_reader(a, self.verify) for n, a in self._arrays.items()}
+            self._direct = {n: d if d is not None and d.rows_per_shard == shard else None for n, d in direct.items()}
             self._pid = os.getpid()
         return self._arrays
 
@@ -238,40 +241,39 @@ class ShardStream(IterableDataset):
         return order
 
     # ---- iteration ------------------------------------------------------------------------------------------
-    def _load_block(self, shards: list[int]) -> tuple[dict[int, int], dict[str, list[np.ndarray]]]:
-        """Read whole shards of every array (one call per shard and array, concurrently)."""
+    def _load_block(self, shards: list[int]) -> dict[str, dict[int, np.ndarray]]:
+        """Whole shards of every array ({name: {shard: rows}}), one call per shard and array. Remote stores are
+        read 8 calls at a time (latency-bound); local ones 2 (more threads only contend for the GIL and page faults)."""
         jobs = []
         for si, src in enumerate(self.sources):
             for name in src.array_names(self.with_image and si == 0):
                 for s in shards:
                     jobs.append((si, name, s))
-        with ThreadPoolExecutor(min(8, max(len(jobs), 1))) as pool:
+        threads = 8 if any(src.remote for src in self.sources) else 2
+        with ThreadPoolExecutor(min(threads, max(len(jobs), 1))) as pool:
             parts = list(pool.map(lambda j: self.sources[j[0]].read(
                 j[1], j[2] * self.shard_size, min((j[2] + 1) * self.shard_size, len(self.ids))), jobs))
-        data: dict[str, list[np.ndarray]] = {}
-        for (si, name, _), arr in zip(jobs, parts):
-            data.setdefault(name, []).append(arr)
-        position: dict[int, int] = {}
-        offset = 0
-        for s in shards:
-            start, stop = s * self.shard_size, min((s + 1) * self.shard_size, len(self.ids))
-            for r in range(start, stop):
-                position[r] = offset + r - start
-            offset += stop - start
-        return position, {n: np.concatenate(v) if len(v) > 1 else v[0] for n, v in data.items()}
+        data: dict[str, dict[int, np.ndarray]] = {}
+        for (_, name, s), arr in zip(jobs, parts):
+            data.setdefault(name, {})[s] = arr
+        return data
 
-    def _batch(self, rows: np.ndarray, blocks: list[tuple[dict[int, int], dict[str, np.ndarray]]],
-               worker: int, index: int) -> dict[str, Any]:
-        out: dict[str, Any] = {"ids": [str(self.ids[r]) for r in rows], "rows": torch.from_numpy(rows.copy()),
+    def _batch(self, rows: np.ndarray, blocks: list[dict[str, dict[int, np.ndarray]]], worker: int,
+               index: int) -> dict[str, Any]:
+        # a batch is a set: in row order each shard's rows form one run, gathered straight into the output
+        rows = np.sort(rows)
+        out: dict[str, Any] = {"ids": [str(self.ids[r]) for r in rows], "rows": torch.from_numpy(rows),
                                "worker": worker, "index": index}
-        names = list(blocks[0][1])
-        for name in names:
-            pieces = []
-            for pos, data in blocks:
-                sel = [pos[r] for r in rows if r in pos]
-                if sel:
-                    pieces.append(data[name][sel])
-            out[name] = torch.from_numpy(np.concatenate(pieces) if len(pieces) > 1 else pieces[0])
+        shard_of = rows // self.shard_size
+        cuts = [0, *(np.flatnonzero(np.diff(shard_of)) + 1).tolist(), len(rows)]
+        for name in blocks[0]:
+            by_shard = {s: a for block in blocks for s, a in block[name].items()}
+            like = by_shard[int(shard_of[0])]
+            res = np.empty((len(rows), *like.shape[1:]), like.dtype)
+            for a, b in zip(cuts[:-1], cuts[1:]):
+                s = int(shard_of[a])
+                np.take(by_shard[s], rows[a:b] - s * self.shard_size, axis=0, out=res[a:b])
+            out[name] = torch.from_numpy(res)
         return out
 
     def __iter__(self):

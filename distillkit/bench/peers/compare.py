@@ -73,26 +73,26 @@ def _batch_ids(loader, names: dict[str, str], limit: int | None = None) -> list[
     return out
 
 
-def _resume(make: Callable[..., Any], mod: Any, names: dict[str, str]) -> str:
+def _resume(make: Callable[..., Any], mod: Any, names: dict[str, str], cache: str) -> str:
     """Interrupt an epoch half-way, resume it with the loader's own mechanism, compare with the uninterrupted one.
 
     distillkit: a new loader at start_batch=k; LitData / MDS: the loader's state_dict() after k batches, loaded
-    into a new loader; WebDataset has no loader state."""
-    full = _batch_ids(make(7), names)
+    into a new loader on the same cache dir (as a restarted job would be); WebDataset has no loader state."""
+    full = _batch_ids(make(7, cache=cache), names)
     k = len(full) // 2
     if mod is None:
         rest = _batch_ids(make(7, start_batch=k), names)
     elif not hasattr(mod, "state"):
         return "no resume API: the epoch starts over"
     else:
-        first = make(7)
+        first = make(7, cache=cache)
         it = iter(first)
         for _ in range(k):
             next(it)
         saved = mod.state(first)
         del it, first
         gc.collect()  # MDS allows one live dataset per local dir
-        second = make(7)
+        second = make(7, cache=cache)
         mod.restore(second, saved)
         rest = _batch_ids(second, names)
     want, got = [i for b in full[k:] for i in b], [i for b in rest for i in b]
@@ -136,7 +136,7 @@ def bench_peers(store: str, peers: list[str], batch_size: int = 64, num_workers:
     def fresh_cache() -> str:
         return tempfile.mkdtemp(prefix="cache-", dir=tmp)
 
-    def ours(epoch: int, start_batch: int = 0):
+    def ours(epoch: int, start_batch: int = 0, cache: str | None = None):
         stream = ShardStream([StoreSource(store, None, storage_options)], batch_size, "all", seed=0,
                              shuffle_shards=shuffle_shards)
         return make_loader(stream, num_workers, epoch=epoch, start_batch=start_batch)
@@ -148,8 +148,8 @@ def bench_peers(store: str, peers: list[str], batch_size: int = 64, num_workers:
             t0 = time.perf_counter()
             info = mod.write(src, target)
             out[name] = {**info, "reads": CACHES[name], "write_s": time.perf_counter() - t0}
-            makers[name] = (lambda m, t: lambda e, start_batch=0: m.loader(t, fresh_cache(), batch_size, num_workers,
-                                                                         e, block))(mod, target)
+            makers[name] = (lambda m, t: lambda e, start_batch=0, cache=None: m.loader(
+                t, cache or fresh_cache(), batch_size, num_workers, e, block))(mod, target)
         runs: dict[str, list[dict]] = {k: [] for k in makers}
         for k, make in makers.items():  # warm-up: imports, worker start-up, the page cache (local stores)
             _epoch(lambda: make(0), names if k == "distillkit" else peer_names)
@@ -160,7 +160,8 @@ def bench_peers(store: str, peers: list[str], batch_size: int = 64, num_workers:
                     shutil.rmtree(d, ignore_errors=True)
         if resume:
             for k, make in makers.items():
-                out[k]["mid_epoch_resume"] = _resume(make, mods.get(k), names if k == "distillkit" else peer_names)
+                out[k]["mid_epoch_resume"] = _resume(make, mods.get(k), names if k == "distillkit" else peer_names,
+                                                     fresh_cache())
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         if remote and peers_dir is None:
