@@ -156,16 +156,9 @@ class DirectShardReader:
     def read_shard(self, s: int) -> np.ndarray:
         """All rows of shard s (the last shard may be short)."""
         rows = min(self.rows_per_shard, self.n - s * self.rows_per_shard)
-        try:
-            data = self._fetch(self._key(s))
-        except (OSError, ValueError):
-            raise
-        except Exception as e:  # noqa: BLE001 - zarr's sync bridge changed (a newer zarr): zarr reads the shard
-            _note(f"zarr {zarr.__version__}: fetch failed with {type(e).__name__}: {e}", self.path)
-            start = s * self.rows_per_shard
-            return self._arr[start:start + rows]
-        if data is None:
-            return np.full((rows, *self.row_shape), self.fill, self.out_dtype)
+        data, done = _fetch_object(self, s, rows)
+        if done is not None:
+            return done
         off, nb = self._index(s, data, rows)
         stride = self.row_bytes + (4 if self.row_crc else 0)
         if not self.zstd and (off != EMPTY).all() and (nb == stride).all() \
@@ -187,8 +180,22 @@ class DirectShardReader:
                 out[i] = raw.view(self.dtype).reshape(self.row_shape)
         return out
 
-    def _fetch(self, key: str) -> np.ndarray | None:
-        return _fetch(self._store, key)
+
+def _fetch_object(reader: "DirectShardReader | DirectChunkReader", s: int, rows: int
+                  ) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(the stored object of shard s, None) to parse; or (None, its rows) when there is nothing to parse: fill
+    values for an absent object, zarr's own read when the fetch fails in a way a newer zarr may cause."""
+    try:
+        data = _fetch(reader._store, reader._key(s))
+    except (OSError, ValueError):
+        raise
+    except Exception as e:  # noqa: BLE001 - zarr's sync bridge changed (a newer zarr): zarr reads the shard
+        _note(f"zarr {zarr.__version__}: fetch failed with {type(e).__name__}: {e}", reader.path)
+        start = s * reader.rows_per_shard
+        return None, reader._arr[start:start + rows]
+    if data is None:
+        return None, np.full((rows, *reader.row_shape), reader.fill, reader.out_dtype)
+    return data, None
 
 
 def _fetch(store: Any, key: str) -> np.ndarray | None:
@@ -242,16 +249,9 @@ class DirectChunkReader:
     def read_shard(self, s: int) -> np.ndarray:
         """All rows of chunk s (the last one may be short: zarr stores edge chunks at full size)."""
         rows = min(self.rows_per_shard, self.n - s * self.rows_per_shard)
-        try:
-            data = _fetch(self._store, self._key(s))
-        except (OSError, ValueError):
-            raise
-        except Exception as e:  # noqa: BLE001 - zarr's sync bridge changed (a newer zarr): zarr reads the chunk
-            _note(f"zarr {zarr.__version__}: fetch failed with {type(e).__name__}: {e}", self.path)
-            start = s * self.rows_per_shard
-            return self._arr[start:start + rows]
-        if data is None:
-            return np.full((rows, *self.row_shape), self.fill, self.out_dtype)
+        data, done = _fetch_object(self, s, rows)
+        if done is not None:
+            return done
         if self.crc:
             if self.verify and _crc(data[:-4]) != _stored(data):
                 raise ChecksumError(f"{self.path}: chunk {s}: crc32c checksum mismatch (stored {_stored(data):#010x}, "
