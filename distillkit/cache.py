@@ -32,7 +32,7 @@ from distillkit.sources.images import split_of
 from distillkit.store import growth, layout, stats
 from distillkit.store.compact import Codec
 from distillkit.store.lease import Lease
-from distillkit.store.writer import AsyncShardWriter, ShardResult, StoreFull, TeacherShard
+from distillkit.store.writer import AsyncShardWriter, ShardResult, StoreFull, TeacherShard, remove_metadata_debris
 from distillkit.teachers import Teacher, load_teacher
 from distillkit.sources.views import view_seed
 
@@ -101,6 +101,8 @@ def prepare_store(cfg: CacheConfig) -> Prepared:
     group = layout.try_open(cfg.store, cfg.storage_options)
     changes = None
     if group is not None and layout.MANIFEST_ATTR in group.attrs:
+        if cfg.shards is None:  # a whole-store run holds the lease: no other process writes metadata now
+            remove_metadata_debris(group)
         manifest = layout.check_compatible(group, want, provs, cfg.store)
         manifest, changes = _grow(group, manifest, provs, plan, cfg)
     else:

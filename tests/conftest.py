@@ -72,6 +72,13 @@ def cached_store(photos, tmp_path_factory) -> Path:
     return store
 
 
+def assert_same_files(want: dict[str, bytes], got: dict[str, bytes]) -> None:
+    """Byte equality of two stores' objects, failing with the paths that differ (never a dump of the bytes)."""
+    missing, extra = sorted(want.keys() - got.keys()), sorted(got.keys() - want.keys())
+    differ = sorted(k for k in want.keys() & got.keys() if want[k] != got[k])
+    assert not (missing or extra or differ), f"missing {missing}, extra {extra}, different bytes {differ}"
+
+
 def read_all(store: Path) -> dict[str, np.ndarray]:
     """Every array of a store, by path (for byte-equality checks)."""
     import zarr

@@ -14,7 +14,7 @@ import zarr
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import REPO, TINY_TEACHER, read_all
+from conftest import REPO, TINY_TEACHER, assert_same_files, read_all
 from test_resume import _kill_when
 
 from distillkit.cli import app
@@ -91,7 +91,8 @@ def test_append_adds_new_shards_and_leaves_old_ones_untouched(grown):
     assert m["source_fingerprint"] == m_once["source_fingerprint"]
     # a re-run over the same source is a no-op
     res = runner.invoke(app, _cache_args(grown["src"], grown["store"], grown["cfg"]))
-    assert "nothing to do" in res.output and _data_files(grown["store"]) == after
+    assert "nothing to do" in res.output
+    assert_same_files(after, _data_files(grown["store"]))
 
 
 def test_appended_features_match_a_store_cached_in_one_go(grown):
@@ -137,6 +138,20 @@ def test_removed_files_are_reported_kept_or_pruned(grown, tmp_path):
     assert g.attrs["distillkit"]["version"] == 3 and g.attrs["distillkit"]["n_valid"] == 10
     assert runner.invoke(app, ["validate", str(store)]).exit_code == 0
     assert "astronaut.png" not in [i for b in ShardStream([StoreSource(str(store))], 4, "all") for i in b["ids"]]
+
+
+def test_a_rerun_removes_metadata_temp_files_a_killed_run_left(grown, tmp_path):
+    """zarr writes zarr.json through a temp file + rename: a SIGKILL while an append grows the arrays leaves one."""
+    store = tmp_path / "debris.zarr"
+    shutil.copytree(grown["store"], store)
+    debris = [store / "samples/error/zarr.0123abcd.partial", store / "zarr.4567cdef.partial"]
+    for d in debris:
+        d.write_text('{"zarr_format": 3')
+    before = _data_files(store)
+    res = runner.invoke(app, _cache_args(grown["src"], store, grown["cfg"]))
+    assert res.exit_code == 0 and "nothing to do" in res.output, res.output
+    assert not any(d.exists() for d in debris)
+    assert_same_files({k: v for k, v in before.items() if not k.endswith(".partial")}, _data_files(store))
 
 
 def test_append_refuses_another_teacher_configuration(grown, tmp_path):
@@ -188,4 +203,4 @@ def test_sigkilled_append_rerun_is_byte_identical(grown, tmp_path, moment):
     assert ref.keys() == got.keys()
     for k in ref:
         np.testing.assert_array_equal(ref[k], got[k], err_msg=k)
-    assert _data_files(grown["store"]) == _data_files(store)
+    assert_same_files(_data_files(grown["store"]), _data_files(store))

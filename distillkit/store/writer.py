@@ -93,17 +93,32 @@ def remove_debris(group: zarr.Group, shard: int) -> None:
             debris.unlink(missing_ok=True)
 
 
-def _chunk_dirs(root: Path) -> list[Path]:
-    """The `c/` folder of every array, found by walking the metadata tree only (never the chunk folders)."""
+def remove_metadata_debris(group: zarr.Group) -> int:
+    """Delete the temp files (`zarr.*.partial`) of metadata writes a killed run left (growing an array rewrites
+    its zarr.json). Only a run holding the store's lease may call this: nobody else writes metadata meanwhile."""
+    if not isinstance(group.store, LocalStore):
+        return 0
+    removed = 0
+    for node in _metadata_dirs(Path(group.store.root)):
+        for debris in node.glob("zarr.*.partial"):
+            debris.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def _metadata_dirs(root: Path) -> list[Path]:
+    """Every group and array folder, found by walking the metadata tree only (never the chunk folders)."""
     out, todo = [], [root]
     while todo:
         node = todo.pop()
-        for child in node.iterdir():
-            if child.name == "c" and child.is_dir():
-                out.append(child)
-            elif child.is_dir() and (child / "zarr.json").exists():
-                todo.append(child)
+        out.append(node)
+        todo.extend(c for c in node.iterdir() if c.name != "c" and c.is_dir() and (c / "zarr.json").exists())
     return out
+
+
+def _chunk_dirs(root: Path) -> list[Path]:
+    """The `c/` folder of every array."""
+    return [node / "c" for node in _metadata_dirs(root) if (node / "c").is_dir()]
 
 
 class _GroupView:
