@@ -193,8 +193,8 @@ def test_sigkilled_append_rerun_is_byte_identical(grown, tmp_path, moment):
     shutil.copytree(grown["root"] / "v1.zarr", store)
     cmd = [*_cli(), *_cache_args(grown["src"], store, grown["cfg"])]
     condition = (lambda: _intent(store)) if moment == "growing" else (lambda: _new_done(store) >= 1)
-    _kill_when(cmd, store, condition)
-    assert _intent(store), "the append finished before it was killed: nothing was tested"
+    ended = _kill_when(cmd, store, condition)
+    assert not ended and _intent(store), f"the append was not killed, nothing was tested: {ended}"
     mid = StoreSource(str(store))  # a reader opened while the append is unfinished serves version 1
     assert mid.manifest.version == 1 and len(mid.ids) == 5
     rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)

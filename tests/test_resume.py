@@ -50,18 +50,24 @@ def setup(photos, tmp_path_factory):
     return root, cfg, reference
 
 
-def _kill_when(cmd: list[str], store: Path, condition, timeout: float = 120.0) -> None:
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            if condition():
-                break
-            time.sleep(0.01)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+def _kill_when(cmd: list[str], store: Path, condition, timeout: float = 120.0) -> str:
+    """SIGKILL the run once `condition()` holds. Returns "" if it was killed, else how it ended by itself (for the
+    caller's assertion message: a run that ended first tested nothing)."""
+    log = store.parent / f"{store.name}.stderr"
+    with open(log, "wb") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline and proc.poll() is None:
+                if condition():
+                    break
+                time.sleep(0.01)
+        finally:
+            alive = proc.poll() is None
+            if alive:
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return "" if alive else f"exit code {proc.returncode}; stderr ends: {log.read_text()[-1500:]}"
 
 
 @pytest.mark.parametrize("moment", ["during_creation", "after_first_shard", "mid_run"])
@@ -75,9 +81,9 @@ def test_sigkill_then_rerun_gives_identical_store(setup, photos, moment):
         condition = lambda: _done(store) >= 1  # noqa: E731
     else:
         condition = lambda: _done(store) >= 3  # noqa: E731
-    _kill_when(cmd, store, condition)
+    ended = _kill_when(cmd, store, condition)
     done_at_kill = _done(store)
-    assert done_at_kill < 6, "the run finished before it could be killed; the test did not test anything"
+    assert not ended and done_at_kill < 6, f"the run was not killed, the test tested nothing: {ended}"
     rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     ref, got = read_all(reference), read_all(store)

@@ -24,6 +24,7 @@ from numcodecs import Zstd
 from zarr.storage import LocalStore
 
 try:  # zarr-python's event-loop bridge is internal (zarr.core): present in 3.1-3.4, guarded for later releases
+    from zarr.abc.store import OffsetByteRequest
     from zarr.buffer import default_buffer_prototype
     from zarr.core.sync import sync as _sync
 except ImportError:  # pragma: no cover - depends on the installed zarr
@@ -210,7 +211,8 @@ def _fetch(store: Any, key: str) -> np.ndarray | None:
             return data
         except FileNotFoundError:
             return None
-    buf: Any = _sync(store.get(key, prototype=default_buffer_prototype()))
+    # a ranged read ("bytes=0-"): s3fs asks for the size first (one more round trip) before a whole-object GET
+    buf: Any = _sync(store.get(key, prototype=default_buffer_prototype(), byte_range=OffsetByteRequest(0)))
     return None if buf is None else buf.as_numpy_array()
 
 
