@@ -29,7 +29,7 @@ from distillkit.config.cache import CacheConfig
 from distillkit.config.common import safe_url
 from distillkit.sources import SampleRef, list_source, source_fingerprint
 from distillkit.sources.images import split_of
-from distillkit.store import growth, layout, stats
+from distillkit.store import growth, layout, sample_index, stats
 from distillkit.store.compact import Codec
 from distillkit.store.lease import Lease
 from distillkit.store.writer import AsyncShardWriter, ShardResult, StoreFull, TeacherShard, remove_metadata_debris
@@ -282,6 +282,11 @@ def finalize_store(cfg: CacheConfig | str, storage_options: dict | None = None) 
         log.info("store %s: %d/%d shards done; not finalizing yet", url, int(done.sum()), len(done))
         return {"status": "in_progress", "missing_shards": missing.tolist()}
     if manifest.status == "complete":
+        if manifest.sample_index is None:  # finalized before the index existed: add it (same version)
+            manifest.sample_index = _write_index(group, manifest)
+            group.attrs[layout.MANIFEST_ATTR] = manifest.model_dump(mode="json")
+            _consolidate(group)
+            log.info("store %s: sample index %s added", url, manifest.sample_index)
         return {"status": "complete", "changed": False, **_counts(manifest)}
     valid = group["samples/valid"][:]
     merge_statistics(group, manifest)
@@ -290,13 +295,24 @@ def finalize_store(cfg: CacheConfig | str, storage_options: dict | None = None) 
     manifest.n_valid = int(valid.sum())
     manifest.n_rejected = int((~growth.is_padding(group["samples/id"][:]) & (valid == 0)).sum())
     manifest.version += 1
+    manifest.sample_index = _write_index(group, manifest)
     # one root update: the new version becomes visible and the append ends at the same moment
     group.attrs.update({layout.MANIFEST_ATTR: manifest.model_dump(mode="json"), growth.APPEND_ATTR: None})
+    sample_index.drop_old(group, manifest.version)
+    _consolidate(group)
+    log.info("store %s complete: %d valid, %d rejected", url, manifest.n_valid, manifest.n_rejected)
+    return {"status": "complete", "changed": True, **_counts(manifest)}
+
+
+def _write_index(group: zarr.Group, manifest: Manifest) -> str:
+    n = manifest.n_samples
+    return sample_index.write(group, manifest, {k: group[f"samples/{k}"][:n] for k in ("id", "valid", "split")})
+
+
+def _consolidate(group: zarr.Group) -> None:
     with warnings.catch_warnings():  # zarr: consolidated metadata is an extension of the v3 spec
         warnings.simplefilter("ignore")
         zarr.consolidate_metadata(group.store)
-    log.info("store %s complete: %d valid, %d rejected", url, manifest.n_valid, manifest.n_rejected)
-    return {"status": "complete", "changed": True, **_counts(manifest)}
 
 
 def merge_statistics(group: zarr.Group, manifest: Manifest) -> None:

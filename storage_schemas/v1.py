@@ -20,6 +20,9 @@ Layout (N samples, S samples per shard, n = ceil(N / S) shards)::
     teachers/<t>/stats/shard_{count,patch_mean,patch_m2,cls_mean,cls_m2}  per shard, chunk 1 shard  (shard, ...)
     teachers/<t>/stats/{patch_mean,patch_std,cls_mean,cls_std} [C] float32, count [] int64   written by finalize
     progress/shard_done [n]      uint8    chunk 1    (shard,)             1 once the shard's data is written (LAST)
+    index/v<version>/{id,valid,split} [N]  chunk 2^20  (sample,)   the sample table of that version in a few objects,
+                                 written by finalize (manifest.sample_index names it): readers open a store of
+                                 millions of samples with a handful of requests instead of 3 per shard
 
 Every array a shard writer touches is chunked so that one shard maps to whole chunks/shards of its own: no two
 writers ever share an object.
@@ -120,6 +123,8 @@ class Manifest(BaseModel):
     n_valid: int | None = None
     n_rejected: int | None = None
     version: int = Field(default=0, description="bumped every time the store's content is finalized anew")
+    sample_index: str | None = Field(default=None, description="group holding this version's sample table in "
+                                     "large chunks (index/v<version>), written by finalize; None: read samples/")
 
     @field_validator("teachers")
     @classmethod
@@ -208,3 +213,16 @@ def expected_arrays(manifest: Manifest, teachers: dict[str, TeacherProvenance]) 
     specs.append(ArraySpec(path="progress/shard_done", shape=(k,), dtype="uint8", dims=("shard",), chunks=(1,),
                            written_by="shard"))
     return specs
+
+
+INDEX_ROWS = 1 << 20  # rows per chunk of the sample index: 21 objects per array for DUNE's 20.7 M images
+INDEX_ARRAYS = {"id": "str", "valid": "uint8", "split": "uint8"}
+
+
+def index_arrays(manifest: Manifest) -> list[ArraySpec]:
+    """The sample index of the manifest's version (none before the first finalize)."""
+    if manifest.sample_index is None:
+        return []
+    n = manifest.n_samples
+    return [ArraySpec(path=f"{manifest.sample_index}/{k}", shape=(n,), dtype=dt, dims=("sample",),
+                      chunks=(min(n, INDEX_ROWS),), written_by="finalize") for k, dt in INDEX_ARRAYS.items()]

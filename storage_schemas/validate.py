@@ -6,7 +6,7 @@ import zarr
 
 from .arrays import Problem, check_array
 from .attrs import read_attr_model, read_node_attr_model
-from .v1 import MANIFEST_ATTR, PROVENANCE_ATTR, Manifest, TeacherProvenance, expected_arrays
+from .v1 import MANIFEST_ATTR, PROVENANCE_ATTR, Manifest, TeacherProvenance, expected_arrays, index_arrays
 
 
 def read_manifest(group: zarr.Group) -> Manifest:
@@ -34,6 +34,6 @@ def validate_feature_structure(group: zarr.Group) -> tuple[Manifest | None, dict
             problems.append(Problem(f"teachers/{t}", str(e)))
     if problems:
         return manifest, provs, problems
-    for spec in expected_arrays(manifest, provs):
+    for spec in expected_arrays(manifest, provs) + index_arrays(manifest):
         problems += check_array(group, spec)
     return manifest, provs, problems

@@ -136,6 +136,10 @@ def test_removed_files_are_reported_kept_or_pruned(grown, tmp_path):
     row = g["samples/id"][:].tolist().index("astronaut.png")
     assert g["samples/valid"][row] == 0 and str(g["samples/error"][row]).startswith("pruned")
     assert g.attrs["distillkit"]["version"] == 3 and g.attrs["distillkit"]["n_valid"] == 10
+    # the sample index of this version and of the previous one (a reader may be opening it); older ones go
+    assert g.attrs["distillkit"]["sample_index"] == "index/v3" and sorted(n for n, _ in g["index"].groups()) == [
+        "v2", "v3"]
+    assert g["index/v3/valid"][row] == 0 and g["index/v2/valid"][row] == 1
     assert runner.invoke(app, ["validate", str(store)]).exit_code == 0
     assert "astronaut.png" not in [i for b in ShardStream([StoreSource(str(store))], 4, "all") for i in b["ids"]]
 

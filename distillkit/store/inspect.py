@@ -14,6 +14,7 @@ from distillkit_schemas.validate import read_manifest, read_provenance
 
 from distillkit.store.arrays import array_row
 from distillkit.store.compact import storage_summary
+from distillkit.store import sample_index
 from distillkit.store.growth import PRUNED, is_padding
 
 
@@ -110,6 +111,7 @@ def validate_features(group, progress: Callable[[int, int], None] | None = None)
                 path = f"teachers/{t}/stats/{name}"
                 if not np.isfinite(group[path][:]).all():
                     problems.append(Problem(path, "statistics are not finite"))
+        problems += sample_index.check(group, manifest)
         if manifest.n_valid is not None and manifest.n_valid != int(valid.sum()):
             problems.append(Problem("/", f"manifest n_valid={manifest.n_valid} but samples/valid has "
                                          f"{int(valid.sum())}"))

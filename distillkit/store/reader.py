@@ -31,6 +31,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from distillkit_schemas import Manifest, TeacherProvenance
 from distillkit_schemas.validate import read_manifest, read_provenance
 
+from distillkit.store import sample_index
 from distillkit.store.compact import Codec
 from distillkit.store.direct import direct_reader
 from distillkit.store.layout import open_group
@@ -72,8 +73,12 @@ class StoreSource:
             self.provenance = {t: p.model_copy(update={"embed_dim": self.codecs[t].storage.pca_k})
                                for t, p in self.provenance.items()}
         n = self.manifest.n_samples  # the version the manifest describes: rows an append is writing are not served
-        with ThreadPoolExecutor(3) as pool:  # remote: one round trip for the sample table, not three
-            ids, valid, split = pool.map(lambda k: group[f"samples/{k}"][:n], ("id", "valid", "split"))
+        table = sample_index.read(group, self.manifest)  # a few objects, not 3 per shard
+        if table is None:
+            with ThreadPoolExecutor(3) as pool:  # remote: one round trip for the sample table, not three
+                table = dict(zip(("id", "valid", "split"),
+                                 pool.map(lambda k: group[f"samples/{k}"][:n], ("id", "valid", "split"))))
+        ids, valid, split = table["id"], table["valid"], table["split"]
         self.ids = np.array(ids.tolist(), dtype=object)
         self.valid = valid.astype(bool)
         self.split = split

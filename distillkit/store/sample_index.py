@@ -1,0 +1,89 @@
+"""The sample index: one version's sample table (id, valid, split) in a few large chunks, written by finalize.
+
+samples/* is chunked one shard per object so that shard writers never share one; a reader that needs the whole
+table would then fetch 3 objects per shard (a million requests for a DUNE-size store on S3). finalize, which runs
+alone under the store's lease, writes the same columns into `index/v<version>/` in chunks of 2^20 rows and names the
+group in the manifest. The index of the previous version is kept (a reader may be opening it right now); older ones
+are deleted.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import zarr
+from zarr.codecs import Crc32cCodec, ZstdCodec
+
+from distillkit_schemas import Manifest, Problem
+from distillkit_schemas.v1 import INDEX_ARRAYS, INDEX_ROWS, index_arrays
+
+log = logging.getLogger("distillkit")
+
+ROOT = "index"
+
+
+def write(group: zarr.Group, manifest: Manifest, columns: dict[str, np.ndarray]) -> str:
+    """Write the index of `manifest.version` (idempotent: a killed finalize writes it again) and return its path."""
+    path = f"{ROOT}/v{manifest.version}"
+    n = manifest.n_samples
+    for spec in index_arrays(manifest.model_copy(update={"sample_index": path})):
+        key = spec.path.rsplit("/", 1)[-1]
+        values = columns[key]
+        if len(values) != n:
+            raise ValueError(f"sample index column {key}: {len(values)} rows for a store of {n} samples")
+        arr = group.create_array(spec.path, shape=spec.shape, dtype=str if spec.dtype == "str" else spec.dtype,
+                                 chunks=spec.chunks, fill_value="" if spec.dtype == "str" else 0,
+                                 compressors=[ZstdCodec(level=3), Crc32cCodec()], dimension_names=spec.dims,
+                                 overwrite=True, config={"write_empty_chunks": True})
+        arr[:] = _as_str(values) if spec.dtype == "str" else np.asarray(values, spec.dtype)
+    return path
+
+
+def _as_str(values) -> np.ndarray:
+    """Any column as numpy str (zarr returns numpy's StringDType for strings, which does not cast to str)."""
+    return np.array(np.asarray(values).tolist(), dtype=object).astype(str)
+
+
+def drop_old(group: zarr.Group, version: int) -> list[str]:
+    """Delete the indexes older than the previous version's."""
+    if ROOT not in group:
+        return []
+    dropped = []
+    for name, _ in list(group[ROOT].groups()):
+        if name.startswith("v") and name[1:].isdigit() and int(name[1:]) < version - 1:
+            del group[f"{ROOT}/{name}"]
+            dropped.append(name)
+    return dropped
+
+
+def read(group: zarr.Group, manifest: Manifest) -> dict[str, np.ndarray] | None:
+    """The index columns of the manifest's version, fetched concurrently; None for a store without one."""
+    if manifest.sample_index is None:
+        return None
+    n = manifest.n_samples
+    try:
+        arrays = {k: group[f"{manifest.sample_index}/{k}"] for k in INDEX_ARRAYS}
+    except KeyError:
+        log.warning("sample index %s named by the manifest is missing; reading samples/ instead",
+                    manifest.sample_index)
+        return None
+    with ThreadPoolExecutor(len(arrays)) as pool:
+        return dict(zip(arrays, pool.map(lambda a: a[:n], arrays.values())))
+
+
+def check(group: zarr.Group, manifest: Manifest) -> list[Problem]:
+    """The index holds exactly what samples/ holds (validate)."""
+    table = read(group, manifest)
+    if table is None:
+        return []
+    out = []
+    for k, values in table.items():
+        got, want = _as_str(values), _as_str(group[f"samples/{k}"][: manifest.n_samples])
+        rows = np.flatnonzero(got != want) if got.shape == want.shape else np.arange(len(got))
+        if len(rows):
+            out.append(Problem(f"{manifest.sample_index}/{k}", f"differs from samples/{k} at rows {rows[:5].tolist()}"))
+    return out
+
+__all__ = ["INDEX_ROWS", "check", "drop_old", "read", "write"]
