@@ -14,6 +14,7 @@ fetch from a non-local store: that needs zarr's sync bridge, imported under a gu
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 from typing import Any
 
@@ -202,13 +203,14 @@ def _fetch_object(reader: "DirectShardReader | DirectChunkReader", s: int, rows:
 def _fetch(store: Any, key: str) -> np.ndarray | None:
     """One object of the store as a uint8 array (None if absent)."""
     if isinstance(store, LocalStore):
-        # numpy-allocated buffer + readinto: a fresh `bytes` of 50 MB costs ~4x more in page faults here
+        # mapped, not read: rows are then copied once, from the page cache straight into the batch. Safe because
+        # every object is replaced by rename (zarr's atomic writes): a mapping keeps the version it opened
         path = os.path.join(str(store.root), key)
         try:
             with open(path, "rb") as f:
-                data = np.empty(os.fstat(f.fileno()).st_size, np.uint8)
-                f.readinto(memoryview(data))
-            return data
+                size = os.fstat(f.fileno()).st_size
+                return np.empty(0, np.uint8) if size == 0 else np.frombuffer(
+                    mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ), np.uint8)
         except FileNotFoundError:
             return None
     # a ranged read ("bytes=0-"): s3fs asks for the size first (one more round trip) before a whole-object GET

@@ -290,11 +290,12 @@ class ShardStream(IterableDataset):
         for name in blocks[0]:
             by_shard = {s: a for block in blocks for s, a in block[name].items()}
             like = by_shard[int(shard_of[0])]
-            res = np.empty((len(rows), *like.shape[1:]), like.dtype)
+            tensor = _batch_tensor((len(rows), *like.shape[1:]), like.dtype)
+            res = tensor.numpy()
             for a, b in zip(cuts[:-1], cuts[1:]):
                 s = int(shard_of[a])
                 _gather(by_shard[s], rows[a:b] - s * self.shard_size, res[a:b])
-            out[name] = torch.from_numpy(res)
+            out[name] = tensor
         return out
 
     def __iter__(self):
@@ -325,6 +326,16 @@ class ShardStream(IterableDataset):
                 if nxt < len(plan) and nxt not in loaded:
                     loaded[nxt] = prefetcher.submit(self._load_block, plan[nxt][0])
                 yield self._batch(rows, [loaded[b].result() for b in need], worker, bi)
+
+
+def _batch_tensor(shape: tuple[int, ...], dtype: np.dtype) -> torch.Tensor:
+    """An uninitialised batch tensor; in a DataLoader worker, in shared memory, as torch's own collate does: the
+    batch then reaches the main process without the extra copy into shared memory that pickling it would make."""
+    dt = torch.from_numpy(np.empty(0, dtype)).dtype
+    if get_worker_info() is None:
+        return torch.empty(shape, dtype=dt)
+    storage = torch.empty(0, dtype=dt)._typed_storage()._new_shared(math.prod(shape))
+    return torch.empty(0, dtype=dt).set_(storage).view(shape)
 
 
 def _gather(src: np.ndarray, idx: np.ndarray, out: np.ndarray) -> None:
