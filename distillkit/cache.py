@@ -283,7 +283,7 @@ def finalize_store(cfg: CacheConfig | str, storage_options: dict | None = None) 
         return {"status": "in_progress", "missing_shards": missing.tolist()}
     if manifest.status == "complete":
         if manifest.sample_index is None:  # finalized before the index existed: add it (same version)
-            manifest.sample_index = _write_index(group, manifest)
+            manifest.sample_index = write_sample_index(group, manifest)
             group.attrs[layout.MANIFEST_ATTR] = manifest.model_dump(mode="json")
             _consolidate(group)
             log.info("store %s: sample index %s added", url, manifest.sample_index)
@@ -295,7 +295,7 @@ def finalize_store(cfg: CacheConfig | str, storage_options: dict | None = None) 
     manifest.n_valid = int(valid.sum())
     manifest.n_rejected = int((~growth.is_padding(group["samples/id"][:]) & (valid == 0)).sum())
     manifest.version += 1
-    manifest.sample_index = _write_index(group, manifest)
+    manifest.sample_index = write_sample_index(group, manifest)
     # one root update: the new version becomes visible and the append ends at the same moment
     group.attrs.update({layout.MANIFEST_ATTR: manifest.model_dump(mode="json"), growth.APPEND_ATTR: None})
     sample_index.drop_old(group, manifest.version)
@@ -304,7 +304,8 @@ def finalize_store(cfg: CacheConfig | str, storage_options: dict | None = None) 
     return {"status": "complete", "changed": True, **_counts(manifest)}
 
 
-def _write_index(group: zarr.Group, manifest: Manifest) -> str:
+def write_sample_index(group: zarr.Group, manifest: Manifest) -> str:
+    """The index of the manifest's version, from samples/ (finalize; repair rewrites it)."""
     n = manifest.n_samples
     return sample_index.write(group, manifest, {k: group[f"samples/{k}"][:n] for k in ("id", "valid", "split")})
 

@@ -10,7 +10,8 @@ import zarr
 
 from distillkit_schemas import Manifest
 
-from distillkit.cache import Plan, cache_shards, finalize_store, merge_statistics, plan_samples, prepare_store
+from distillkit.cache import (Plan, cache_shards, finalize_store, merge_statistics, plan_samples, prepare_store,
+                              write_sample_index)
 from distillkit.config.cache import CacheConfig
 from distillkit.store import layout
 from distillkit.store.integrity import deep_check, delete_shard_object
@@ -47,6 +48,8 @@ def _repair(cfg: CacheConfig, show_progress: bool) -> dict:
         result = {"shards": 0, "samples": 0, "rejected": []}
     if damage:
         merge_statistics(prepared.group, prepared.manifest)
+        if prepared.manifest.sample_index is not None:  # the same version's index, rewritten from samples/
+            write_sample_index(prepared.group, prepared.manifest)
     result.update(repaired_shards=shards, damaged_arrays=sorted({d.array for d in damage}),
                   nothing_to_do=not damage, finalize=finalize_store(cfg), store=cfg.store,
                   wall_s=time.perf_counter() - t0)

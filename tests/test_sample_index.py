@@ -89,3 +89,22 @@ def test_a_rerun_adds_the_index_to_a_store_finalized_without_one(one_row_shards,
     assert m["sample_index"] == "index/v1" and m["version"] == 1  # the same version, now with its index
     assert g["index/v1/id"][:].tolist() == g["samples/id"][:].tolist()
     assert runner.invoke(app, ["validate", str(old)]).exit_code == 0
+
+
+def test_a_damaged_index_is_found_by_validate_deep_and_rewritten_by_repair(one_row_shards, photos, tmp_path):
+    from distillkit.repair import repair_store
+
+    store = tmp_path / "flipped.zarr"
+    shutil.copytree(one_row_shards, store)
+    chunk = store / "index/v1/valid/c/0"
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    chunk.write_bytes(bytes(data))
+    res = runner.invoke(app, ["validate", str(store), "--deep"])
+    assert res.exit_code != 0 and "index/v1/valid" in res.output, res.output
+    # a reader is not stopped by it: samples/ (the table the index copies) serves instead
+    np.testing.assert_array_equal(StoreSource(str(store)).valid, StoreSource(str(one_row_shards)).valid)
+    out = repair_store(tiny_cache_config(photos, store, shard_size=1, batch_size=1), show_progress=False)
+    assert out["damaged_arrays"] == ["index/v1/valid"] and out["repaired_shards"] == []
+    assert chunk.read_bytes() == (one_row_shards / "index/v1/valid/c/0").read_bytes()
+    assert runner.invoke(app, ["validate", str(store), "--deep"]).exit_code == 0

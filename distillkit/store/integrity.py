@@ -17,7 +17,7 @@ import zarr
 from zarr.storage import LocalStore
 
 from distillkit_schemas import Problem, expected_arrays, validate_feature_structure
-from distillkit_schemas.v1 import Manifest
+from distillkit_schemas.v1 import Manifest, index_arrays
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,8 @@ def deep_check(group: zarr.Group, progress: Callable[[int, int], None] | None = 
                 damage.append(Damage(path, s, (), d.error))
         if progress:
             progress(s + 1, k)
-    finalize_written = [sp.path for sp in expected_arrays(manifest, provs) if sp.written_by == "finalize"]
+    finalize_written = [sp.path for sp in expected_arrays(manifest, provs) + index_arrays(manifest)
+                        if sp.written_by == "finalize"]
     for path in finalize_written:
         try:
             group[path][...]

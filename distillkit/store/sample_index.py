@@ -58,26 +58,35 @@ def drop_old(group: zarr.Group, version: int) -> list[str]:
     return dropped
 
 
-def read(group: zarr.Group, manifest: Manifest) -> dict[str, np.ndarray] | None:
-    """The index columns of the manifest's version, fetched concurrently; None for a store without one."""
-    if manifest.sample_index is None:
-        return None
+def _columns(group: zarr.Group, manifest: Manifest) -> dict[str, np.ndarray]:
+    """The index columns, fetched concurrently (KeyError: missing; ValueError: damaged, e.g. a checksum)."""
     n = manifest.n_samples
-    try:
-        arrays = {k: group[f"{manifest.sample_index}/{k}"] for k in INDEX_ARRAYS}
-    except KeyError:
-        log.warning("sample index %s named by the manifest is missing; reading samples/ instead",
-                    manifest.sample_index)
-        return None
+    arrays = {k: group[f"{manifest.sample_index}/{k}"] for k in INDEX_ARRAYS}
     with ThreadPoolExecutor(len(arrays)) as pool:
         return dict(zip(arrays, pool.map(lambda a: a[:n], arrays.values())))
 
 
+def read(group: zarr.Group, manifest: Manifest) -> dict[str, np.ndarray] | None:
+    """The index of the manifest's version; None without one, or if it is unreadable (then samples/ serves)."""
+    if manifest.sample_index is None:
+        return None
+    try:
+        return _columns(group, manifest)
+    except (KeyError, ValueError) as e:
+        log.warning("sample index %s unreadable (%s: %s); reading samples/ instead. `distillkit validate --deep` "
+                    "names the damage, `distillkit cache --repair` rewrites the index", manifest.sample_index,
+                    type(e).__name__, e)
+        return None
+
+
 def check(group: zarr.Group, manifest: Manifest) -> list[Problem]:
     """The index holds exactly what samples/ holds (validate)."""
-    table = read(group, manifest)
-    if table is None:
+    if manifest.sample_index is None:
         return []
+    try:
+        table = _columns(group, manifest)
+    except (KeyError, ValueError) as e:
+        return [Problem(manifest.sample_index, f"unreadable: {type(e).__name__}: {str(e).split('.')[0]}")]
     out = []
     for k, values in table.items():
         got, want = _as_str(values), _as_str(group[f"samples/{k}"][: manifest.n_samples])
