@@ -113,7 +113,8 @@ class StoreSource:
         self._arrays, self._pid = arrays, os.getpid()
 
     def read(self, name: str, start: int, stop: int) -> np.ndarray:
-        """Rows [start, stop); a whole shard goes through the direct reader when the layout allows."""
+        """Rows [start, stop); a whole shard goes through the direct reader when the layout allows (then possibly a
+        read-only view of the mapped shard file: copy before writing into it)."""
         arr = self._open()[name]
         direct = self._direct.get(name)
         shard = self.manifest.shard_size
@@ -334,7 +335,10 @@ def _batch_tensor(shape: tuple[int, ...], dtype: np.dtype) -> torch.Tensor:
     dt = torch.from_numpy(np.empty(0, dtype)).dtype
     if get_worker_info() is None:
         return torch.empty(shape, dtype=dt)
-    storage = torch.empty(0, dtype=dt)._typed_storage()._new_shared(math.prod(shape))
+    try:  # the private call torch's collate itself uses (torch/utils/data/_utils/collate.py)
+        storage = torch.empty(0, dtype=dt)._typed_storage()._new_shared(math.prod(shape))
+    except AttributeError:  # pragma: no cover - a torch without it: pickling copies into shared memory instead
+        return torch.empty(shape, dtype=dt)
     return torch.empty(0, dtype=dt).set_(storage).view(shape)
 
 
