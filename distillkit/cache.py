@@ -288,14 +288,15 @@ def finalize_store(cfg: CacheConfig | str, storage_options: dict | None = None) 
             _consolidate(group)
             log.info("store %s: sample index %s added", url, manifest.sample_index)
         return {"status": "complete", "changed": False, **_counts(manifest)}
-    valid = group["samples/valid"][:]
+    table = sample_index.read_columns(group, "samples", manifest.n_samples)
+    valid = table["valid"]
     merge_statistics(group, manifest)
     manifest.status = "complete"
     manifest.finished = utcnow()
     manifest.n_valid = int(valid.sum())
-    manifest.n_rejected = int((~growth.is_padding(group["samples/id"][:]) & (valid == 0)).sum())
+    manifest.n_rejected = int((~growth.is_padding(table["id"]) & (valid == 0)).sum())
     manifest.version += 1
-    manifest.sample_index = write_sample_index(group, manifest)
+    manifest.sample_index = write_sample_index(group, manifest, table)
     # one root update: the new version becomes visible and the append ends at the same moment
     group.attrs.update({layout.MANIFEST_ATTR: manifest.model_dump(mode="json"), growth.APPEND_ATTR: None})
     sample_index.drop_old(group, manifest.version)
@@ -304,10 +305,12 @@ def finalize_store(cfg: CacheConfig | str, storage_options: dict | None = None) 
     return {"status": "complete", "changed": True, **_counts(manifest)}
 
 
-def write_sample_index(group: zarr.Group, manifest: Manifest) -> str:
-    """The index of the manifest's version, from samples/ (finalize; repair rewrites it)."""
-    n = manifest.n_samples
-    return sample_index.write(group, manifest, {k: group[f"samples/{k}"][:n] for k in ("id", "valid", "split")})
+def write_sample_index(group: zarr.Group, manifest: Manifest, table: dict[str, np.ndarray] | None = None) -> str:
+    """The index of the manifest's version, from samples/ (finalize passes the table it already read; repair
+    rewrites the index)."""
+    if table is None:
+        table = sample_index.read_columns(group, "samples", manifest.n_samples)
+    return sample_index.write(group, manifest, table)
 
 
 def _consolidate(group: zarr.Group) -> None:

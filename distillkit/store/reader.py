@@ -73,11 +73,8 @@ class StoreSource:
             self.provenance = {t: p.model_copy(update={"embed_dim": self.codecs[t].storage.pca_k})
                                for t, p in self.provenance.items()}
         n = self.manifest.n_samples  # the version the manifest describes: rows an append is writing are not served
-        table = sample_index.read(group, self.manifest)  # a few objects, not 3 per shard
-        if table is None:
-            with ThreadPoolExecutor(3) as pool:  # remote: one round trip for the sample table, not three
-                table = dict(zip(("id", "valid", "split"),
-                                 pool.map(lambda k: group[f"samples/{k}"][:n], ("id", "valid", "split"))))
+        # a few objects, not 3 per shard; a store finalized without an index: the per-shard table
+        table = sample_index.read(group, self.manifest) or sample_index.read_columns(group, "samples", n)
         ids, valid, split = table["id"], table["valid"], table["split"]
         self.ids = np.array(ids.tolist(), dtype=object)
         self.valid = valid.astype(bool)

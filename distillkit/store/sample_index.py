@@ -58,10 +58,10 @@ def drop_old(group: zarr.Group, version: int) -> list[str]:
     return dropped
 
 
-def _columns(group: zarr.Group, manifest: Manifest) -> dict[str, np.ndarray]:
-    """The index columns, fetched concurrently (KeyError: missing; ValueError: damaged, e.g. a checksum)."""
-    n = manifest.n_samples
-    arrays = {k: group[f"{manifest.sample_index}/{k}"] for k in INDEX_ARRAYS}
+def read_columns(group: zarr.Group, prefix: str, n: int) -> dict[str, np.ndarray]:
+    """id, valid and split under `prefix` (`samples` or an index group), rows [0, n), fetched concurrently: one
+    round trip on a remote store, not three (KeyError: missing; ValueError: damaged, e.g. a checksum)."""
+    arrays = {k: group[f"{prefix}/{k}"] for k in INDEX_ARRAYS}
     with ThreadPoolExecutor(len(arrays)) as pool:
         return dict(zip(arrays, pool.map(lambda a: a[:n], arrays.values())))
 
@@ -71,7 +71,7 @@ def read(group: zarr.Group, manifest: Manifest) -> dict[str, np.ndarray] | None:
     if manifest.sample_index is None:
         return None
     try:
-        return _columns(group, manifest)
+        return read_columns(group, manifest.sample_index, manifest.n_samples)
     except (KeyError, ValueError) as e:
         log.warning("sample index %s unreadable (%s: %s); reading samples/ instead. `distillkit validate --deep` "
                     "names the damage, `distillkit cache --repair` rewrites the index", manifest.sample_index,
@@ -84,15 +84,16 @@ def check(group: zarr.Group, manifest: Manifest) -> list[Problem]:
     if manifest.sample_index is None:
         return []
     try:
-        table = _columns(group, manifest)
+        table = read_columns(group, manifest.sample_index, manifest.n_samples)
     except (KeyError, ValueError) as e:
         return [Problem(manifest.sample_index, f"unreadable: {type(e).__name__}: {str(e).split('.')[0]}")]
+    samples = read_columns(group, "samples", manifest.n_samples)
     out = []
     for k, values in table.items():
-        got, want = _as_str(values), _as_str(group[f"samples/{k}"][: manifest.n_samples])
+        got, want = _as_str(values), _as_str(samples[k])
         rows = np.flatnonzero(got != want) if got.shape == want.shape else np.arange(len(got))
         if len(rows):
             out.append(Problem(f"{manifest.sample_index}/{k}", f"differs from samples/{k} at rows {rows[:5].tolist()}"))
     return out
 
-__all__ = ["INDEX_ROWS", "check", "drop_old", "read", "write"]
+__all__ = ["INDEX_ROWS", "check", "drop_old", "read", "read_columns", "write"]
