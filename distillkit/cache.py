@@ -18,7 +18,7 @@ import torch
 import zarr
 from tqdm.auto import tqdm
 
-from distillkit_schemas import Manifest
+from distillkit_schemas import FEATURES, Manifest
 from distillkit_schemas.storage import parse_storage
 from distillkit_schemas.v1 import utcnow
 
@@ -32,6 +32,7 @@ from distillkit.sources.images import split_of
 from distillkit.store import growth, layout, sample_index, stats
 from distillkit.store.compact import Codec
 from distillkit.store.lease import Lease
+from distillkit.store.target import inspect_target
 from distillkit.store.writer import AsyncShardWriter, ShardResult, StoreFull, TeacherShard, remove_metadata_debris
 from distillkit.teachers import Teacher, load_teacher
 from distillkit.sources.views import view_seed
@@ -98,17 +99,14 @@ def prepare_store(cfg: CacheConfig) -> Prepared:
     teachers = load_teachers(cfg)
     provs = {n: t.provenance for n, t in teachers.items()}
     want = build_manifest(cfg, plan)
-    group = layout.try_open(cfg.store, cfg.storage_options)
     changes = None
-    if group is not None and layout.MANIFEST_ATTR in group.attrs:
+    if inspect_target(cfg.store, FEATURES, cfg.storage_options) == "existing":
+        group = layout.open_group(cfg.store, "r+", cfg.storage_options)
         if cfg.shards is None:  # a whole-store run holds the lease: no other process writes metadata now
             remove_metadata_debris(group)
         manifest = layout.check_compatible(group, want, provs, cfg.store)
         manifest, changes = _grow(group, manifest, provs, plan, cfg)
-    else:
-        if group is not None and not layout.creation_interrupted(group):
-            raise layout.StoreMismatch(
-                f"{cfg.store} exists and is not a distillkit store; refusing to overwrite it")
+    else:  # nothing there, or our own interrupted creation (anything else was refused above)
         codecs = fit_codecs(cfg, plan, teachers, _plan_decoder(cfg, plan, teachers))
         log.info("creating store %s: %d samples, %d shards of %d, teachers %s", cfg.store, want.n_samples,
                  want.n_shards, cfg.shard_size, ", ".join(want.teachers))
@@ -344,6 +342,7 @@ def run_cache(cfg: CacheConfig, show_progress: bool = True, on_shard=None) -> di
     """Everything `distillkit cache` does: prepare, cache pending shards, finalize — holding the store's lease
     (a second run on the same store refuses, naming this one). With `shards` (scale-out over several machines)
     the lease covers only creating or growing the store; the shards themselves are disjoint."""
+    inspect_target(cfg.store, FEATURES, cfg.storage_options)  # refuse a foreign target before even the lease
     if cfg.shards is not None:
         with Lease(cfg.store, cfg.storage_options):
             prepare_store(cfg)

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import zarr
 
-from distillkit_schemas import Manifest
+from distillkit_schemas import FEATURES, Manifest
 
 from distillkit.cache import (Plan, cache_shards, finalize_store, merge_statistics, plan_samples, prepare_store,
                               write_sample_index)
@@ -16,6 +16,7 @@ from distillkit.config.cache import CacheConfig
 from distillkit.store import layout
 from distillkit.store.integrity import deep_check, delete_shard_object
 from distillkit.store.lease import Lease
+from distillkit.store.target import NotAStore, inspect_target
 
 log = logging.getLogger("distillkit")
 
@@ -23,6 +24,8 @@ log = logging.getLogger("distillkit")
 def repair_store(cfg: CacheConfig, show_progress: bool = True) -> dict:
     """Verify every checksum; recompute exactly the damaged shards (and the merged statistics). The teachers and the
     plan must match the store, as for any re-run; undamaged shards are not touched."""
+    if inspect_target(cfg.store, FEATURES, cfg.storage_options) != "existing":
+        raise NotAStore(f"{cfg.store} is not a feature store (nothing to repair): run `distillkit cache` first")
     with Lease(cfg.store, cfg.storage_options):
         return _repair(cfg, show_progress)
 

@@ -18,19 +18,18 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from distillkit_schemas import MANIFEST_ATTR, SceneAlignment, SceneInfo, SceneManifest
+from distillkit_schemas import MANIFEST_ATTR, SCENES, SceneAlignment, SceneInfo, SceneManifest
 from distillkit_schemas.scenes import read_alignment, read_scene_info, read_scene_manifest
 
 from distillkit import __version__
 from distillkit.config.scenes import SceneAlignSettings, SceneCacheConfig
 from distillkit.geometry import AlignConfig, AlignResult, align, make_pairs, pairs_by_overlap
 from distillkit.geometry.checks import check_graph, check_pair_values, check_sizes
-from distillkit.store.layout import is_created, is_url
+from distillkit.store.target import inspect_target
 from distillkit.scenes import store as st
 from distillkit.scenes.frames import crop_geometry, gt_intrinsics, image_hw, load_frame
 from distillkit.scenes.quality import alignment_residuals, gt_metrics
@@ -135,6 +134,7 @@ def _fingerprint(sources: list[SceneSource]) -> str:
 
 def prepare(cfg: SceneCacheConfig) -> Prepared:
     """Plan every scene and create the store once (or check the existing one). Cheap: reads headers only."""
+    state = inspect_target(cfg.store, SCENES, cfg.storage_options)  # refuse a foreign target before any work
     found = discover(cfg.source, cfg.layout, cfg.storage_options)
     if cfg.scenes is not None:
         names = {s.name for s in found}
@@ -153,13 +153,11 @@ def prepare(cfg: SceneCacheConfig) -> Prepared:
                              scenes=[t.info.name for t in tables], image_size=cfg.image_size, graph=cfg.graph,
                              symmetrize=cfg.symmetrize, frames_per_shard=cfg.frames_per_shard, network=prov,
                              align=cfg.align.model_dump(mode="json"))
-    group = _try_open(cfg)
-    if group is None and not is_url(cfg.store) and Path(cfg.store).is_dir() and any(Path(cfg.store).iterdir()):
-        raise ValueError(f"{cfg.store} exists and is not a Zarr store; refusing to overwrite it")
-    if group is None or not is_created(group):
+    if state != "existing":
         group = st.create_store(cfg.store, manifest, tables, cfg.storage_options)
         log.info("scene store %s created: %d scene(s)", cfg.store, len(tables))
     else:
+        group = st.open_store(cfg.store, "r+", cfg.storage_options)
         have = st.check_compatible(group, manifest, cfg.store)
         if have.align != manifest.align:
             log.warning("scene store %s was aligned with %s; scenes still to do use %s (re-align the others with "
@@ -168,13 +166,6 @@ def prepare(cfg: SceneCacheConfig) -> Prepared:
     _, scene_done = st.done_flags(group)
     pending = [s for s, d in zip(manifest.scenes, scene_done) if not d]
     return Prepared(manifest, sources, pending, [s for s, d in zip(manifest.scenes, scene_done) if d])
-
-
-def _try_open(cfg: SceneCacheConfig):
-    try:
-        return st.open_store(cfg.store, "r+", cfg.storage_options)
-    except Exception:  # absent or not a group: create it
-        return None
 
 
 # ---------------------------------------------------------------------------------------------- alignment

@@ -19,12 +19,13 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, ZstdCodec
 
-from distillkit_schemas import SceneAlignment, SceneInfo, SceneManifest
+from distillkit_schemas import SCENES, SceneAlignment, SceneInfo, SceneManifest
 from distillkit_schemas.scenes import (
     ALIGNMENT_ATTR, SCENE_ATTR, expected_root_arrays, expected_scene_arrays, read_scene_info, read_scene_manifest,
 )
 
-from distillkit.store.layout import StoreMismatch, begin_creation, finish_creation, open_group
+from distillkit.store.layout import StoreMismatch, create_group, finish_creation, open_group
+from distillkit.store.target import NotAStore, inspect_target
 
 log = logging.getLogger("distillkit")
 
@@ -41,8 +42,12 @@ def open_store(url: str, mode: str = "r", storage_options: dict[str, Any] | None
     (re-alignment): until they consolidate again (finalize, align), readers see the live metadata."""
     if mode == "r":
         return open_group(url, "r", storage_options)
+    if mode == "w":
+        return create_group(url, SCENES, storage_options)
+    if inspect_target(url, SCENES, storage_options) != "existing":  # refuses any other kind before writing a byte
+        raise NotAStore(f"{url} is not a complete scene store (run `distillkit cache-scenes` into it first)")
     group = open_group(url, mode, storage_options, consolidated=False)
-    if mode != "w" and open_group(url, "r", storage_options).metadata.consolidated_metadata is not None:
+    if open_group(url, "r", storage_options).metadata.consolidated_metadata is not None:
         # rewriting the root attributes through a live-metadata handle writes zarr.json without the snapshot
         group.attrs.put(group.attrs.asdict())
     return group
@@ -88,7 +93,6 @@ def create_store(url: str, manifest: SceneManifest, tables: list[SceneTables],
                  storage_options: dict[str, Any] | None = None) -> zarr.Group:
     """Every array and the create-time tables; the manifest is written last (it marks a usable store)."""
     group = open_store(url, "w", storage_options)
-    begin_creation(group)
     for spec in expected_root_arrays(manifest):
         _create(group, spec)
     for t in tables:

@@ -10,9 +10,11 @@ import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 from distillkit_schemas import (
-    CREATING_ATTR, MANIFEST_ATTR, PROVENANCE_ATTR, VIEW_PARAMS, Manifest, TeacherProvenance, expected_arrays,
+    CREATING_ATTR, FEATURES, MANIFEST_ATTR, PROVENANCE_ATTR, VIEW_PARAMS, Manifest, TeacherProvenance, expected_arrays,
 )
 from distillkit_schemas.validate import read_manifest, read_provenance
+
+from distillkit.store.target import NotAStore, inspect_target
 
 log = logging.getLogger("distillkit")
 
@@ -41,16 +43,10 @@ def open_group(url: str, mode: str = "r", storage_options: dict[str, Any] | None
     return zarr.open_group(store=url, mode=mode, **kwargs)
 
 
-def try_open(url: str, storage_options: dict[str, Any] | None = None) -> zarr.Group | None:
-    try:
-        return open_group(url, "r+", storage_options)
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError):
-        return None
-
-
-def begin_creation(group: zarr.Group) -> None:
-    """Mark a new store (either kind) as being created: until `finish_creation`, it is not usable."""
-    group.attrs[CREATING_ATTR] = True
+def begin_creation(group: zarr.Group, kind: str) -> None:
+    """Mark a new store of `kind` as being created: until `finish_creation`, it is not usable (and a later run may
+    create it again, but only a run that writes this kind: see `store/target.py`)."""
+    group.attrs[CREATING_ATTR] = kind
 
 
 def finish_creation(group: zarr.Group, manifest: dict[str, Any]) -> None:
@@ -60,7 +56,18 @@ def finish_creation(group: zarr.Group, manifest: dict[str, Any]) -> None:
 
 def creation_interrupted(group: zarr.Group) -> bool:
     """Creation began and never finished (killed): the store may be created again from scratch."""
-    return bool(group.attrs.get(CREATING_ATTR, False))
+    return bool(group.attrs.get(CREATING_ATTR, False))  # the kind, or True in stores from before it was recorded
+
+
+def create_group(url: str, kind: str, storage_options: dict[str, Any] | None = None) -> zarr.Group:
+    """An empty group to create a store of `kind` in: only where nothing is, or where the creation of a store of
+    this kind was interrupted (zarr's mode "w" deletes what is under the path). Anything else raises NotAStore."""
+    state = inspect_target(url, kind, storage_options)
+    if state == "existing":
+        raise NotAStore(f"{url} is already a complete {kind} store; refusing to create it again")
+    group = open_group(url, "w", storage_options)
+    begin_creation(group, kind)
+    return group
 
 
 def is_created(group: zarr.Group) -> bool:
@@ -84,8 +91,7 @@ def create_store(url: str, manifest: Manifest, provenances: dict[str, TeacherPro
                  storage_options: dict[str, Any] | None = None, view_seeds: np.ndarray | None = None,
                  codec_arrays: dict[str, np.ndarray] | None = None) -> zarr.Group:
     """Create all arrays and write the sample table. The manifest is written last: it marks a usable store."""
-    group = open_group(url, "w", storage_options)
-    begin_creation(group)
+    group = create_group(url, FEATURES, storage_options)
     for spec in expected_arrays(manifest, provenances):
         # bulk arrays read by the trainer follow --codec (default none: the loader then reads at memory speed)
         is_feature = spec.path == "samples/image" or (
