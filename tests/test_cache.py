@@ -13,7 +13,7 @@ from PIL import Image
 
 from conftest import REPO, TINY_TEACHER, read_all, tiny_cache_config
 from distillkit.cache import run_cache
-from distillkit.store import StoreMismatch
+from distillkit.store import NotAStore, StoreMismatch
 
 CLI = [str(REPO / ".venv/bin/distillkit")] if (REPO / ".venv/bin/distillkit").exists() else \
     [sys.executable, "-m", "distillkit.cli"]
@@ -144,7 +144,7 @@ def test_refuses_to_overwrite_a_foreign_directory(photos, tmp_path):
     foreign.mkdir()
     (foreign / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group", "attributes": {}}')
     (foreign / "data.bin").write_bytes(b"keep me")
-    with pytest.raises(StoreMismatch, match="not a distillkit store"):
+    with pytest.raises(NotAStore, match="a Zarr group that distillkit did not create"):
         run_cache(tiny_cache_config(photos, foreign), show_progress=False)
     assert (foreign / "data.bin").read_bytes() == b"keep me"
 
