@@ -27,6 +27,7 @@ from distillkit_schemas.scenes import read_alignment, read_scene_info, read_scen
 
 from distillkit import __version__
 from distillkit.config.scenes import SceneAlignSettings, SceneCacheConfig
+from distillkit.devices import resolve_device
 from distillkit.geometry import AlignConfig, AlignResult, align, make_pairs, pairs_by_overlap
 from distillkit.geometry.checks import check_graph, check_pair_values, check_sizes
 from distillkit.store.target import inspect_target
@@ -107,8 +108,6 @@ def network(cfg: SceneCacheConfig):
 
     if cfg.predictor == "gt-depth":
         return None, oracle_provenance()
-    from distillkit.teachers.registry import resolve_device
-
     n = cfg.network
     if n.checkpoint and n.overrides:
         raise ValueError("network.overrides apply to a random init only; the checkpoint defines the architecture")

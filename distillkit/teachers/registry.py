@@ -6,9 +6,9 @@ import json
 import threading
 
 import fsspec
-import torch
 
 from distillkit.config.cache import TeacherConfig
+from distillkit.devices import resolve_device
 from distillkit.teachers import mast3r_enc, multihmr_enc
 from distillkit.teachers.base import Teacher
 from distillkit.teachers.dinov2 import SPECS as DINO_SPECS
@@ -52,15 +52,6 @@ def teacher_input_hw(name: str, image_hw: tuple[int, int], student_patch: int,
         raise ValueError(f"grid must be 'student' or 'own', got {grid!r}")
     gh, gw = h // student_patch, w // student_patch
     return (gh * tp, gw * tp)
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available")
-    return dev
 
 
 def _file_identity(ref: str | None, storage_options: dict | None) -> str | None:

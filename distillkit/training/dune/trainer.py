@@ -21,10 +21,10 @@ from typing import Any, Callable
 import torch
 
 from distillkit.config.common import redact
+from distillkit.devices import resolve_device
 from distillkit.images import images_to_input
 from distillkit.store.reader import ShardStream, make_loader
 from distillkit.students import build_student
-from distillkit.teachers import resolve_device
 from distillkit.training.checkpoint import CKPT_NAME, init_from, load_checkpoint, save_checkpoint
 from distillkit.training.dune.config import TrainConfig
 from distillkit.training.dune.data import GroupBatches, build_groups, val_streams

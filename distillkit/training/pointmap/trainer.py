@@ -17,6 +17,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from distillkit.devices import resolve_device
 from distillkit.scenes.data import SceneData
 from distillkit.students.pointmap import build_pointmap_student, describe
 from distillkit.training.checkpoint import CKPT_NAME, init_from, load_checkpoint, save_checkpoint
@@ -38,8 +39,6 @@ def train_pointmap_student(cfg: PointmapTrainConfig, data: SceneData,
     ``metrics.json`` and ``loss_curve.png``. Returns paths, timings, model size and the final held-out metrics
     (mean L2 in world units and / extent; with reference poses, % of frames within 5 cm/5 deg and 10 cm/10 deg and
     median errors)."""
-    from distillkit.teachers import resolve_device
-
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
     out = Path(cfg.out_dir)
