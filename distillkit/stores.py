@@ -17,6 +17,7 @@ from distillkit.scenes.check import summarize_scenes, validate_scenes
 from distillkit.store.inspect import summarize_features, validate_features
 from distillkit.store.integrity import damage_problems, deep_check
 from distillkit.store.layout import open_group
+from distillkit.store.metadata import damaged_metadata, raise_if_damaged
 
 
 @dataclass(frozen=True)
@@ -37,8 +38,12 @@ def _open(url: str, storage_options: dict | None) -> zarr.Group:
 
 def summarize(url: str, storage_options: dict | None = None):
     """The summary of a feature store or a scene store (`.kind` says which)."""
-    group = _open(url, storage_options)  # opened once: the kind and the summary read the same metadata
-    return KINDS[store_kind(group)].summarize(group, url)
+    try:
+        group = _open(url, storage_options)  # opened once: the kind and the summary read the same metadata
+        return KINDS[store_kind(group)].summarize(group, url)
+    except Exception as e:
+        raise_if_damaged(url, storage_options, e)
+        raise
 
 
 def validate_store(url: str, storage_options: dict | None = None,
@@ -49,6 +54,9 @@ def validate_store(url: str, storage_options: dict | None = None,
     `deep`: also read every byte of every per-sample and per-shard array, so that each checksum is verified, and
     name the array, shard and samples of any mismatch (feature stores). Remarks that are no problem (e.g. a store
     written before checksums) are appended to `notes`."""
+    damaged = damaged_metadata(url, storage_options)
+    if damaged:  # nothing below could be trusted (or even opened)
+        return [Problem(d.split(": ", 1)[0], d.split(": ", 1)[1]) for d in damaged]
     try:
         group = _open(url, storage_options)
     except Exception as e:
@@ -67,4 +75,6 @@ def validate_store(url: str, storage_options: dict | None = None,
     usual = [p for p in KINDS[kind].validate(group, None)
              if not (p.what.startswith("shard ") and "unreadable" in p.what
                      and (p.where, int(p.what.split()[1].rstrip(":"))) in damaged)]
-    return damage_problems(group, damage) + usual
+    found = damage_problems(group, damage)
+    said = {(p.where, p.what) for p in found}
+    return found + [p for p in usual if (p.where, p.what) not in said]

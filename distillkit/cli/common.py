@@ -4,17 +4,65 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import warnings
 from typing import NoReturn, Optional
 
+import click
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
+from typer.core import TyperGroup
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Run vision teachers once into Zarr v3 stores, then stream them into students.")
+DEBUG_FLAG = "--debug"
+
+
+class OneLineErrors(TyperGroup):
+    """The one error handler of every verb: an exception a command lets escape becomes one line on stderr naming
+    what went wrong, and exit status 2. `--debug`, anywhere on the command line, shows the traceback instead."""
+
+    debug = False
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        OneLineErrors.debug = DEBUG_FLAG in args or os.environ.get("DISTILLKIT_DEBUG") == "1"
+        return super().parse_args(ctx, [a for a in args if a != DEBUG_FLAG])
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+            raise
+        except BrokenPipeError:  # `distillkit ... | head`: the reader left; nothing to report
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise typer.Exit(0)
+        except KeyboardInterrupt:
+            err.print("[bold red]interrupted[/]: what was written stays; run the same command again to resume")
+            raise typer.Exit(130)
+        except Exception as e:
+            if OneLineErrors.debug:
+                raise
+            err.print(f"[bold red]error:[/] {describe_error(e)}", highlight=False)
+            err.print(f"[dim](add {DEBUG_FLAG} for the traceback)[/]")
+            raise typer.Exit(2)
+
+
+def describe_error(e: BaseException) -> str:
+    """What a user reads: our own errors say everything in their message; a library's error also says its type
+    (``FileNotFoundError: [Errno 2] No such file or directory: 'x'``) and, where chained, what caused it."""
+    msg = " ".join(str(e).split()) if not isinstance(e, KeyError) else f"missing key {e.args[0]!r}"
+    ours = type(e).__module__.startswith("distillkit") or type(e) is ValueError
+    text = msg if ours and msg else f"{type(e).__name__}: {msg}" if msg else type(e).__name__
+    cause = e.__cause__
+    if cause is not None and str(cause) and str(cause) not in text:
+        text += f" (caused by {type(cause).__name__}: {' '.join(str(cause).split())})"
+    return text
+
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, cls=OneLineErrors,
+                  help="Run vision teachers once into Zarr v3 stores, then stream them into students. "
+                       f"Errors are one line (exit 2); add {DEBUG_FLAG} to any command for the traceback.")
 # wide tables when piped (CI logs, files); the terminal width otherwise
 console = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from distillkit_schemas import FEATURES, SCENES
 
-from distillkit.cli.common import app, array_table, console, fail, setup_logging
+from distillkit.cli.common import app, array_table, console, describe_error, fail, setup_logging
 from distillkit.cli.scenes import print_scene_summary, show_scene
 
 
@@ -65,7 +65,7 @@ def inspect(store: str = typer.Argument(..., help="store path or URL"),
     try:
         s = summarize(store)
     except Exception as e:
-        fail(f"cannot inspect {store}: {e}")
+        fail(f"cannot inspect {store}: {describe_error(e)}")
     if as_json:
         console.print_json(json.dumps(s.as_dict()))
         return

@@ -28,6 +28,9 @@ class Damage:
     error: str
 
     def problem(self, ids: np.ndarray | None) -> Problem:
+        if self.error == "storage object missing":
+            return Problem(self.array, f"shard {self.shard}: its storage object is missing (deleted?); "
+                                       "`distillkit cache --repair` recomputes it")
         if not self.rows:
             what = f"shard {self.shard}: checksum mismatch in the shard index ({self.error})"
         else:
@@ -80,6 +83,34 @@ def _per_shard_stats(manifest: Manifest, provs) -> list[str]:
     return [s.path for s in expected_arrays(manifest, provs) if s.dims[:1] == ("shard",)]
 
 
+def _object_keys(arr: zarr.Array) -> set[str]:
+    """The storage keys of every object (shard) an array has: one listing, local or fsspec."""
+    from zarr.core.sync import sync
+
+    async def collect(prefix: str) -> set[str]:
+        return {k async for k in arr.store.list_prefix(prefix)}
+
+    return sync(collect(f"{arr.path}/"))
+
+
+def missing_shards(group: zarr.Group, manifest: Manifest, provs) -> list[Damage]:
+    """Every (array, shard) marked done whose storage object is gone: zarr would read it back as fill values
+    (NaN, zeros) without a word. One listing per per-shard array."""
+    done = np.flatnonzero(group["progress/shard_done"][:])
+    out = []
+    for path, rows_per_shard in [(p, manifest.shard_size) for p in _per_shard_arrays(manifest, provs)] + [
+            (p, 1) for p in _per_shard_stats(manifest, provs)]:
+        arr = group[path]
+        outer = (arr.shards or arr.chunks)[0]
+        have = _object_keys(arr)
+        encode = arr.metadata.chunk_key_encoding.encode_chunk_key
+        for s in done:
+            key = f"{arr.path}/{encode((s * rows_per_shard // outer,) + (0,) * (arr.ndim - 1))}"
+            if key not in have:
+                out.append(Damage(path, int(s), (), "storage object missing"))
+    return out
+
+
 def deep_check(group: zarr.Group, progress: Callable[[int, int], None] | None = None) -> tuple[list[Damage],
                                                                                                  list[Problem]]:
     """Every damaged (array, shard) of a feature store, plus notes (arrays without checksums, small arrays)."""
@@ -96,12 +127,18 @@ def deep_check(group: zarr.Group, progress: Callable[[int, int], None] | None = 
                                                    "read but not verified"))
     n, size, k = manifest.n_samples, manifest.shard_size, manifest.n_shards
     arrays = {p: group[p] for p in per_sample + stats}
+    damage += missing_shards(group, manifest, provs)
+    gone = {(d.array, d.shard) for d in damage}
     for s in range(k):
         for path in per_sample:
+            if (path, s) in gone:
+                continue
             d = check_shard(arrays[path], path, s, size, n)
             if d:
                 damage.append(d)
         for path in stats:  # one chunk per shard
+            if (path, s) in gone:
+                continue
             d = check_shard(arrays[path], path, s, 1, k)
             if d:
                 damage.append(Damage(path, s, (), d.error))
