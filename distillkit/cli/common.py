@@ -43,7 +43,7 @@ class OneLineErrors(TyperGroup):
         except Exception as e:
             if OneLineErrors.debug:
                 raise
-            err.print(f"[bold red]error:[/] {describe_error(e)}", highlight=False)
+            err.print(f"[bold red]error:[/] {describe_error(e)}", highlight=False, soft_wrap=True)
             err.print(f"[dim](add {DEBUG_FLAG} for the traceback)[/]")
             raise typer.Exit(2)
 
@@ -77,7 +77,7 @@ def setup_logging(verbose: bool = False) -> None:
 
 
 def fail(msg: str) -> NoReturn:
-    err.print(f"[bold red]error:[/] {msg}")
+    err.print(f"[bold red]error:[/] {msg}", soft_wrap=True)
     raise typer.Exit(2)
 
 

@@ -243,6 +243,7 @@ def train(cfg: TrainConfig, on_step: Callable[[int, int, dict], None] | None = N
                 losses = torch.stack([res[t][0] for t in names])  # [T, B]
                 coef = sharing_mask(names, batch["groups"], own_teacher, batch["available"], cfg.data_sharing,
                                     cfg.generic_group).to(losses.device)
+                require_finite(losses, names, batch["ids"], pos.step + 1, coef)
                 if cfg.teacher_drop == "lowest_loss":
                     coef = lowest_loss_drop(losses, coef, cfg.teacher_drop_p)
                 combine(losses, coef).sum().backward()
@@ -286,6 +287,25 @@ def train(cfg: TrainConfig, on_step: Callable[[int, int, dict], None] | None = N
             "steps": pos.step, "wall_s": wall, "final_eval": final_eval, "rank": dist.rank, "world_size": dist.world,
             "first_loss": losses_seen[0] if losses_seen else None,
             "last_loss": losses_seen[-1] if losses_seen else None}
+
+
+class NonFiniteLoss(FloatingPointError):
+    """A loss that is NaN or infinite: stop before it reaches the weights (the last checkpoint stays good)."""
+
+
+def require_finite(losses: torch.Tensor, teachers: list[str], ids: list[str], step: int,
+                   coef: torch.Tensor) -> None:
+    """Every per-sample loss [T, B] that counts (coef > 0) must be finite; else name the teachers and samples.
+    A NaN target means a damaged store (a shard gone, fill values read back): training on it would write a
+    checkpoint full of NaN."""
+    bad = ~torch.isfinite(losses) & (coef > 0)
+    if not bool(bad.any()):
+        return
+    pairs = [(teachers[t], ids[b]) for t, b in bad.nonzero().tolist()]
+    shown = ", ".join(f"{t} on {i}" for t, i in pairs[:5]) + (f" and {len(pairs) - 5} more" if len(pairs) > 5 else "")
+    raise NonFiniteLoss(f"step {step}: the loss is not finite ({shown}); stopped before updating the weights, the "
+                        "last checkpoint is intact. A NaN target usually means a damaged store: run `distillkit "
+                        "validate --deep` on it (and `distillkit cache --repair`)")
 
 
 class _BatchLog:
