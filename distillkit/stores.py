@@ -13,7 +13,7 @@ import zarr
 
 from distillkit_schemas import FEATURES, SCENES, Problem, store_kind
 
-from distillkit.scenes.check import summarize_scenes, validate_scenes
+from distillkit.scenes.check import deep_check_scenes, summarize_scenes, validate_scenes
 from distillkit.store.inspect import summarize_features, validate_features
 from distillkit.store.integrity import damage_problems, deep_check
 from distillkit.store.layout import open_group
@@ -65,9 +65,17 @@ def validate_store(url: str, storage_options: dict | None = None,
     if not deep:
         return KINDS[kind].validate(group, progress)
     if kind != FEATURES:
+        damaged, found = deep_check_scenes(group, progress)
         if notes is not None:
-            notes.append(Problem(url, "deep checks cover feature stores; this scene store got the usual checks"))
-        return KINDS[kind].validate(group, progress)
+            notes.extend(found)
+        unreadable = {p.where for p in damaged}
+        try:
+            usual = KINDS[kind].validate(group, None)
+        except Exception:  # the usual checks read the same damaged objects: what is wrong is said above
+            usual = [] if unreadable else None
+            if usual is None:
+                raise
+        return damaged + [p for p in usual if p.where not in unreadable]
     damage, found = deep_check(group, progress)
     if notes is not None:
         notes.extend(found)

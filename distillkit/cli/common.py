@@ -9,12 +9,12 @@ import sys
 import warnings
 from typing import NoReturn, Optional
 
-import click
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 from typer.core import TyperGroup
+from typer.exceptions import TyperException
 
 DEBUG_FLAG = "--debug"
 
@@ -25,14 +25,14 @@ class OneLineErrors(TyperGroup):
 
     debug = False
 
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
         OneLineErrors.debug = DEBUG_FLAG in args or os.environ.get("DISTILLKIT_DEBUG") == "1"
         return super().parse_args(ctx, [a for a in args if a != DEBUG_FLAG])
 
-    def invoke(self, ctx: click.Context):
+    def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except (typer.Exit, typer.Abort, click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+        except (typer.Exit, typer.Abort, TyperException):  # usage errors and exits: typer says them itself
             raise
         except BrokenPipeError:  # `distillkit ... | head`: the reader left; nothing to report
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

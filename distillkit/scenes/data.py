@@ -110,7 +110,13 @@ class SceneData:
             raise ValueError(f"{url}: scenes/{scene} lacks {missing} (has {sorted(present)})")
 
         def read(key: str):
-            return np.asarray(sg[key][...]) if key in present else None
+            if key not in present:
+                return None
+            try:
+                return np.asarray(sg[key][...])
+            except ValueError as e:  # a checksum mismatch: never train on damaged bytes
+                raise ValueError(f"{url}: scenes/{scene}/{key} is damaged ({' '.join(str(e).split())[:120]}); "
+                                 "`distillkit validate --deep` names the object") from None
 
         split = read("split")
         if not (split == 1).any():

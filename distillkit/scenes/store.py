@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec, ZstdCodec
+from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 from distillkit_schemas import SCENES, SceneAlignment, SceneInfo, SceneManifest
 from distillkit_schemas.scenes import (
@@ -84,8 +84,9 @@ def _create(group: zarr.Group, spec) -> zarr.Array:
                 if name in BLOSC_ARRAYS else ZstdCodec(level=1))
     else:
         fill, comp = 0, ZstdCodec(level=1) if spec.dtype == "uint8" and len(spec.shape) > 1 else None
+    compressors = ([comp] if comp is not None else []) + [Crc32cCodec()]  # zarr verifies every object on read
     return group.create_array(spec.path, shape=spec.shape, dtype=str if spec.dtype == "str" else spec.dtype,
-                              chunks=spec.chunks, shards=spec.shards, fill_value=fill, compressors=comp,
+                              chunks=spec.chunks, shards=spec.shards, fill_value=fill, compressors=compressors,
                               dimension_names=spec.dims, config={"write_empty_chunks": True})
 
 

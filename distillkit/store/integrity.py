@@ -83,7 +83,7 @@ def _per_shard_stats(manifest: Manifest, provs) -> list[str]:
     return [s.path for s in expected_arrays(manifest, provs) if s.dims[:1] == ("shard",)]
 
 
-def _object_keys(arr: zarr.Array) -> set[str]:
+def object_keys(arr: zarr.Array) -> set[str]:
     """The storage keys of every object (shard) an array has: one listing, local or fsspec."""
     from zarr.core.sync import sync
 
@@ -102,7 +102,7 @@ def missing_shards(group: zarr.Group, manifest: Manifest, provs) -> list[Damage]
             (p, 1) for p in _per_shard_stats(manifest, provs)]:
         arr = group[path]
         outer = (arr.shards or arr.chunks)[0]
-        have = _object_keys(arr)
+        have = object_keys(arr)
         encode = arr.metadata.chunk_key_encoding.encode_chunk_key
         for s in done:
             key = f"{arr.path}/{encode((s * rows_per_shard // outer,) + (0,) * (arr.ndim - 1))}"
