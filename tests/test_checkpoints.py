@@ -181,7 +181,7 @@ def test_pointmap_checkpoint_round_trips(pointmap_checkpoint):
 
 def test_init_from_copies_matching_tensors_of_the_right_kind(pointmap_checkpoint, dune_checkpoint):
     from distillkit.students.pointmap import build_pointmap_student
-    from distillkit.training.pointmap.config import PointmapStudentConfig
+    from distillkit.students.pointmap.config import PointmapStudentConfig
 
     model = build_pointmap_student(PointmapStudentConfig(**TINY_CNN), (32, 48))
     n = init_from(model, pointmap_checkpoint, "pointmap")

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from distillkit.training.pointmap.config import PointmapStudentConfig, PointmapTrainConfig
+from distillkit.training.pointmap.config import PointmapTrainConfig
 from distillkit.scenes.data import SceneData
 from distillkit.scenes.synthetic import synthetic_scene
-from distillkit.students.pointmap import build_pointmap_student
+from distillkit.students.pointmap import FAMILIES, build_pointmap_student
+from distillkit.students.pointmap.config import PointmapStudentConfig
 from distillkit.training.pointmap.augment import View, apply_view, full_view, sample_view, view_indices, view_K
 from distillkit.training.pointmap.losses import pointmap_loss
 from distillkit.training.pointmap.trainer import train_pointmap_student
@@ -43,6 +44,21 @@ def _project(pts: np.ndarray, K: np.ndarray, c2w: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------------- students
+def test_the_registry_names_every_family_module_once():
+    """A family is a module of students/pointmap/ named as its kind, with a builder; the config takes exactly those."""
+    import importlib
+    import pkgutil
+
+    import distillkit.students.pointmap as package
+
+    modules = {m.name for m in pkgutil.iter_modules(package.__path__)} - {"base", "config"}
+    assert modules == set(FAMILIES)
+    assert all(callable(importlib.import_module(f"{package.__name__}.{kind}").build) for kind in FAMILIES)
+    with pytest.raises(ValueError, match="kind") as refused:
+        PointmapStudentConfig(kind="not-a-family")
+    assert all(repr(kind) in str(refused.value) for kind in FAMILIES)
+
+
 @pytest.mark.parametrize("kind,sampler,taps", [("cnn", "image", "cell"), ("mobilenet", "image", "cell"),
                                                ("vit", "image", "cell"), ("cnn", "pixel", "cell"),
                                                ("cnn", "pixel", "bilinear")])

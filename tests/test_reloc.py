@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from distillkit.cli import app
 from distillkit.scenes.data import SceneData
 from distillkit.scenes.synthetic import synthetic_scene
-from distillkit.students.pointmap import VanillaCNN
+from distillkit.students.pointmap.cnn import VanillaCNN
 from distillkit.training.pointmap.config import PointmapTrainConfig
 from distillkit.training.pointmap.evaluate import reloc_predictions
 from distillkit.training.pointmap.reloc import PROTOCOLS, cell_pixels, dense_samples, dsac_pose, evaluate_reloc

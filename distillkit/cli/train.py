@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from distillkit.cli.common import app, console, fail, setup_logging
+from distillkit.students.pointmap import FAMILIES
 
 
 @app.command()
@@ -25,8 +26,8 @@ def train(
     heads: Optional[int] = typer.Option(None, help="dune: override the student heads"),
     projector: Optional[str] = typer.Option(None, help="dune: tp (transformer projector) | mlp"),
     student: Optional[str] = typer.Option(None, help="pointmap: small_cnn | paper_cnn | paper_mobilenet | paper_vit "
-                                                     "| paper_vit_best (+ its 200 epochs, targets x100) or cnn | "
-                                                     "mobilenet | vit; replaces the config file's student"),
+                                                     "| paper_vit_best (+ its 200 epochs, targets x100) or "
+                                                     f"{' | '.join(FAMILIES)}; replaces the config file's student"),
     scene: Optional[list[str]] = typer.Option(None, help="pointmap: scene(s) to train (default: every aligned one)"),
     image_size: Optional[str] = typer.Option(None, help="pointmap: training resolution HxW (default: the store's)"),
     max_minutes: Optional[float] = typer.Option(None, help="pointmap: training-time budget per scene"),

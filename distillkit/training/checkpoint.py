@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from distillkit.students.weights import load_matching
+
 log = logging.getLogger("distillkit")
 
 FORMAT = "distillkit-checkpoint/1"
@@ -132,12 +134,3 @@ def init_from(model: torch.nn.Module, path: str | Path, kind: str) -> int:
     log.info("initialised %d/%d tensors from %s%s", n, n + len(skipped), path,
              f" (new: {', '.join(skipped[:5])}{'…' if len(skipped) > 5 else ''})" if skipped else "")
     return n
-
-
-def load_matching(module: torch.nn.Module, state: dict) -> tuple[int, list[str]]:
-    """Copy into `module` every tensor of `state` whose name and shape match one of its own (partial weight
-    loading). Returns (tensors copied, sorted names of the module's tensors left as they were)."""
-    own = module.state_dict()
-    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    module.load_state_dict(usable, strict=False)
-    return len(usable), sorted(set(own) - set(usable))

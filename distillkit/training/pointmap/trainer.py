@@ -19,7 +19,8 @@ import torch
 
 from distillkit.devices import resolve_device
 from distillkit.scenes.data import SceneData
-from distillkit.students.pointmap import build_pointmap_student, describe
+from distillkit.students.pointmap import build_pointmap_student
+from distillkit.students.pointmap.base import describe
 from distillkit.training.checkpoint import CKPT_NAME, init_from, load_checkpoint, save_checkpoint
 from distillkit.training.optim import ProgressSchedule, adamw
 from distillkit.training.pointmap.config import PointmapTrainConfig
