@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml setup.py
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m distillkit.demo demo_out
+	$(BIN)/python -m distillkit_flows.demo demo_out
 
 # zarr >= 3.2 needs Python >= 3.12 (torch is not installed there): the zarr-facing, torch-free tests run again on
 # the newest zarr 3.x, in a second small venv inside .venv

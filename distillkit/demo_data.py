@@ -1,7 +1,10 @@
-"""Real photographs shipped with scikit-image, written as a small image folder for the demo and the tests."""
+"""Real photographs shipped with scikit-image, written as a small image folder: the demo, the tests and the
+``skimage:`` source (`distillkit cache --source skimage:`) use them."""
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +14,7 @@ from PIL import Image
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "coins", "hubble_deep_field",
           "immunohistochemistry", "retina", "moon", "brick", "grass", "gravel", "clock", "cell", "page", "text",
           "colorwheel", "logo")
+DEMO_SOURCE = "skimage:"  # the source naming these photographs, written once to a cache folder
 
 
 def load_photos(names: tuple[str, ...] = PHOTOS) -> dict[str, np.ndarray]:
@@ -46,3 +50,18 @@ def write_demo_images(folder: str | Path, crops_per_photo: int = 3, seed: int = 
             Image.fromarray(v).save(path, quality=92) if ext == "jpg" else Image.fromarray(v).save(path)
             paths.append(path)
     return paths
+
+
+def demo_photos_folder() -> Path:
+    """Materialise the demo photographs (idempotent; a marker file says the folder is complete)."""
+    folder = Path(os.environ.get("DISTILLKIT_CACHE", "~/.cache/distillkit")).expanduser() / "skimage-photos"
+    marker = folder / ".complete"
+    if not marker.exists():
+        tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
+        write_demo_images(tmp)
+        (tmp / ".complete").write_text("")
+        try:
+            tmp.rename(folder)
+        except OSError:  # another process won the race: use its folder
+            shutil.rmtree(tmp, ignore_errors=True)
+    return folder

@@ -7,42 +7,20 @@ import hashlib
 import io
 import json
 import logging
-import os
 import posixpath
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import fsspec
 from fsspec.core import url_to_fs
 
+from distillkit.demo_data import DEMO_SOURCE, demo_photos_folder
+
 log = logging.getLogger("distillkit")
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".pnm")
 MANIFEST_EXTENSIONS = (".txt", ".csv", ".jsonl", ".lst")
-
-
-DEMO_SOURCE = "skimage:"  # the photographs bundled with scikit-image, written once to a cache folder
-
-
-def demo_photos_folder() -> Path:
-    """Materialise the demo photographs (idempotent; a marker file says the folder is complete)."""
-    from distillkit.demo_data import write_demo_images
-
-    folder = Path(os.environ.get("DISTILLKIT_CACHE", "~/.cache/distillkit")).expanduser() / "skimage-photos"
-    marker = folder / ".complete"
-    if not marker.exists():
-        tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
-        write_demo_images(tmp)
-        (tmp / ".complete").write_text("")
-        try:
-            tmp.rename(folder)
-        except OSError:  # another process won the race: use its folder
-            import shutil
-
-            shutil.rmtree(tmp, ignore_errors=True)
-    return folder
 
 
 @dataclass(frozen=True)

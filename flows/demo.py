@@ -13,17 +13,15 @@ import time
 import warnings
 from pathlib import Path
 
+import distillkit_flows  # noqa: F401  (environment defaults before prefect)
+from distillkit.config.cache import CacheConfig
+from distillkit.demo_data import write_demo_images
+from distillkit.training.dune.config import TrainConfig
+from distillkit_flows.cache_teachers import cache_teachers
+from distillkit_flows.train_student import train_student
+
 
 def main(out: str = "demo_out") -> int:
-    import distillkit_flows  # noqa: F401  (offline Prefect defaults)
-    from distillkit_flows.cache_teachers import cache_teachers
-    from distillkit_flows.train_student import train_student
-
-    from distillkit.config.cache import CacheConfig
-
-    from distillkit.training.dune.config import TrainConfig
-    from distillkit.demo_data import write_demo_images
-
     warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
     out_dir = Path(out).resolve()
     images = out_dir / "images"
