@@ -1,4 +1,5 @@
-"""The package layout: no import cycles, no generic top-level names, small modules, one task registry."""
+"""The package layout: no import cycles, imports only down the layers, no generic top-level names, small modules,
+one task registry."""
 
 from __future__ import annotations
 
@@ -15,6 +16,20 @@ ROOT = Path(__file__).resolve().parents[1]
 # source folder -> the name it is installed under (setup.py)
 PACKAGES = {"distillkit": "distillkit", "flows": "distillkit_flows", "storage_schemas": "distillkit_schemas"}
 MAX_LINES = 420
+# Bottom first. A module imports its own layer and those below, never one above: DESIGN's flows -> distillkit ->
+# storage_schemas, and the README's "networks live apart from training" (students sit below training). The units are
+# distillkit's top-level modules and packages ("distillkit" alone: the package root, its __version__) and the two
+# other installed packages; a new unit must be given a layer here.
+LAYERS = (
+    {"distillkit_schemas"},
+    {"distillkit", "config", "devices", "demo_data", "geometry", "images", "store", "students"},
+    {"calibration", "sources", "teachers"},
+    {"cache_inputs", "scenes"},
+    {"cache", "training"},
+    {"bench", "repair", "stores"},
+    {"cli"},
+    {"distillkit_flows"},
+)
 
 
 def _modules() -> dict[str, Path]:
@@ -81,6 +96,34 @@ def test_the_graph_walk_sees_a_cycle(tmp_path):
     (tmp_path / "b.py").write_text("def f():\n    from a import x\n")
     mods = {"a": tmp_path / "a.py", "b": tmp_path / "b.py"}
     assert _imports("a", mods["a"], mods)[0] == {"b"} and _imports("b", mods["b"], mods)[0] == {"a"}
+
+
+def _unit(mod: str) -> str:
+    parts = mod.split(".")
+    return parts[1] if parts[0] == "distillkit" and len(parts) > 1 else parts[0]
+
+
+def _upward(graph: dict[str, set[str]]) -> list[str]:
+    """`module -> imported module` for every import into a higher layer than the importer's."""
+    level = {unit: i for i, units in enumerate(LAYERS) for unit in units}
+    return [f"{m} -> {t}" for m, targets in sorted(graph.items()) for t in sorted(targets)
+            if level[_unit(t)] > level[_unit(m)]]
+
+
+def test_imports_point_down_the_layers():
+    mods = _modules()
+    unplaced = sorted({_unit(m) for m in mods} - set().union(*LAYERS))
+    assert not unplaced, f"give these a layer in LAYERS: {unplaced}"
+    up = _upward({m: _imports(m, p, mods)[0] for m, p in mods.items()})
+    assert not up, "imports pointing up a layer:\n" + "\n".join(up)
+
+
+def test_the_layer_check_sees_an_upward_import(tmp_path):
+    """The check itself can fail: a student reaching into training, even lazily inside a function, is reported."""
+    (tmp_path / "reach.py").write_text("def f():\n    from distillkit.training.dune.config import TrainConfig\n")
+    mods = {**_modules(), "distillkit.students.reach": tmp_path / "reach.py"}
+    graph = {"distillkit.students.reach": _imports("distillkit.students.reach", tmp_path / "reach.py", mods)[0]}
+    assert _upward(graph) == ["distillkit.students.reach -> distillkit.training.dune.config"]
 
 
 def test_folders_are_imported_by_their_installed_names():
