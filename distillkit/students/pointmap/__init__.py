@@ -4,8 +4,8 @@ One family per module, each named as its ``kind`` and holding ``build(cfg, image
 ``mobilenet`` (a timm MobileNetV3 backbone), ``vit`` (a ViT encoder-decoder). ``base`` holds what they share
 (centring on the scene, the per-pixel head), ``config`` the student config and its presets.
 
-`FAMILIES` is the registry. It imports no torch, so the config and the CLI read the kinds without loading a network;
-a family's module is imported when a student of that kind is built.
+`FAMILIES` below is the registry. This module imports no torch, so the config and the CLI (every `distillkit`
+command) read the kinds without loading a network; a family's module is imported when a student of its kind is built.
 """
 
 from __future__ import annotations
