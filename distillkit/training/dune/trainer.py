@@ -147,8 +147,8 @@ def train(cfg: TrainConfig, on_step: Callable[[int, int, dict], None] | None = N
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     dist = Distributed(device)
     out = Path(cfg.out_dir)
+    groups = build_groups(cfg, dist.rank, dist.world)  # before anything is written: a refused store leaves no folder
     out.mkdir(parents=True, exist_ok=True)
-    groups = build_groups(cfg, dist.rank, dist.world)
     provenance = {}
     for g in groups:
         for src in g.sources:
