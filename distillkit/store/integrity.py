@@ -97,9 +97,13 @@ def missing_shards(group: zarr.Group, manifest: Manifest, provs) -> list[Damage]
     """Every (array, shard) marked done whose storage object is gone: zarr would read it back as fill values
     (NaN, zeros) without a word. One listing per per-shard array."""
     done = np.flatnonzero(group["progress/shard_done"][:])
+    by_writer = {sp.path for sp in expected_arrays(manifest, provs) if sp.written_by == "shard"}
     out = []
-    for path, rows_per_shard in [(p, manifest.shard_size) for p in _per_shard_arrays(manifest, provs)] + [
-            (p, 1) for p in _per_shard_stats(manifest, provs)]:
+    # only what the shard writer writes: it always writes every object (write_empty_chunks); the create-time
+    # columns of an append skip all-fill chunks (a split of all zeros), so their absence is no damage
+    for path, rows_per_shard in [(p, manifest.shard_size) for p in _per_shard_arrays(manifest, provs)
+                                 if p in by_writer] + [(p, 1) for p in _per_shard_stats(manifest, provs)
+                                                       if p in by_writer]:
         arr = group[path]
         outer = (arr.shards or arr.chunks)[0]
         have = object_keys(arr)
