@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 def parse_hw(value: Any) -> tuple[int, int]:
     """224 -> (224, 224); '224x336' / [224, 336] -> (224, 336) as (height, width)."""
     if isinstance(value, int):
-        return (value, value)
+        return parse_hw([value, value])
     if isinstance(value, str):
         parts = value.lower().replace(",", "x").split("x")
         try:
@@ -22,7 +22,10 @@ def parse_hw(value: Any) -> tuple[int, int]:
             raise ValueError(f"image size must be N or HxW, got {value!r}") from None
         return parse_hw(nums[0] if len(nums) == 1 else nums)
     if isinstance(value, (list, tuple)) and len(value) == 2:
-        return (int(value[0]), int(value[1]))
+        hw = (int(value[0]), int(value[1]))
+        if min(hw) <= 0:
+            raise ValueError(f"image size must be positive (height and width >= 1), got {hw[0]}x{hw[1]}")
+        return hw
     raise ValueError(f"image size must be N or HxW, got {value!r}")
 
 

@@ -42,10 +42,33 @@ def _has_glob(s: str) -> bool:
     return any(c in s for c in "*?[")
 
 
+def _manifest_text(fs, path: str, source: str) -> str:
+    """The manifest as text: UTF-8, with or without a byte-order mark (spreadsheet exports write one)."""
+    with fs.open(path, "rb") as f:
+        raw = f.read()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise ValueError(f"manifest {source}, line {line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); save the "
+                         "manifest as UTF-8") from None
+
+
+def _field(value: Any, name: str, source: str, n: int, required: bool) -> str | None:
+    """A manifest row's id or uri: a non-empty string (an id may be left out)."""
+    if value is None or value == "":
+        if required:
+            raise ValueError(f"manifest {source}, line {n}: '{name}' is missing or empty")
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"manifest {source}, line {n}: '{name}' must be a string, got {json.dumps(value)} "
+                         f"({type(value).__name__}); quote it")
+    return value
+
+
 def _from_manifest(fs, path: str, source: str) -> list[SampleRef]:
     base = posixpath.dirname(path)
-    with fs.open(path, "r") as f:
-        text = f.read()
+    text = _manifest_text(fs, path, source)
     rows: list[tuple[str | None, str]] = []
     # split on "\n" only: str.splitlines() also splits inside names holding U+2028, \x85, \x1c…
     lines = [ln.rstrip("\r") for ln in text.split("\n")]
@@ -55,14 +78,17 @@ def _from_manifest(fs, path: str, source: str) -> list[SampleRef]:
                 continue
             try:
                 rec = json.loads(line)
-                rows.append((rec.get("id"), rec["uri"]))
-            except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
-                raise ValueError(f"manifest {source}, line {n}: expected a JSON object with 'uri' (and 'id')") from None
+            except json.JSONDecodeError:
+                rec = None
+            if not isinstance(rec, dict):
+                raise ValueError(f"manifest {source}, line {n}: expected a JSON object with 'uri' (and 'id')")
+            rows.append((_field(rec.get("id"), "id", source, n, False), _field(rec.get("uri"), "uri", source, n,
+                                                                                True)))
     elif path.endswith(".csv"):
         reader = csv.DictReader(io.StringIO(text, newline=""))  # quoted fields may hold newlines
         if not reader.fieldnames or "uri" not in reader.fieldnames:
             raise ValueError(f"manifest {source}: CSV needs a header with a 'uri' column (and optionally 'id')")
-        rows = [(r.get("id") or None, r["uri"]) for r in reader]
+        rows = [(r.get("id") or None, _field(r["uri"], "uri", source, reader.line_num, True)) for r in reader]
     else:
         rows = [(None, ln.strip()) for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
     out = []
@@ -79,7 +105,7 @@ def list_source(source: str, storage_options: dict[str, Any] | None = None) -> l
     if source.startswith(DEMO_SOURCE):
         return list_source(str(demo_photos_folder()), storage_options)
     fs, path = url_to_fs(source, **(storage_options or {}))
-    if _has_glob(path):
+    if _has_glob(path) and not fs.exists(path):  # a folder named "shots [2024]" is a folder, not a pattern
         matches = sorted(fs.glob(path))
         root = path.split("*")[0].split("?")[0].split("[")[0].rsplit("/", 1)[0]
         files = [m for m in matches if fs.isfile(m) or m.lower().endswith(IMAGE_EXTENSIONS)]
@@ -96,12 +122,24 @@ def list_source(source: str, storage_options: dict[str, Any] | None = None) -> l
         root, files = posixpath.dirname(path), [path]
     else:
         raise ValueError(f"source {source!r} does not exist (expected a folder, glob, URL or manifest file)")
-    images = [f for f in files if f.lower().endswith(IMAGE_EXTENSIONS)]
+    images = [f for f in files if f.lower().endswith(IMAGE_EXTENSIONS) and _utf8_name(f, source)]
     skipped = len(files) - len(images)
     if skipped:
         log.info("source %s: ignoring %d file(s) without an image extension", source, skipped)
     refs = [SampleRef(id=posixpath.relpath(f, root) if root else f, uri=_join(fs, source, f)) for f in images]
     return _check(refs, source)
+
+
+def _utf8_name(path: str, source: str) -> bool:
+    """A file whose name is not valid UTF-8 (Python hands it over with surrogate escapes) cannot be a sample id
+    in the store: reported and skipped, the run goes on."""
+    try:
+        path.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        shown = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        log.warning("source %s: skipping %s: the file name is not valid UTF-8 (rename it)", source, shown)
+        return False
 
 
 def _check(refs: list[SampleRef], source: str) -> list[SampleRef]:
