@@ -85,9 +85,13 @@ def resample_depth(depth: np.ndarray, K_depth: np.ndarray, K_img: np.ndarray, hw
 
 
 def _open(scene: SceneSource, path: str) -> Image.Image:
-    with Image.open(io.BytesIO(scene.fs.cat_file(path))) as img:
-        img.load()
-        return ImageOps.exif_transpose(img)
+    """A frame's image, decoded completely; a file that does not decode is named (a truncated JPEG, not an image)."""
+    try:
+        with Image.open(io.BytesIO(scene.fs.cat_file(path))) as img:
+            img.load()
+            return ImageOps.exif_transpose(img)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise ValueError(f"scene {scene.name}: {scene.uri(path)} does not decode ({e}); fix or remove the frame")
 
 
 def image_hw(scene: SceneSource, frame: Frame) -> tuple[int, int]:
@@ -101,9 +105,33 @@ def image_hw(scene: SceneSource, frame: Frame) -> tuple[int, int]:
 def read_depth_m(scene: SceneSource, frame: Frame) -> np.ndarray:
     """The frame's depth map in metres (float32), invalid values -> 0."""
     raw = np.asarray(_open(scene, frame.depth))
+    if raw.ndim != 2:
+        raise ValueError(f"scene {scene.name}: depth map {scene.uri(frame.depth)} has {raw.shape[2]} channels; "
+                         "expected one (uint16)")
+    if scene.depth_hw is not None and not _same_aspect(raw.shape, scene.depth_hw):
+        raise ValueError(f"scene {scene.name}: depth map {scene.uri(frame.depth)} is {raw.shape[0]}x{raw.shape[1]}, "
+                         f"the dataset's depth maps are {scene.depth_hw[0]}x{scene.depth_hw[1]}: not the same "
+                         "camera; fix or remove the frame")
     depth = raw.astype(np.float32) * np.float32(scene.depth_scale)
     depth[np.isin(raw, scene.depth_invalid)] = 0.0
     return depth
+
+
+def frame_problem(scene: SceneSource, frame: Frame) -> str | None:
+    """Why a frame cannot be used (its colour image does not decode, its depth map is of another camera), or None.
+    Checked when a scene is planned, so that a bad frame is reported and skipped before anything is written."""
+    try:
+        _open(scene, frame.color)
+        if frame.depth and scene.depth_K is not None:
+            read_depth_m(scene, frame)
+    except (ValueError, FileNotFoundError) as e:
+        return str(e)
+    return None
+
+
+def _same_aspect(hw: tuple[int, ...], want: tuple[int, int], tol: float = 0.02) -> bool:
+    """A depth map of another resolution is rescaled; one of another shape is another camera (or garbage)."""
+    return abs(hw[0] * want[1] - hw[1] * want[0]) <= tol * want[0] * hw[1]
 
 
 @dataclass

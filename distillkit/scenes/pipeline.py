@@ -32,7 +32,7 @@ from distillkit.geometry import AlignConfig, AlignResult, align, make_pairs, pai
 from distillkit.geometry.checks import check_graph, check_pair_values, check_sizes
 from distillkit.store.target import inspect_target
 from distillkit.scenes import store as st
-from distillkit.scenes.frames import crop_geometry, gt_intrinsics, image_hw, load_frame
+from distillkit.scenes.frames import crop_geometry, frame_problem, gt_intrinsics, image_hw, load_frame
 from distillkit.scenes.quality import alignment_residuals, gt_metrics
 from distillkit.scenes.sources import SceneSource, discover, fingerprint_parts, select_frames
 
@@ -67,6 +67,11 @@ def _graph_edges(graph: str, n: int, symmetrize: bool, c2w, K, hw) -> tuple[np.n
 def plan_scene(scene: SceneSource, cfg: SceneCacheConfig) -> tuple[SceneSource, st.SceneTables] | None:
     """Frame selection, one crop size per scene (odd-sized frames dropped), GT intrinsics, the pair graph."""
     scene = select_frames(scene, cfg.splits, cfg.frame_stride, cfg.max_frames)
+    problems = {f.frame_id: frame_problem(scene, f) for f in scene.frames}
+    for fid, why in problems.items():
+        if why:
+            log.warning("skipping frame %s: %s", fid, why)
+    scene.frames = [f for f in scene.frames if not problems[f.frame_id]]
     src_hws = [image_hw(scene, f) for f in scene.frames]
     out_hws = [crop_geometry(hw, cfg.image_size, patch_size=PATCH).out_hw for hw in src_hws]
     if not out_hws:

@@ -82,15 +82,29 @@ def intrinsics(fx: float, fy: float, cx: float, cy: float) -> np.ndarray:
 
 
 def parse_pose(text: str) -> np.ndarray | None:
-    """4x4 camera-to-world from 4 text rows; None when any entry is not finite (INF / NaN = lost tracking)."""
+    """4x4 camera-to-world from 4 text rows; None when it is not a usable pose (see `pose_problem`)."""
+    pose, _ = read_pose(text)
+    return pose
+
+
+def read_pose(text: str) -> tuple[np.ndarray | None, str | None]:
+    """(pose, None), or (None, why not). ``INF`` entries are 12-Scenes' mark of lost tracking: (None, "lost")."""
     try:
         vals = [float(t) for t in text.split()]
     except ValueError:
-        return None
+        return None, "not 16 numbers"
     if len(vals) < 16:
-        return None
+        return None, f"{len(vals)} numbers, not 16"
     M = np.array(vals[:16], np.float64).reshape(4, 4)
-    return M if np.isfinite(M).all() else None
+    if np.isinf(M).any() and not np.isnan(M).any():
+        return None, "lost"
+    if not np.isfinite(M).all():
+        return None, "NaN entries"
+    R = M[:3, :3]
+    if not np.allclose(M[3], [0, 0, 0, 1], atol=1e-6) or not np.allclose(R @ R.T, np.eye(3), atol=1e-3) \
+            or np.linalg.det(R) < 0:
+        return None, "not a rigid camera-to-world matrix (rotation not orthonormal or last row not 0 0 0 1)"
+    return M, None
 
 
 def parse_info(text: str) -> dict[str, str]:
@@ -142,22 +156,37 @@ def _poses_and_frames(fs, candidates: list[tuple[str, str, str | None, str, int]
     frames, bad = [], 0
     for fid, color, depth, pose_path, split in candidates:
         try:
-            pose = parse_pose(fs.cat_file(pose_path).decode())
+            pose, why = read_pose(fs.cat_file(pose_path).decode(errors="replace"))
         except FileNotFoundError:
-            pose = None
+            pose, why = None, "lost"
         if pose is None:
             bad += 1
+            if why != "lost":  # lost tracking is the dataset's own convention; anything else is worth a word
+                log.warning("skipping frame %s: its pose %s has %s", fid, pose_path, why)
             continue
         frames.append(Frame(fid, color, depth, pose, split))
     return frames, bad
 
 
 # ---------------------------------------------------------------------------------------------- 12-Scenes
+def _info_reader(info: dict[str, str], path: str):
+    """`get(key, parse)`: the value of one info.txt line, parsed; a missing or malformed line names file and key."""
+    def get(key: str, parse, default: str | None = None):
+        if key not in info and default is None:
+            raise ValueError(f"{path}: no '{key} = …' line (an incomplete info.txt?)")
+        try:
+            return parse(info.get(key, default))
+        except (ValueError, IndexError):
+            raise ValueError(f"{path}: '{key} = {info.get(key, default)}' is not a valid value") from None
+    return get
+
+
 def read_12scenes(fs, root: str, name: str | None = None) -> SceneSource:
-    info = parse_info(_read_text(fs, posixpath.join(root, "info.txt")))
-    color_hw = (int(info["m_colorHeight"]), int(info["m_colorWidth"]))
-    depth_hw = (int(info["m_depthHeight"]), int(info["m_depthWidth"]))
-    shift = float(info.get("m_depthShift", 1000))
+    info_path = posixpath.join(root, "info.txt")
+    get = _info_reader(parse_info(_read_text(fs, info_path)), info_path)
+    color_hw = (get("m_colorHeight", int), get("m_colorWidth", int))
+    depth_hw = (get("m_depthHeight", int), get("m_depthWidth", int))
+    shift = get("m_depthShift", float, "1000")
     split_path = posixpath.join(root, "split.txt")
     test_range = None
     if fs.exists(split_path):
@@ -182,8 +211,8 @@ def read_12scenes(fs, root: str, name: str | None = None) -> SceneSource:
     frames, bad = _poses_and_frames(fs, [c for c in cands if _base(c[3]) in files])
     bad += len(missing)
     return SceneSource(name or _base(root), "12scenes", root, frames, fs,
-                       _matrix_K(info["m_calibrationColorIntrinsic"]), color_hw,
-                       _matrix_K(info["m_calibrationDepthIntrinsic"]), depth_hw, 1.0 / shift, (0,), bad,
+                       get("m_calibrationColorIntrinsic", _matrix_K), color_hw,
+                       get("m_calibrationDepthIntrinsic", _matrix_K), depth_hw, 1.0 / shift, (0,), bad,
                        notes="12-Scenes: depth registered to colour (info.txt intrinsics)")
 
 
