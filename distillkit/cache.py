@@ -167,7 +167,7 @@ def _run_teachers(teachers: dict[str, Teacher], decoded: list[DecodedSample], ro
             y = teacher(x)
             dt = np.dtype(teacher.provenance.dtype)
             patch = y.patch.cpu().numpy().astype(dt)
-            cls = (y.cls if y.cls is not None else y.patch.mean(dim=(1, 2))).cpu().numpy().astype(dt)
+            cls = y.stored_cls.cpu().numpy().astype(dt)
             for j, r in enumerate(batch):
                 if not (np.isfinite(patch[j]).all() and np.isfinite(cls[j]).all()):
                     valid[r], errors[r] = 0, (f"teacher {name}: output not finite in {dt.name} "

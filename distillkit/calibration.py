@@ -50,7 +50,7 @@ def fit_codecs(cfg, plan, teachers: dict, decode) -> dict[str, Codec]:
             x = torch.from_numpy(np.stack([d.teacher_inputs[hw] for d in decoded[i:i + cfg.batch_size]]))
             y = t(x)
             patch = y.patch.cpu().numpy().astype(t.provenance.dtype)
-            cls = (y.cls if y.cls is not None else y.patch.mean(dim=(1, 2))).cpu().numpy()  # as `cache` stores it
+            cls = y.stored_cls.cpu().numpy()
             tokens.append(patch.reshape(-1, patch.shape[-1]))
             cls_tokens.append(cls.astype(t.provenance.dtype))
         tokens, cls_tokens = np.concatenate(tokens), np.concatenate(cls_tokens)

@@ -55,8 +55,7 @@ def teacher_targets(teacher, images: torch.Tensor) -> tuple[torch.Tensor, torch.
         x = F.interpolate(x, size=hw, mode="bicubic", antialias=True, align_corners=False)
         images = x.clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1)
     out = teacher(images)
-    cls = out.cls if out.cls is not None else out.patch.mean(dim=(1, 2))  # as the cache stores it
-    return cls, out.patch
+    return out.stored_cls, out.patch
 
 
 class Arm:

@@ -18,8 +18,14 @@ PATCH_ONLY_OUTPUT = TeacherProvenance.CLS_IS_PATCH_MEAN
 
 @dataclass
 class TeacherOutput:
-    cls: torch.Tensor | None  # [B, C] or None when the teacher has no summary token (cache stores the patch mean)
+    cls: torch.Tensor | None  # [B, C] or None when the teacher has no summary token
     patch: torch.Tensor  # [B, h, w, C]
+
+    @property
+    def stored_cls(self) -> torch.Tensor:
+        """The CLS token the cache stores and students learn: the teacher's own, or the patch mean for a teacher
+        without one (its provenance `output` ends in PATCH_ONLY_OUTPUT)."""
+        return self.cls if self.cls is not None else self.patch.mean(dim=(1, 2))
 
 
 class Teacher:
