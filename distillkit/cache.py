@@ -30,7 +30,7 @@ from distillkit.config.common import safe_url
 from distillkit.sources import SampleRef, list_source, source_fingerprint
 from distillkit.sources.images import split_of
 from distillkit.store import growth, layout, sample_index, stats
-from distillkit.store.compact import Codec
+from distillkit.store.codecs import Codec, read_codec
 from distillkit.store.lease import Lease
 from distillkit.store.target import inspect_target
 from distillkit.store.writer import AsyncShardWriter, ShardResult, StoreFull, TeacherShard, remove_metadata_debris
@@ -121,7 +121,7 @@ def prepare_store(cfg: CacheConfig) -> Prepared:
     if bad:
         raise ValueError(f"shards {bad} out of range: the store has {manifest.n_shards} shards")
     pending = [s for s in wanted if not done[s]]
-    codecs = {n: Codec.read(group, n, t.provenance.storage) for n, t in teachers.items()}
+    codecs = {n: read_codec(group, n, t.provenance.storage) for n, t in teachers.items()}
     return Prepared(group=group, manifest=manifest, pending=pending, teachers=teachers, changes=changes,
                     codecs=codecs)
 
@@ -180,23 +180,6 @@ def _run_teachers(teachers: dict[str, Teacher], decoded: list[DecodedSample], ro
         out[name].cls[valid == 0] = np.nan
 
 
-def _encoded(t: TeacherShard, codec: Codec, dtype: str, valid: np.ndarray) -> TeacherShard:
-    """The shard's patch tokens as the store keeps them, plus what readers will decode (for the statistics)."""
-    if codec.is_identity:
-        return t
-    ok = valid.astype(bool)
-    patch = np.where(ok[:, None, None, None], t.patch, 0).astype(t.patch.dtype)  # rejected rows: no NaN in int8
-    stored = codec.encode(patch, dtype)
-    cls = codec.encode_cls(np.where(ok[:, None], t.cls, 0).astype(t.cls.dtype), dtype)
-    if not codec.storage.int8:
-        stored[~ok], cls[~ok] = np.nan, np.nan
-    decoded, decoded_cls = codec.decode(stored, dtype), codec.decode_cls(cls, dtype)
-    decoded[~ok], decoded_cls[~ok] = np.nan, np.nan
-    coef = codec.coefficients(stored) if codec.storage.pca_k else None
-    return TeacherShard(patch=stored, cls=cls, decoded=decoded, decoded_cls=decoded_cls, coef_patch=coef,
-                        coef_cls=codec.cls_coefficients(decoded_cls) if coef is not None else None)
-
-
 def cache_shards(cfg: CacheConfig, prepared: Prepared, shards: list[int] | None = None,
                  on_shard: Callable[[int, int], None] | None = None, show_progress: bool = True) -> dict:
     """Compute and write the given shards (default: all pending). Decoding, compute and writing overlap."""
@@ -241,7 +224,8 @@ def cache_shards(cfg: CacheConfig, prepared: Prepared, shards: list[int] | None 
                     for name, t in teachers.items()}
                 _run_teachers(teachers, decoded, [i for i in range(n) if valid[i]], out, valid, errors,
                               cfg.batch_size)
-                out = {name: _encoded(t, prepared.codecs[name], teachers[name].provenance.dtype, valid)
+                out = {name: prepared.codecs[name].encode_shard(t.patch, t.cls, valid.astype(bool),
+                                                                teachers[name].provenance.dtype)
                        for name, t in out.items()}
                 image = np.zeros((n, h, w, 3), np.uint8)
                 for i, d in enumerate(decoded):
@@ -324,7 +308,7 @@ def merge_statistics(group: zarr.Group, manifest: Manifest) -> None:
         counts = group[f"{base}/shard_count"][:]
         tokens = int(np.prod(group[f"teachers/{name}/patch"].shape[1:3]))
         kinds = [("patch", tokens), ("cls", 1)]
-        if f"{base}/shard_coef_patch_mean" in group:  # PCA storage: the coefficients' statistics too
+        if f"{base}/shard_coef_patch_mean" in group:  # a projecting storage: the coefficients' statistics too
             kinds += [("coef_patch", tokens), ("coef_cls", 1)]
         for tok, mult in kinds:
             means, m2s = group[f"{base}/shard_{tok}_mean"][:], group[f"{base}/shard_{tok}_m2"][:]

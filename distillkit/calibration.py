@@ -1,4 +1,4 @@
-"""Fit the compact-storage codecs (int8 / PCA) of a new store: the teachers run once over a calibration sample.
+"""Fit the storage codecs (int8, PCA) of a new store: the teachers run once over a calibration sample.
 
 The sample is up to `calibration_samples` training images spread evenly over the sample table (a first pass over
 a sample of the data, not a stream: the basis must exist before the first shard is encoded). Batches are fixed,
@@ -14,7 +14,7 @@ import torch
 
 from distillkit_schemas.storage import parse_storage
 
-from distillkit.store.compact import Codec
+from distillkit.store.codecs import Codec, fit_codec
 
 log = logging.getLogger("distillkit")
 
@@ -29,10 +29,11 @@ def calibration_rows(splits: np.ndarray, n: int) -> np.ndarray:
 
 
 def fit_codecs(cfg, plan, teachers: dict, decode) -> dict[str, Codec]:
-    """One Codec per teacher (identity for fp16). `decode(row)` gives a `DecodedSample` of a plan row."""
+    """The codec of each teacher whose storage has fitted arrays (none for fp16). `decode(row)` gives a
+    `DecodedSample` of a plan row."""
     storage = {t.name: t.storage for t in cfg.teachers}
-    compact = [n for n in teachers if storage[n] != "fp16"]
-    codecs = {n: Codec(parse_storage("fp16")) for n in teachers if n not in compact}
+    compact = [n for n in teachers if parse_storage(storage[n]).fitted]
+    codecs: dict[str, Codec] = {}
     if not compact:
         return codecs
     rows = calibration_rows(plan.splits, cfg.calibration_samples)
@@ -54,7 +55,7 @@ def fit_codecs(cfg, plan, teachers: dict, decode) -> dict[str, Codec]:
             tokens.append(patch.reshape(-1, patch.shape[-1]))
             cls_tokens.append(cls.astype(t.provenance.dtype))
         tokens, cls_tokens = np.concatenate(tokens), np.concatenate(cls_tokens)
-        codecs[name] = Codec.fit(storage[name], tokens[np.isfinite(tokens).all(axis=1)],
+        codecs[name] = fit_codec(storage[name], tokens[np.isfinite(tokens).all(axis=1)],
                                  cls_tokens[np.isfinite(cls_tokens).all(axis=1)])
         t.provenance.storage_sha256 = codecs[name].sha256()
     return codecs

@@ -178,7 +178,7 @@ def expected_arrays(manifest: Manifest, teachers: dict[str, TeacherProvenance]) 
         w = store.width(c)
         specs += [
             ArraySpec(path=f"{base}/patch", shape=(n, gh, gw, w), dtype=store.dtype(p.dtype),
-                      dims=("sample", "y", "x", "coefficient" if store.pca_k else "channel"),
+                      dims=("sample", "y", "x", store.dim),
                       chunks=(1, gh, gw, w), shards=(s, gh, gw, w), written_by="shard"),
             ArraySpec(path=f"{base}/cls", shape=(n, c), dtype=store.dtype(p.dtype), dims=("sample", "channel"),
                       chunks=(s, c), written_by="shard"),
@@ -189,15 +189,12 @@ def expected_arrays(manifest: Manifest, teachers: dict[str, TeacherProvenance]) 
             for stat in ("mean", "m2"):
                 specs.append(ArraySpec(path=f"{base}/stats/shard_{tok}_{stat}", shape=(k, c), dtype="float64",
                                        dims=("shard", "channel"), chunks=(1, c), written_by="shard"))
-        coef = [f"coef_{tok}" for tok in ("patch", "cls")] if store.pca_k else []
-        for tok in coef:  # statistics of the PCA coefficients: standardisation when training on them
+        coef = [f"coef_{tok}" for tok in ("patch", "cls")] if store.projects else []
+        for tok in coef:  # statistics of the coefficients: standardisation when training on them
             for stat in ("mean", "m2"):
                 specs.append(ArraySpec(path=f"{base}/stats/shard_{tok}_{stat}", shape=(k, w), dtype="float64",
                                        dims=("shard", "coefficient"), chunks=(1, w), written_by="shard"))
-        for name, (shape, dtype) in store.codec_arrays(c).items():
-            dims = {"basis": ("coefficient", "channel"), "mean": ("channel",), "eigenvalues": ("component",),
-                    "cls_scale": ("channel",), "cls_offset": ("channel",)}.get(
-                name, ("coefficient" if store.pca_k else "channel",))
+        for name, (shape, dtype, dims) in store.codec_arrays(c).items():
             specs.append(ArraySpec(path=f"{base}/codec/{name}", shape=shape, dtype=dtype, dims=dims, chunks=shape,
                                    written_by="create"))
         specs.append(ArraySpec(path=f"{base}/stats/count", shape=(), dtype="int64", dims=(), chunks=(),

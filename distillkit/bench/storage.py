@@ -17,12 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
+from distillkit_schemas.storage import parse_storage
 from distillkit_schemas.validate import read_manifest, read_provenance
 
 from distillkit.store import layout
-from distillkit.store.compact import Codec, bytes_per_sample
+from distillkit.store.codecs import Codec, fit_codec
+from distillkit.store.codecs.pca import spectrum
 from distillkit.store.reader import ShardStream, StoreSource
-from distillkit.store.writer import ShardResult, TeacherShard, write_shard
+from distillkit.store.writer import ShardResult, write_shard
 
 MAX_FIT_TOKENS = 200_000
 
@@ -51,15 +53,6 @@ def _quality(ref: np.ndarray, got: np.ndarray) -> dict:
             "rel_l2": float(np.linalg.norm(got - ref) / max(np.linalg.norm(ref), 1e-12))}
 
 
-def _clip_fraction(codec: Codec, x: np.ndarray) -> float | None:
-    if not codec.storage.int8:
-        return None
-    v = x.reshape(-1, x.shape[-1]).astype(np.float32)
-    v = codec.project(v) if codec.storage.pca_k else v
-    q = (v - codec.offset) / codec.scale
-    return float((np.abs(q) > 127.5).mean())
-
-
 def variance_curve(eigenvalues: np.ndarray) -> dict[int, float]:
     total = float(eigenvalues.sum()) or 1.0
     cum = np.cumsum(eigenvalues) / total
@@ -83,16 +76,8 @@ def transcode(url: str, out: str, storage: dict[str, str], codecs: dict[str, Cod
         sl = slice(s * size, min((s + 1) * size, m.n_samples))
         valid = g["samples/valid"][sl]
         ok = valid.astype(bool)
-        teachers = {}
-        for t, p in provs.items():
-            patch, cls = g[f"teachers/{t}/patch"][sl], g[f"teachers/{t}/cls"][sl]
-            codec = codecs[t]
-            stored = codec.encode(np.where(ok[:, None, None, None], patch, 0).astype(patch.dtype), p.dtype)
-            stored_cls = codec.encode_cls(np.where(ok[:, None], cls, 0).astype(cls.dtype), p.dtype)
-            decoded, decoded_cls = codec.decode(stored, p.dtype), codec.decode_cls(stored_cls, p.dtype)
-            coef = codec.coefficients(stored) if codec.storage.pca_k else None
-            teachers[t] = TeacherShard(stored, stored_cls, decoded, decoded_cls, coef,
-                                       codec.cls_coefficients(decoded_cls) if coef is not None else None)
+        teachers = {t: codecs[t].encode_shard(g[f"teachers/{t}/patch"][sl], g[f"teachers/{t}/cls"][sl], ok, p.dtype)
+                    for t, p in provs.items()}
         write_shard(out_g, ShardResult(shard=s, start=sl.start, stop=sl.stop, valid=valid,
                                        error=g["samples/error"][sl].tolist(), source_hw=g["samples/source_hw"][sl],
                                        view=g["samples/view"][sl], image=g["samples/image"][sl], teachers=teachers))
@@ -141,16 +126,16 @@ def bench_storage(url: str, options: list[str] | None = None, batch_size: int = 
                 fit_tokens = fit_tokens[np.linspace(0, len(fit_tokens) - 1, MAX_FIT_TOKENS).astype(int)]
             cls_all = _cls(src, t)
             cls_fit = cls_all[split == 0] if (split == 0).any() else cls_all
-            fp16_bytes = bytes_per_sample(p.grid_hw, c, "fp16")
-            curve = variance_curve(Codec.fit(f"pca:{c}", fit_tokens).eigenvalues)
+            fp16_bytes = parse_storage("fp16").bytes_per_sample(p.grid_hw, c)
+            curve = variance_curve(spectrum(fit_tokens)[0])
             rows[t] = {"embed_dim": c, "fp16_bytes_per_sample": fp16_bytes, "pca_variance_curve": curve,
                        "options": {}}
             for i, opt in enumerate(options or default_options(c)):
-                codec = Codec.fit(opt, fit_tokens, cls_fit)
-                got = codec.decode(codec.encode(x, p.dtype), p.dtype)
-                b = bytes_per_sample(p.grid_hw, c, opt, p.dtype)
+                codec = fit_codec(opt, fit_tokens, cls_fit)
+                got = codec.decode(codec.encode(x, p.dtype), dtype=p.dtype)
+                b = codec.storage.bytes_per_sample(p.grid_hw, c, p.dtype)
                 rows[t]["options"][opt] = {"bytes_per_sample": b, "ratio_vs_fp16": b / fp16_bytes,
-                                           **_quality(x, got), "clip_fraction": _clip_fraction(codec, x),
+                                           **_quality(x, got), "clip_fraction": codec.clip_fraction(x),
                                            "retained_variance": codec.retained_variance()}
                 per_option.setdefault(i, {})[t] = (opt, codec)
         if reader:

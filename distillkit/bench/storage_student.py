@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from distillkit.bench.storage import _cls, _features, transcode
-from distillkit.store.compact import Codec
+from distillkit.store.codecs import fit_codec
 from distillkit.store.reader import ShardStream, StoreSource
 
 
@@ -49,7 +49,7 @@ def student_gap(url: str, option: str, steps: int, seed: int = 0, batch_size: in
         x, split = _features(src, t)
         cls = _cls(src, t)
         train_rows = split == 0 if (split == 0).any() else np.ones_like(split, bool)
-        codecs[t] = Codec.fit(option, x[train_rows].reshape(-1, x.shape[-1]), cls[train_rows])
+        codecs[t] = fit_codec(option, x[train_rows].reshape(-1, x.shape[-1]), cls[train_rows])
     with tempfile.TemporaryDirectory(prefix="distillkit-storage-student-") as tmp:
         compact = str(Path(tmp) / "compact.zarr")
         transcode(url, compact, {t: option for t in codecs}, codecs)

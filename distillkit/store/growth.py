@@ -26,7 +26,7 @@ import zarr
 
 from distillkit_schemas import Manifest, TeacherProvenance, expected_arrays
 
-from distillkit.store.compact import Codec
+from distillkit.store.codecs import read_codec
 from distillkit.store.writer import write_partials
 
 log = logging.getLogger("distillkit")
@@ -115,8 +115,6 @@ def prune(group: zarr.Group, manifest: Manifest, provs: dict[str, TeacherProvena
         ok = v.astype(bool)
         for name, p in provs.items():
             base = f"teachers/{name}"
-            codec = Codec.read(group, name, p.storage)
-            stored, cls = group[f"{base}/patch"][sl], codec.decode_cls(group[f"{base}/cls"][sl], p.dtype)
-            coef = codec.coefficients(stored) if codec.storage.pca_k else None
-            write_partials(group, base, s, ok, codec.decode(stored, p.dtype), cls, coef,
-                           codec.cls_coefficients(cls) if coef is not None else None)
+            codec = read_codec(group, name, p.storage)
+            write_partials(group, base, s, ok, codec.readback(group[f"{base}/patch"][sl], group[f"{base}/cls"][sl],
+                                                              p.dtype))

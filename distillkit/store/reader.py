@@ -32,21 +32,20 @@ from distillkit_schemas import Manifest, TeacherProvenance
 from distillkit_schemas.validate import read_manifest, read_provenance
 
 from distillkit.store import sample_index
-from distillkit.store.compact import Codec
+from distillkit.store.codecs import Target, read_codec
 from distillkit.store.direct import direct_reader
 from distillkit.store.layout import open_group
 
 Split = Literal["train", "val", "all"]
-Decode = Literal["full", "coeffs"]
 
 
 class StoreSource:
     """One store's arrays, opened lazily in each process (fsspec async clients do not survive fork)."""
 
     def __init__(self, url: str, teachers: list[str] | None = None, storage_options: dict[str, Any] | None = None,
-                 verify: bool = True, decode: Decode = "full", on_device: bool = False):
+                 verify: bool = True, decode: Target = "full", on_device: bool = False):
         self.url = url
-        self.decode = decode  # compact storage: full-width features, or the PCA coefficients ("coeffs")
+        self.decode = decode  # full-width features, or a projection's coefficients ("coeffs")
         self.on_device = on_device  # read() returns the stored codes; the trainer decodes them on its device
         self.verify = verify  # crc32c of every row and shard index on the direct path (zarr always verifies)
         self.storage_options = storage_options or {}
@@ -63,14 +62,14 @@ class StoreSource:
         if unknown:
             raise ValueError(f"store {url} has no teacher(s) {unknown}; it has {self.manifest.teachers}")
         self.provenance: dict[str, TeacherProvenance] = {t: read_provenance(group, t) for t in self.teachers}
-        self.codecs = {t: Codec.read(group, t, p.storage) for t, p in self.provenance.items()}
+        self.codecs = {t: read_codec(group, t, p.storage) for t, p in self.provenance.items()}
         if decode == "coeffs":
-            flat = [t for t, c in self.codecs.items() if c.storage.pca_k is None]
+            flat = [t for t, c in self.codecs.items() if not c.storage.projects]
             if flat:
                 raise ValueError(f"decode=coeffs needs PCA storage; store {url} keeps teacher(s) {flat} as "
                                  f"{[self.provenance[t].storage for t in flat]}")
             # targets live in the reduced space: the student's projectors predict K coefficients
-            self.provenance = {t: p.model_copy(update={"embed_dim": self.codecs[t].storage.pca_k})
+            self.provenance = {t: p.model_copy(update={"embed_dim": self.codecs[t].storage.width(p.embed_dim)})
                                for t, p in self.provenance.items()}
         n = self.manifest.n_samples  # the version the manifest describes: rows an append is writing are not served
         # a few objects, not 3 per shard; a store finalized without an index: the per-shard table
@@ -132,15 +131,11 @@ class StoreSource:
         return self._decoded(name, raw) if self.on_device else raw
 
     def _decoded(self, name: str, raw: np.ndarray) -> np.ndarray:
-        parts = name.split("/")
-        if parts[0] != "teachers" or parts[1] not in self.codecs or self.codecs[parts[1]].is_identity:
+        prefix, *rest = name.split("/")
+        if prefix != "teachers":
             return raw
-        codec, p = self.codecs[parts[1]], self.provenance[parts[1]]
-        if parts[2] == "cls":
-            cls = codec.decode_cls(raw, p.dtype)
-            # float32: CLS coefficients vary little across images, fp16 would round away much of that variation
-            return codec.cls_coefficients(cls) if self.decode == "coeffs" else cls
-        return codec.coefficients(raw).astype(p.dtype) if self.decode == "coeffs" else codec.decode(raw, p.dtype)
+        teacher, token = rest
+        return self.codecs[teacher].decode(raw, token, self.decode, self.provenance[teacher].dtype)
 
     def __getstate__(self) -> dict:
         state = {**self.__dict__, "_arrays": None, "_direct": None, "_pid": None}

@@ -20,12 +20,12 @@ log = logging.getLogger("distillkit")
 
 @dataclass
 class TeacherShard:
-    patch: np.ndarray  # [n, h, w, W] as stored (fp16 / int8 / PCA coefficients); NaN rows for rejected samples
+    patch: np.ndarray  # [n, h, w, W] as stored (the storage codec's output); NaN rows for rejected samples
     cls: np.ndarray  # [n, C]
-    decoded: np.ndarray | None = None  # [n, h, w, C] what readers decode from `patch` (compact storage only)
-    decoded_cls: np.ndarray | None = None  # [n, C] what readers decode from `cls`
-    coef_patch: np.ndarray | None = None  # [n, h, w, K] PCA coefficients (float32), for their statistics
-    coef_cls: np.ndarray | None = None  # [n, K] CLS tokens on the PCA basis
+    decoded: np.ndarray | None = None  # [n, h, w, C] what readers decode from `patch` (None: `patch` itself)
+    decoded_cls: np.ndarray | None = None  # [n, C] what readers decode from `cls` (None: `cls` itself)
+    coef_patch: np.ndarray | None = None  # [n, h, w, K] a projection's coefficients, for their statistics
+    coef_cls: np.ndarray | None = None  # [n, K] CLS tokens projected alike
 
 
 @dataclass
@@ -62,17 +62,16 @@ def write_shard(group: zarr.Group, r: ShardResult) -> None:
         base = f"teachers/{name}"
         group[f"{base}/patch"][sl] = t.patch
         group[f"{base}/cls"][sl] = t.cls
-        write_partials(group, base, r.shard, ok, t.patch if t.decoded is None else t.decoded,
-                       t.cls if t.decoded_cls is None else t.decoded_cls, t.coef_patch, t.coef_cls)
+        write_partials(group, base, r.shard, ok, t)
     group["progress/shard_done"][r.shard] = 1  # LAST: the shard counts as done only after all of the above
 
 
-def write_partials(group, base: str, shard: int, ok: np.ndarray, patch: np.ndarray, cls: np.ndarray,
-                   coef_patch: np.ndarray | None = None, coef_cls: np.ndarray | None = None) -> None:
+def write_partials(group, base: str, shard: int, ok: np.ndarray, t: TeacherShard) -> None:
     """One shard's statistics partials, of the values readers get back (decoded), over its valid rows."""
-    parts = [("patch", patch), ("cls", cls)]
-    if coef_patch is not None:
-        parts += [("coef_patch", coef_patch), ("coef_cls", coef_cls)]
+    parts = [("patch", t.patch if t.decoded is None else t.decoded),
+             ("cls", t.cls if t.decoded_cls is None else t.decoded_cls)]
+    if t.coef_patch is not None:
+        parts += [("coef_patch", t.coef_patch), ("coef_cls", t.coef_cls)]
     for tok, x in parts:
         _, mean, m2 = st.partial(x[ok].reshape(-1, x.shape[-1]))
         group[f"{base}/stats/shard_{tok}_mean"][shard] = mean

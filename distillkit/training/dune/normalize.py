@@ -13,6 +13,7 @@ phi-s     PHI-S (RADIO v2.5): centre, rotate into the eigenbasis of the covarian
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import numpy as np
 import torch
@@ -85,10 +86,10 @@ class TargetNorm:
                  max_samples: int = 2048):
         self.mode = mode
         self.params: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
-        self.decoders: dict[str, DeviceDecoder] = {}
+        self.decoders = {}  # teacher -> decode(stored batch, token), for sources that hand over the stored codes
         for teacher, src in sources.items():
-            if src.on_device and not src.codecs[teacher].is_identity:
-                self.decoders[teacher] = DeviceDecoder(src.codecs[teacher], src.decode, device)
+            if src.on_device:
+                self.decoders[teacher] = partial(src.codecs[teacher].to(device).decode, target=src.decode)
             stats = src.stats(teacher)
             for kind in ("patch", "cls"):
                 if mode == "standard":
@@ -107,7 +108,7 @@ class TargetNorm:
         """A batch as read from the store -> the teacher's features (or PCA coefficients): compact codes are
         decoded here, on the training device, so the loader moves and holds only the compact bytes."""
         dec = self.decoders.get(teacher)
-        return dec(kind, x) if dec is not None else x
+        return dec(x, kind) if dec is not None else x
 
     def __call__(self, teacher: str, kind: str, x: torch.Tensor) -> torch.Tensor:
         p = self.params[(teacher, kind)]
@@ -122,25 +123,3 @@ class TargetNorm:
         if self.mode == "standard":
             return y * p["std"] + p["mean"]
         return (y * p["scale"]) @ p["rot"] + p["mean"]
-
-
-class DeviceDecoder:
-    """`Codec.decode` / `coefficients` in torch on the training device (same maths as distillkit.store.compact)."""
-
-    def __init__(self, codec, target: str, device: torch.device):
-        def t(a):
-            return None if a is None else torch.as_tensor(np.asarray(a), dtype=torch.float32, device=device)
-        self.int8, self.pca, self.coeffs = codec.storage.int8, codec.storage.pca_k is not None, target == "coeffs"
-        self.scale, self.offset = t(codec.scale), t(codec.offset)
-        self.cls_scale, self.cls_offset = t(codec.cls_scale), t(codec.cls_offset)
-        self.basis, self.mean = t(codec.basis), t(codec.mean)
-
-    def __call__(self, kind: str, x: torch.Tensor) -> torch.Tensor:
-        v = x.float()
-        if kind == "cls":
-            if self.int8:
-                v = v * self.cls_scale + self.cls_offset
-            return (v - self.mean) @ self.basis.T if self.pca and self.coeffs else v
-        if self.int8:
-            v = v * self.scale + self.offset
-        return v @ self.basis + self.mean if self.pca and not self.coeffs else v
