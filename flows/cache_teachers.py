@@ -20,7 +20,8 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.context import get_run_context
 
-from distillkit.cache import cache_shards, finalize_store, prepare_store
+from distillkit.features.pipeline import cache_shards, prepare_store
+from distillkit.store.finalize import finalize_store
 from distillkit.store.lease import Lease
 from distillkit.config.cache import CacheConfig
 from distillkit.config.scenes import SceneCacheConfig

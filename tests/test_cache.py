@@ -12,7 +12,7 @@ import zarr
 from PIL import Image
 
 from conftest import REPO, TINY_TEACHER, read_all, tiny_cache_config
-from distillkit.cache import run_cache
+from distillkit.features.pipeline import run_cache
 from distillkit.store import NotAStore, StoreMismatch
 
 CLI = [str(REPO / ".venv/bin/distillkit")] if (REPO / ".venv/bin/distillkit").exists() else \
@@ -56,7 +56,7 @@ def test_cli_cache_then_rerun_is_noop_and_store_is_valid(photos, tmp_path):
 
 
 def test_features_match_a_direct_teacher_forward_and_stats_are_exact(cached_store, photos):
-    from distillkit.cache import decode_sample
+    from distillkit.features.inputs import decode_sample
     from distillkit.config.cache import TeacherConfig
     from distillkit.teachers import load_teacher
     import torch

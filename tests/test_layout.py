@@ -23,9 +23,9 @@ MAX_LINES = 420
 LAYERS = (
     {"distillkit_schemas"},
     {"distillkit", "config", "devices", "demo_data", "geometry", "images", "store", "students"},
-    {"calibration", "sources", "teachers"},
-    {"cache_inputs", "scenes"},
-    {"cache", "training"},
+    {"sources", "teachers"},
+    {"scenes"},
+    {"features", "cache", "training"},
     {"bench", "repair", "stores"},
     {"cli"},
     {"distillkit_flows"},

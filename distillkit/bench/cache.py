@@ -14,7 +14,8 @@ def bench_cache(source: str, teacher: str, checkpoint: str | None = None, image_
                 student_patch: int = 14, batch_size: int = 32, num_workers: int = 4, shard_size: int = 64,
                 overrides: dict | None = None) -> dict:
     """Wall time of a whole cache run vs the bare teacher forward over the same preprocessed images."""
-    from distillkit.cache import decode_sample, load_teachers, plan_samples, run_cache
+    from distillkit.features.inputs import decode_sample
+    from distillkit.features.pipeline import load_teachers, plan_samples, run_cache
     from distillkit.config.cache import CacheConfig
 
     with tempfile.TemporaryDirectory(prefix="distillkit-bench-") as tmp:

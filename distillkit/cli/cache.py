@@ -68,8 +68,8 @@ def cache(
         except ValueError as e:
             fail(f"--storage: {e}")
         cfg = cfg.model_copy(update={"teachers": teachers})
-    from distillkit.cache import run_cache
-    from distillkit.repair import repair_store
+    from distillkit.features.pipeline import run_cache
+    from distillkit.features.repair import repair_store
     from distillkit.store import StoreMismatch
     from distillkit.store.lease import StoreBusy
     from distillkit.store.writer import StoreFull

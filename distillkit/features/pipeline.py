@@ -1,0 +1,288 @@
+"""The caching run: plan the sample table, create the store once, cache shards, finalize.
+
+Each step is a plain function so the CLI, the Prefect flow and the tests run the same code.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+import zarr
+from tqdm.auto import tqdm
+
+from distillkit_schemas import FEATURES, Manifest
+from distillkit_schemas.storage import parse_storage
+
+from distillkit import __version__
+from distillkit.features.calibration import fit_codecs
+from distillkit.features.inputs import DecodedSample, SharedDecodes, decode_sample, prefetched
+from distillkit.config.cache import CacheConfig
+from distillkit.config.common import safe_url
+from distillkit.sources import SampleRef, list_source, source_fingerprint
+from distillkit.sources.images import split_of
+from distillkit.store import growth, layout
+from distillkit.store.codecs import Codec, read_codec
+from distillkit.store.finalize import finalize_store
+from distillkit.store.lease import Lease
+from distillkit.store.target import inspect_target
+from distillkit.store.writer import AsyncShardWriter, ShardResult, StoreFull, TeacherShard, remove_metadata_debris
+from distillkit.teachers import Teacher, load_teacher
+from distillkit.sources.views import view_seed
+
+log = logging.getLogger("distillkit")
+
+
+@dataclass
+class Plan:
+    refs: list[SampleRef]  # one per sample (K per image with K views)
+    splits: np.ndarray
+    fingerprint: str
+    seeds: np.ndarray  # view seed per sample
+
+
+@dataclass
+class Prepared:
+    group: zarr.Group
+    manifest: Manifest
+    pending: list[int]
+    teachers: dict[str, Teacher]
+    changes: growth.Changes | None = None  # what a re-run found new or gone in the source
+    codecs: dict[str, Codec] = field(default_factory=dict)  # per teacher: how patch tokens are stored
+
+
+def plan_samples(cfg: CacheConfig) -> Plan:
+    """The sample table. With K views, image `a.jpg` becomes samples `a.jpg#0` … `a.jpg#K-1` (adjacent rows);
+    the split is drawn per image, so no image has views on both sides."""
+    images = list_source(cfg.source, cfg.storage_options)
+    refs, splits, seeds = [], [], []
+    for r in images:
+        split = split_of(r.id, cfg.val_fraction)
+        for k in range(cfg.views):
+            refs.append(r if cfg.views == 1 else SampleRef(id=f"{r.id}#{k}", uri=r.uri))
+            splits.append(split)
+            seeds.append(view_seed(cfg.view_seed, r.id, k))
+    return Plan(refs=refs, splits=np.array(splits, np.uint8), fingerprint=source_fingerprint(refs),
+                seeds=np.array(seeds, np.int64))
+
+
+def load_teachers(cfg: CacheConfig) -> dict[str, Teacher]:
+    out = {}
+    for t in cfg.teachers:
+        teacher = load_teacher(t, cfg.image_size, cfg.student_patch, cfg.device, cfg.storage_options)
+        teacher.provenance.distillkit_version = __version__
+        parse_storage(t.storage, teacher.provenance.embed_dim)  # K no larger than the teacher's width
+        teacher.provenance.storage = t.storage
+        out[t.name] = teacher
+    return out
+
+
+def build_manifest(cfg: CacheConfig, plan: Plan) -> Manifest:
+    return Manifest(
+        distillkit_version=__version__, source=safe_url(cfg.source), source_fingerprint=plan.fingerprint,
+        n_samples=len(plan.refs), shard_size=cfg.shard_size, image_hw=cfg.image_size,
+        student_patch=cfg.student_patch, val_fraction=cfg.val_fraction, teachers=[t.name for t in cfg.teachers],
+        views=cfg.views, view_mode=cfg.view_mode,
+    )
+
+
+def prepare_store(cfg: CacheConfig) -> Prepared:
+    """Plan, then create the store (first run) or check that it matches (later runs). Returns the pending shards."""
+    plan = plan_samples(cfg)
+    teachers = load_teachers(cfg)
+    provs = {n: t.provenance for n, t in teachers.items()}
+    want = build_manifest(cfg, plan)
+    changes = None
+    if inspect_target(cfg.store, FEATURES, cfg.storage_options) == "existing":
+        group = layout.open_group(cfg.store, "r+", cfg.storage_options)
+        if cfg.shards is None:  # a whole-store run holds the lease: no other process writes metadata now
+            remove_metadata_debris(group)
+        manifest = layout.check_compatible(group, want, provs, cfg.store)
+        manifest, changes = _grow(group, manifest, provs, plan, cfg)
+    else:  # nothing there, or our own interrupted creation (anything else was refused above)
+        codecs = fit_codecs(cfg, plan, teachers, _plan_decoder(cfg, plan, teachers))
+        log.info("creating store %s: %d samples, %d shards of %d, teachers %s", cfg.store, want.n_samples,
+                 want.n_shards, cfg.shard_size, ", ".join(want.teachers))
+        extra = {f"teachers/{n}/codec/{k}": v for n, c in codecs.items() for k, v in c.arrays().items()}
+        group = layout.create_store(cfg.store, want, provs, [r.id for r in plan.refs], [r.uri for r in plan.refs],
+                                    plan.splits, cfg.codec, cfg.storage_options, view_seeds=plan.seeds,
+                                    codec_arrays=extra)
+        manifest = want
+    done = group["progress/shard_done"][:]
+    wanted = range(manifest.n_shards) if cfg.shards is None else cfg.shards
+    bad = [s for s in wanted if not 0 <= s < manifest.n_shards]
+    if bad:
+        raise ValueError(f"shards {bad} out of range: the store has {manifest.n_shards} shards")
+    pending = [s for s in wanted if not done[s]]
+    codecs = {n: read_codec(group, n, t.provenance.storage) for n, t in teachers.items()}
+    return Prepared(group=group, manifest=manifest, pending=pending, teachers=teachers, changes=changes,
+                    codecs=codecs)
+
+
+def _plan_decoder(cfg: CacheConfig, plan: Plan, teachers: dict[str, Teacher]) -> Callable[[int], "DecodedSample"]:
+    hws = {tuple(t.input_hw) for t in teachers.values()}
+    return lambda r: decode_sample(plan.refs[r].uri, cfg.image_size, hws, cfg.storage_options, cfg.view_mode,
+                                   int(plan.seeds[r]))
+
+
+def _grow(group: zarr.Group, have: Manifest, provs: dict, plan: Plan, cfg: CacheConfig):
+    """A re-run over a source that changed: append what is new (and prune what left, if asked)."""
+    if growth.pending_intent(group) is None and have.source_fingerprint == plan.fingerprint:
+        return have, None
+    n0 = have.n_samples
+    changes = growth.diff(group["samples/id"][:n0], group["samples/uri"][:n0],
+                          [r.id for r in plan.refs], [r.uri for r in plan.refs])
+    if changes.removed:
+        log.warning("store %s: %d sample(s) no longer in the source, e.g. %s: %s", cfg.store, len(changes.removed),
+                    changes.removed[0], "marking them invalid (--prune)" if cfg.prune else
+                    "kept (--prune marks them invalid)")
+    prune_rows: list[int] = []
+    if cfg.prune and changes.removed:
+        gone, ids, valid = set(changes.removed), group["samples/id"][:n0], group["samples/valid"][:n0]
+        prune_rows = [r for r, i in enumerate(ids.tolist()) if i in gone and valid[r]]
+    if not changes.added and not prune_rows:
+        return have, changes
+    log.info("store %s: appending %d new sample(s) as version %d", cfg.store, len(changes.added), have.version + 1)
+    add = changes.added
+    manifest = growth.begin(group, have, provs, plan.fingerprint, [plan.refs[k].id for k in add],
+                            [plan.refs[k].uri for k in add], plan.splits[add], plan.seeds[add], prune_rows)
+    return manifest, changes
+
+
+def _run_teachers(teachers: dict[str, Teacher], decoded: list[DecodedSample], rows: list[int],
+                  out: dict[str, TeacherShard], valid: np.ndarray, errors: list[str], batch_size: int) -> None:
+    """Forward the valid rows of one shard in fixed batches (same batches on every run: same bytes)."""
+    for i in range(0, len(rows), batch_size):
+        batch = rows[i:i + batch_size]
+        for name, teacher in teachers.items():
+            hw = tuple(teacher.input_hw)
+            x = torch.from_numpy(np.stack([decoded[r].teacher_inputs[hw] for r in batch]))
+            y = teacher(x)
+            dt = np.dtype(teacher.provenance.dtype)
+            patch = y.patch.cpu().numpy().astype(dt)
+            cls = y.stored_cls.cpu().numpy().astype(dt)
+            for j, r in enumerate(batch):
+                if not (np.isfinite(patch[j]).all() and np.isfinite(cls[j]).all()):
+                    valid[r], errors[r] = 0, (f"teacher {name}: output not finite in {dt.name} "
+                                             "(NaN/Inf or beyond the dtype's range; try dtype float32)")
+                    continue
+                out[name].patch[r] = patch[j]
+                out[name].cls[r] = cls[j]
+    for name in teachers:  # a sample rejected by any teacher is rejected for all: alignment stays exact
+        out[name].patch[valid == 0] = np.nan
+        out[name].cls[valid == 0] = np.nan
+
+
+def cache_shards(cfg: CacheConfig, prepared: Prepared, shards: list[int] | None = None,
+                 on_shard: Callable[[int, int], None] | None = None, show_progress: bool = True) -> dict:
+    """Compute and write the given shards (default: all pending). Decoding, compute and writing overlap."""
+    shards = prepared.pending if shards is None else shards
+    m = prepared.manifest
+    teachers = prepared.teachers
+    teacher_hws = {tuple(t.input_hw) for t in teachers.values()}
+    uris = prepared.group["samples/uri"][:]
+    ids = prepared.group["samples/id"][:]
+    h, w = m.image_hw
+    written = {"shards": 0, "samples": 0, "rejected": []}
+    t0 = time.perf_counter()
+
+    def rows_of(s: int) -> range:
+        return range(s * m.shard_size, min((s + 1) * m.shard_size, m.n_samples))
+
+    all_rows = [r for s in shards for r in rows_of(s)]
+
+    def on_written(res: ShardResult) -> None:
+        written["shards"] += 1
+        if on_shard:
+            on_shard(written["shards"], len(shards))
+
+    seeds = prepared.group["samples/view_seed"][:]
+    loader = SharedDecodes(cfg.storage_options) if m.views > 1 else None  # K views: decode each image once
+    decode = lambda r: decode_sample(str(uris[r]), (h, w), teacher_hws, cfg.storage_options,  # noqa: E731
+                                     m.view_mode, int(seeds[r]), loader)
+    bar = tqdm(total=len(all_rows), unit="img", desc="caching", disable=not show_progress)
+    writer = AsyncShardWriter(prepared.group, on_written=on_written)
+    try:
+        with ThreadPoolExecutor(max(cfg.num_workers, 1), thread_name_prefix="distillkit-decode") as pool:
+            stream = prefetched(pool, decode, all_rows, window=max(2 * cfg.batch_size, 4 * cfg.num_workers))
+            for s in shards:
+                rows = rows_of(s)
+                n = len(rows)
+                decoded = [next(stream) for _ in rows]
+                valid = np.array([d.ok for d in decoded], dtype=np.uint8)
+                errors = [d.error for d in decoded]
+                out = {name: TeacherShard(
+                    patch=np.full((n, *t.provenance.grid_hw, t.provenance.embed_dim), np.nan, t.provenance.dtype),
+                    cls=np.full((n, t.provenance.embed_dim), np.nan, t.provenance.dtype))
+                    for name, t in teachers.items()}
+                _run_teachers(teachers, decoded, [i for i in range(n) if valid[i]], out, valid, errors,
+                              cfg.batch_size)
+                out = {name: prepared.codecs[name].encode_shard(t.patch, t.cls, valid.astype(bool),
+                                                                teachers[name].provenance.dtype)
+                       for name, t in out.items()}
+                image = np.zeros((n, h, w, 3), np.uint8)
+                for i, d in enumerate(decoded):
+                    if valid[i]:
+                        image[i] = d.image
+                    else:
+                        written["rejected"].append({"id": str(ids[rows[i]]), "uri": str(uris[rows[i]]),
+                                                    "reason": errors[i]})
+                        log.warning("skipping %s: %s", uris[rows[i]], errors[i])
+                writer.submit(ShardResult(
+                    shard=s, start=rows.start, stop=rows.stop, valid=valid, error=errors,
+                    source_hw=np.array([d.source_hw for d in decoded], np.int32),
+                    view=np.stack([d.view for d in decoded]), image=image, teachers=out))
+                written["samples"] += n
+                bar.update(n)
+    finally:
+        bar.close()
+        writer.close()
+    written["wall_s"] = time.perf_counter() - t0
+    return written
+
+
+def run_cache(cfg: CacheConfig, show_progress: bool = True, on_shard=None) -> dict:
+    """Everything `distillkit cache` does: prepare, cache pending shards, finalize — holding the store's lease
+    (a second run on the same store refuses, naming this one). With `shards` (scale-out over several machines)
+    the lease covers only creating or growing the store; the shards themselves are disjoint."""
+    inspect_target(cfg.store, FEATURES, cfg.storage_options)  # refuse a foreign target before even the lease
+    if cfg.shards is not None:
+        with Lease(cfg.store, cfg.storage_options):
+            prepare_store(cfg)
+        return _run_cache(cfg, show_progress, on_shard)
+    with Lease(cfg.store, cfg.storage_options):
+        return _run_cache(cfg, show_progress, on_shard)
+
+
+def _run_cache(cfg: CacheConfig, show_progress: bool, on_shard) -> dict:
+    try:
+        return _cache_all(cfg, show_progress, on_shard)
+    except OSError as e:  # creating or finalizing on a full device: nothing half-written is ever served
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise StoreFull(f"no space left on the device of store {cfg.store} ({e}); every completed shard is "
+                            "intact. Free space and run the same command again.") from e
+        raise
+
+
+def _cache_all(cfg: CacheConfig, show_progress: bool, on_shard) -> dict:
+    t0 = time.perf_counter()
+    prepared = prepare_store(cfg)
+    if not prepared.pending:
+        log.info("store %s: all %d requested shards are already done; nothing to do", cfg.store,
+                 prepared.manifest.n_shards if cfg.shards is None else len(cfg.shards))
+        result = {"shards": 0, "samples": 0, "rejected": [], "nothing_to_do": True}
+    else:
+        result = cache_shards(cfg, prepared, on_shard=on_shard, show_progress=show_progress)
+        result["nothing_to_do"] = False
+    result["finalize"] = finalize_store(cfg)
+    result["nothing_to_do"] = result["nothing_to_do"] and not result["finalize"].get("changed", False)
+    result["changes"] = prepared.changes.as_dict() if prepared.changes else None
+    result["store"] = cfg.store
+    result["wall_s"] = time.perf_counter() - t0
+    return result
