@@ -13,7 +13,7 @@ from distillkit_schemas.scenes import read_alignment, validate_scene_structure
 
 from distillkit.scenes import store as st
 from distillkit.store.arrays import array_row
-from distillkit.store.integrity import object_keys, has_checksums
+from distillkit.store.integrity import has_checksums, missing_objects
 
 
 @dataclass
@@ -63,7 +63,7 @@ def _check_scene(group, name: str, thr: float) -> list[Problem]:
     base = f"scenes/{name}"
     out = []
     for key in ("pts3d", "depth", "conf", "cam2world", "intrinsics"):
-        if not np.isfinite(group[f"{base}/{key}"][:]).all():
+        if not np.isfinite(st.read_intact(group[f"{base}/{key}"])).all():
             out.append(Problem(f"{base}/{key}", "NaN/Inf in an aligned scene"))
     conf = group[f"{base}/conf"][:]
     if np.nanmin(conf) < 1.0 - 1e-6:
@@ -113,9 +113,8 @@ def validate_scenes(group, progress: Callable[[int, int], None] | None = None) -
             problems.append(Problem(f"scenes/{name}/pairs/edges", "edge index out of range"))
         try:
             problems += _check_scene(group, name, float(rec.settings.get("min_conf_thr", 3.0)))
-        except ValueError as e:  # a checksum mismatch or an undecodable object: `--deep` names the object
-            problems.append(Problem(f"scenes/{name}", f"unreadable ({' '.join(str(e).split())[:160]}); "
-                                                      "`distillkit validate --deep` names the array and object"))
+        except ValueError as e:  # a checksum mismatch or a missing object (read_intact names the array)
+            problems.append(Problem(f"scenes/{name}", str(e)))
         if progress:
             progress(k + 1, len(manifest.scenes))
     if scene_done.all() and manifest.status != "complete":
@@ -138,10 +137,9 @@ def deep_check_scenes(group, progress: Callable[[int, int], None] | None = None)
             unchecked.append(path)
         outer = arr.shards or arr.chunks
         n_objects = max(1, -(-arr.shape[0] // outer[0])) if arr.shape else 1
-        if path.startswith(done) and arr.shape and all(arr.shape):
-            gone = n_objects * int(np.prod([-(-d // c) for d, c in zip(arr.shape[1:], outer[1:])])) - len(
-                object_keys(arr))
-            if gone > 0:
+        if path.startswith(done):
+            gone = missing_objects(arr)
+            if gone:
                 problems.append(Problem(path, f"{gone} storage object(s) missing (deleted?): they read back as fill "
                                               "values"))
         for i in range(n_objects):

@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from distillkit.store.metadata import raise_if_damaged
+
 STORE_ARRAYS_REQUIRED = ("image", "pts3d", "conf", "intrinsics", "mask", "cam2world", "split")
 
 
@@ -96,7 +98,7 @@ class SceneData:
         e.g. an image folder, every `test_every`-th frame is held out) and, where the dataset has them, its
         ground-truth poses (used for pose evaluation). The scene must be aligned (``progress/scene_done``).
         """
-        from distillkit.scenes.store import require_aligned
+        from distillkit.scenes.store import read_intact, require_aligned
 
         group, manifest = _open_scene_store(url, storage_options)
         try:
@@ -110,13 +112,7 @@ class SceneData:
             raise ValueError(f"{url}: scenes/{scene} lacks {missing} (has {sorted(present)})")
 
         def read(key: str):
-            if key not in present:
-                return None
-            try:
-                return np.asarray(sg[key][...])
-            except ValueError as e:  # a checksum mismatch: never train on damaged bytes
-                raise ValueError(f"{url}: scenes/{scene}/{key} is damaged ({' '.join(str(e).split())[:120]}); "
-                                 "`distillkit validate --deep` names the object") from None
+            return read_intact(sg[key]) if key in present else None  # never train on damaged bytes
 
         split = read("split")
         if not (split == 1).any():
@@ -200,6 +196,7 @@ def _open_scene_store(url: str, storage_options: dict[str, Any] | None):
         group = open_store(url, "r", storage_options)
         return group, read_scene_manifest(group)
     except (FileNotFoundError, KeyError, ValueError) as e:
+        raise_if_damaged(url, storage_options, e)
         raise ValueError(f"{url}: not a readable DUSt3R scene store ({e})") from None
 
 

@@ -59,12 +59,15 @@ def export_ply(url: str, out: str | Path, scene: str | None = None, conf_thr: fl
     st.require_aligned(group, read_scene_manifest(group), scene)
     thr = default_conf_thr(group, scene) if conf_thr is None else conf_thr
     base = f"scenes/{scene}"
-    n = group[f"{base}/pts3d"].shape[0]
+    arrays = {name: group[f"{base}/{name}"] for name in ("pts3d", "conf", "image")}
+    for arr in arrays.values():
+        st.read_intact(arr, slice(0, 0))  # every object is there (one listing each), before the frame loop
+    n = arrays["pts3d"].shape[0]
     xyz, rgb, q = [], [], []
     for k in (range(n) if frames is None else frames):
-        pts = group[f"{base}/pts3d"][k][::stride, ::stride].reshape(-1, 3)
-        conf = group[f"{base}/conf"][k][::stride, ::stride].reshape(-1)
-        img = group[f"{base}/image"][k][::stride, ::stride].reshape(-1, 3)
+        pts, conf, img = (st.read_intact(arrays[name], k, check_objects=False)[::stride, ::stride]
+                          for name in ("pts3d", "conf", "image"))
+        pts, conf, img = pts.reshape(-1, 3), conf.reshape(-1), img.reshape(-1, 3)
         keep = (conf > thr) & np.isfinite(pts).all(1)
         xyz.append(pts[keep])
         rgb.append(img[keep])
@@ -110,12 +113,12 @@ def show_scene(url: str, out_dir: str | Path, scene: str | None = None, n_frames
     rows = list(range(n)) if n_frames is None or n_frames >= n else \
         np.unique(np.round(np.linspace(0, n - 1, n_frames)).astype(int)).tolist()
     ids = group[f"{base}/frame_id"][:]
-    pts_all = group[f"{base}/pts3d"][:]
-    conf_all = group[f"{base}/conf"][:]
+    pts_all = st.read_intact(group[f"{base}/pts3d"])
+    conf_all = st.read_intact(group[f"{base}/conf"])
     thr = default_conf_thr(group, scene)
     sel = conf_all > thr if (conf_all > thr).any() else np.isfinite(conf_all)
     lo, hi = np.percentile(pts_all[sel], 2, axis=0), np.percentile(pts_all[sel], 98, axis=0)
-    depth_all = group[f"{base}/depth"][:]
+    depth_all = st.read_intact(group[f"{base}/depth"])
     dvalid = np.isfinite(depth_all) & (depth_all > 0)
     dlo, dhi = np.percentile(depth_all[dvalid], [2, 98]) if dvalid.any() else (0.0, 1.0)
     gt = group[f"{base}/gt_depth"][:] if info.has_gt_depth else None
@@ -124,7 +127,7 @@ def show_scene(url: str, out_dir: str | Path, scene: str | None = None, n_frames
     clo, chi = 1.0, float(np.percentile(conf_all, 98))
     written, grid = [], []
     for k in rows:
-        image = group[f"{base}/image"][k]
+        image = st.read_intact(group[f"{base}/image"], k, check_objects=False)
         panels = {"depth": colormap(depth_all[k], dvalid[k], "turbo", dlo, dhi),
                   "conf": colormap(conf_all[k], np.isfinite(conf_all[k]), "viridis", clo, chi),
                   "pts3d": pointmap_rgb(pts_all[k], lo, hi)}

@@ -25,6 +25,7 @@ from distillkit_schemas.scenes import (
 )
 
 from distillkit.store.layout import StoreMismatch, create_group, finish_creation, open_group
+from distillkit.store.integrity import missing_objects
 from distillkit.store.target import NotAStore, inspect_target
 
 log = logging.getLogger("distillkit")
@@ -141,6 +142,18 @@ def require_aligned(group: zarr.Group, manifest: SceneManifest, scene: str) -> N
     if not done_flags(group)[1][scene_index(manifest, scene)]:
         raise ValueError(f"scene {scene!r} is not aligned yet (progress/scene_done is 0); run `distillkit "
                          f"cache-scenes`, the align-scenes flow or `distillkit align` first")
+
+
+def read_intact(arr: zarr.Array, sel: Any = Ellipsis, check_objects: bool = True) -> np.ndarray:
+    """arr[sel] of an aligned scene, refusing damage by name: a storage object that is gone (zarr reads it back as
+    fill values) or that fails its checksum. `check_objects=False` skips the listing (a loop that checked once)."""
+    try:
+        if check_objects and missing_objects(arr):
+            raise ValueError(f"{missing_objects(arr)} storage object(s) missing")
+        return np.asarray(arr[sel])
+    except ValueError as e:
+        raise ValueError(f"{arr.path} is damaged ({' '.join(str(e).split())[:120]}); `distillkit validate --deep` "
+                         "names the object") from None
 
 
 def set_flag(group: zarr.Group, name: str, index: int, value: int) -> None:

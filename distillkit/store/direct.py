@@ -73,6 +73,8 @@ def _note(reason: str, path: str) -> None:
 
 
 class DirectShardReader:
+    missing_ok = True  # an absent object reads as fill values (zarr's rule); readers of valid rows turn it off
+
     def __init__(self, arr: zarr.Array, verify: bool = True):
         meta = arr.metadata.to_dict()
         self.path = arr.path
@@ -196,6 +198,8 @@ def _fetch_object(reader: "DirectShardReader | DirectChunkReader", s: int, rows:
         start = s * reader.rows_per_shard
         return None, reader._arr[start:start + rows]
     if data is None:
+        if not reader.missing_ok:
+            raise ValueError(f"{reader.path}: shard {s}: its storage object is missing")
         return None, np.full((rows, *reader.row_shape), reader.fill, reader.out_dtype)
     return data, None
 
@@ -221,6 +225,8 @@ def _fetch(store: Any, key: str) -> np.ndarray | None:
 class DirectChunkReader:
     """The same one-request reads for an unsharded array whose chunks are whole shards of rows (the CLS tokens:
     [N, C] in chunks of [shard_size, C]), codecs `bytes` (+ zstd) (+ crc32c over the chunk)."""
+
+    missing_ok = True  # an absent object reads as fill values (zarr's rule); readers of valid rows turn it off
 
     def __init__(self, arr: zarr.Array, verify: bool = True):
         meta = arr.metadata.to_dict()
@@ -267,13 +273,21 @@ class DirectChunkReader:
         return out if out.flags.writeable else out.copy()
 
 
-def direct_reader(arr: zarr.Array, verify: bool = True) -> "DirectShardReader | DirectChunkReader | None":
-    """A one-request-per-shard reader for a sharded array, or for an unsharded one chunked in whole shards."""
+def direct_reader(arr: zarr.Array, verify: bool = True, missing_ok: bool = True
+                  ) -> "DirectShardReader | DirectChunkReader | None":
+    """A one-request-per-shard reader for a sharded array, or for an unsharded one chunked in whole shards.
+    `missing_ok=False`: an absent object is an error, not fill values (a shard that holds valid samples always
+    has its objects: the shard writer writes every one)."""
     sharded = _names(arr.metadata.to_dict().get("codecs", [])) == ["sharding_indexed"]
     if sharded:
-        return DirectShardReader.maybe(arr, verify)
+        reader = DirectShardReader.maybe(arr, verify)
+        if reader is not None:
+            reader.missing_ok = missing_ok
+        return reader
     try:
-        return DirectChunkReader(arr, verify)
+        reader = DirectChunkReader(arr, verify)
+        reader.missing_ok = missing_ok
+        return reader
     except ValueError as e:
         log.debug("direct chunk reader not used for %s: %s", arr.path, e)
     except Exception as e:  # noqa: BLE001 - metadata of a zarr release this was not written against

@@ -117,8 +117,12 @@ def validate_features(group, progress: Callable[[int, int], None] | None = None)
         for t in manifest.teachers:
             for name in ("patch_mean", "patch_std", "cls_mean", "cls_std"):
                 path = f"teachers/{t}/stats/{name}"
-                if not np.isfinite(group[path][:]).all():
-                    problems.append(Problem(path, "statistics are not finite"))
+                try:
+                    if not np.isfinite(group[path][:]).all():
+                        problems.append(Problem(path, "statistics are not finite"))
+                except ValueError as e:  # a checksum mismatch
+                    problems.append(Problem(path, f"unreadable ({str(e).split('.')[0]}); `distillkit cache "
+                                                  "--repair` recomputes the merged statistics"))
         problems += sample_index.check(group, manifest)
         if manifest.n_valid is not None and manifest.n_valid != int(valid.sum()):
             problems.append(Problem("/", f"manifest n_valid={manifest.n_valid} but samples/valid has "

@@ -93,6 +93,18 @@ def object_keys(arr: zarr.Array) -> set[str]:
     return sync(collect(f"{arr.path}/"))
 
 
+def missing_objects(arr: zarr.Array) -> int:
+    """How many storage objects of a completely written float array are gone (zarr would read them back as NaN).
+    Other arrays give 0: zarr skips writing a chunk equal to the fill value (all zeros, all False), so there an
+    absent object can be legitimate data."""
+    fill = arr.fill_value
+    if not arr.shape or not all(arr.shape) or not (isinstance(fill, (float, np.floating)) and np.isnan(fill)):
+        return 0
+    outer = arr.shards or arr.chunks
+    want = int(np.prod([-(-d // c) for d, c in zip(arr.shape, outer)]))
+    return max(0, want - len(object_keys(arr) - {f"{arr.path}/zarr.json"}))
+
+
 def missing_shards(group: zarr.Group, manifest: Manifest, provs) -> list[Damage]:
     """Every (array, shard) marked done whose storage object is gone: zarr would read it back as fill values
     (NaN, zeros) without a word. One listing per per-shard array."""

@@ -14,6 +14,7 @@ from distillkit_schemas import (
 )
 from distillkit_schemas.validate import read_manifest, read_provenance
 
+from distillkit.store.metadata import raise_if_damaged
 from distillkit.store.target import NotAStore, inspect_target
 
 log = logging.getLogger("distillkit")
@@ -28,10 +29,23 @@ def is_url(path: str) -> bool:
 
 
 def open_group(url: str, mode: str = "r", storage_options: dict[str, Any] | None = None,
-               consolidated: bool | None = None) -> zarr.Group:
+               consolidated: bool | None = None, name_damage: bool = True) -> zarr.Group:
     """Open a Zarr v3 group on a local path or an fsspec URL (`consolidated=False`: the live metadata).
 
-    Writers always see the live metadata: a consolidated snapshot is stale once an array has grown."""
+    Writers always see the live metadata: a consolidated snapshot is stale once an array has grown. A store whose
+    metadata does not parse raises DamagedMetadata naming the file (`name_damage`), not zarr's bare JSON error."""
+    try:
+        return _open_group(url, mode, storage_options, consolidated)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+        raise
+    except Exception as e:
+        if name_damage:
+            raise_if_damaged(url, storage_options, e)
+        raise
+
+
+def _open_group(url: str, mode: str, storage_options: dict[str, Any] | None, consolidated: bool | None
+                ) -> zarr.Group:
     kwargs: dict[str, Any] = {"zarr_format": 3}
     if mode == "r" or consolidated is not None:
         kwargs["use_consolidated"] = consolidated

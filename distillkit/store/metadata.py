@@ -15,6 +15,9 @@ from typing import Any
 import fsspec
 
 
+NOT_A_STORE = "missing (not a Zarr v3 store)"
+
+
 class DamagedMetadata(ValueError):
     """A store's metadata document cannot be read; the message names the file."""
 
@@ -24,7 +27,7 @@ def _open_node(url: str, node: str, meta: dict, storage_options: dict | None) ->
     from distillkit.store.layout import open_group
 
     if meta.get("node_type") == "array" and node:
-        group = open_group(url, "r", storage_options, consolidated=False)
+        group = open_group(url, "r", storage_options, consolidated=False, name_damage=False)
         group[node]
 
 
@@ -45,7 +48,7 @@ def damaged_metadata(url: str, storage_options: dict[str, Any] | None = None) ->
             _open_node(url, node, meta, storage_options)
         except FileNotFoundError:
             if not node:
-                found.append(f"{name}: missing (not a Zarr v3 store)")
+                found.append(f"{name}: {NOT_A_STORE}")
             continue
         except Exception as e:  # any reason the document does not open: say it, with the file
             found.append(f"{name}: {' '.join(str(e).split()) or type(e).__name__}")
@@ -59,7 +62,7 @@ def damaged_metadata(url: str, storage_options: dict[str, Any] | None = None) ->
 
 def raise_if_damaged(url: str, storage_options: dict[str, Any] | None, error: BaseException) -> None:
     """After `error` while opening or reading `url`: raise DamagedMetadata naming the damaged file(s), if any."""
-    found = damaged_metadata(url, storage_options)
+    found = [d for d in damaged_metadata(url, storage_options) if not d.endswith(NOT_A_STORE)]  # absent: no damage
     if found:
         more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
         raise DamagedMetadata(f"damaged store metadata: {found[0]}{more}") from error

@@ -104,7 +104,7 @@ class StoreSource:
     def _adopt(self, g) -> None:
         arrays = {n: g[n] for n in self.array_names(True)}
         shard = self.manifest.shard_size
-        direct = {n: direct_reader(a, self.verify) for n, a in arrays.items()}
+        direct = {n: direct_reader(a, self.verify, missing_ok=False) for n, a in arrays.items()}
         self._direct = {n: d if d is not None and d.rows_per_shard == shard else None for n, d in direct.items()}
         self._arrays, self._pid = arrays, os.getpid()
 
