@@ -179,6 +179,19 @@ def test_pointmap_checkpoint_round_trips(pointmap_checkpoint):
         load_checkpoint(pointmap_checkpoint, "dune")
 
 
+def test_each_task_rebuilds_its_student_from_its_checkpoint(dune_checkpoint, pointmap_checkpoint):
+    """The registry's loaders: the student comes back with the checkpoint's weights, in eval mode."""
+    from distillkit.training.tasks import TASKS
+
+    for kind, path in (("dune", dune_checkpoint), ("pointmap", pointmap_checkpoint)):
+        model = TASKS[kind].load_student(path)
+        state = load_checkpoint(path, kind)["model"]
+        assert not model.training and state.keys() == model.state_dict().keys()
+        assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    with pytest.raises(ValueError, match="is a DUNE-student checkpoint, expected a pointmap-student one"):
+        TASKS["pointmap"].load_student(dune_checkpoint)
+
+
 def test_init_from_copies_matching_tensors_of_the_right_kind(pointmap_checkpoint, dune_checkpoint):
     from distillkit.students.pointmap import build_pointmap_student
     from distillkit.students.pointmap.config import PointmapStudentConfig

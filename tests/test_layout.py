@@ -155,13 +155,21 @@ def test_wheel_installs_only_project_names(tmp_path):
 
 
 def test_train_options_come_from_the_task_registry():
-    from distillkit.cli.train import RUNNERS, train
-    from distillkit.training.tasks import TASKS
+    """A task is its package and one registry entry: its options are `distillkit train` options, its task module has
+    every plug, and the CLI, the train-student flow and the shared training modules name no task."""
+    from distillkit.cli.train import train
+    from distillkit.training.tasks import TASKS, TaskModule
 
-    assert set(RUNNERS) == set(TASKS)
     params = set(inspect.signature(train).parameters)
+    plugs = {n for n in vars(TaskModule) if not n.startswith("_")}
     for task in TASKS.values():
         assert set(task.options) <= params, f"{task.name}: options without a CLI option"
+        assert not {n for n in plugs if not callable(getattr(task.plugs(), n, None))}, f"{task.name}: plugs missing"
+    for path in ("distillkit/cli/train.py", "flows/train_student.py", "distillkit/training/checkpoint.py",
+                 "distillkit/training/run.py"):
+        named = [n.value for n in ast.walk(ast.parse((ROOT / path).read_text()))
+                 if isinstance(n, ast.Constant) and isinstance(n.value, str) and n.value in TASKS]
+        assert not named, f"{path} names the tasks {named}: look them up in distillkit.training.tasks"
 
 
 def test_readme_layout_names_every_package_and_task_module():

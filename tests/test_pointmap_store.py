@@ -169,17 +169,17 @@ def test_store_without_test_frames_and_mismatched_checkpoint(oracle_scene_store,
 
 
 def test_cli_student_presets_and_flow_config_objects(tmp_path):
-    from distillkit.cli.train import _pointmap_student_overrides
+    from distillkit.training.pointmap.task import student_overrides
     from distillkit.training.tasks import train_config_model
     from distillkit_flows.common import resolve_config
 
     yaml_file = tmp_path / "pm.yaml"
     yaml_file.write_text("task: pointmap\nstore: s.zarr\nout_dir: o\nstudent: {preset: small_cnn}\nepochs: 250\n")
-    best = load_train_config(yaml_file, **_pointmap_student_overrides("paper_vit_best", {"epochs": None}))
+    best = load_train_config(yaml_file, **student_overrides("paper_vit_best", {"epochs": None}))
     assert (best.student.kind, best.student.latent, best.epochs, best.target_scale) == ("vit", 256, 200, 100)
-    mine = load_train_config(yaml_file, epochs=7, **_pointmap_student_overrides("paper_vit_best", {"epochs": 7}))
+    mine = load_train_config(yaml_file, epochs=7, **student_overrides("paper_vit_best", {"epochs": 7}))
     assert mine.epochs == 7 and mine.student.kind == "vit"
-    mob = load_train_config(yaml_file, **_pointmap_student_overrides("mobilenet", {}))
+    mob = load_train_config(yaml_file, **student_overrides("mobilenet", {}))
     assert mob.student.kind == "mobilenet" and mob.epochs == 250
     with pytest.raises(ValueError, match=f"config file {yaml_file}: task: unknown training task 'nerf'"):
         yaml_file.write_text("task: nerf\n")

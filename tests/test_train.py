@@ -83,8 +83,18 @@ def test_cli_train(cached_store, tmp_path):
                            "--max-steps", "12", "--batch-size", "3", "--lr", "0.002", "--num-workers", "2"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert "trained 12 steps" in proc.stdout and "held-out dinov2_vits14_reg" in proc.stdout
+    assert "trained 12 steps" in proc.stdout and "held-out metrics per teacher" in proc.stdout
+    assert "dinov2_vits14_reg" in proc.stdout  # the teacher's row of the table
     assert (tmp_path / "cli" / "checkpoint-last.pt").exists()
     bad = subprocess.run([str(exe), "train", "--store", str(tmp_path / "nope.zarr"), "--out", str(tmp_path / "x")],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "nope.zarr" in (bad.stderr + bad.stdout)
+
+
+def test_config_errors_load_no_torch():
+    """The task registry, its task modules and the CLI read configs without torch: a config error comes back at
+    once, not after the 5 s torch + timm import."""
+    code = ("import sys, distillkit.cli, distillkit.training.tasks as t\n"
+            "[task.plugs() for task in t.TASKS.values()]\n"
+            "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith(('torch', 'timm')))")
+    subprocess.run([str(REPO / ".venv/bin/python"), "-c", code], check=True, timeout=120)

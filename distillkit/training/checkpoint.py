@@ -2,9 +2,10 @@
 
 A checkpoint is a `torch.save`d dict of plain data only: tensors, numbers, strings, None, lists, tuples and dicts
 (model / optimiser / scheduler state, RNG state as a uint8 tensor, the data position, configs as
-``model_dump(mode="json")``), with a format marker ``{"format": "distillkit-checkpoint/1", "kind": "dune" |
-"pointmap"}``. It is read back with ``torch.load(weights_only=True)`` only, so a checkpoint from S3 or a colleague
-cannot run code: a file that holds any other object is refused before anything in it is built.
+``model_dump(mode="json")``), with a format marker ``{"format": "distillkit-checkpoint/1", "kind": <task>}`` (the
+kinds are the tasks of `distillkit.training.tasks`). It is read back with ``torch.load(weights_only=True)`` only, so
+a checkpoint from S3 or a colleague cannot run code: a file that holds any other object is refused before anything
+in it is built.
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ from typing import Any
 import torch
 
 from distillkit.students.weights import load_matching
+from distillkit.training.tasks import TASKS
 
 log = logging.getLogger("distillkit")
 
 FORMAT = "distillkit-checkpoint/1"
-KINDS = {"dune": "DUNE-student", "pointmap": "pointmap-student"}
 CKPT_NAME = "checkpoint-last.pt"  # both trainers: <out_dir>/checkpoint-last.pt
 
 
@@ -54,8 +55,8 @@ def save_checkpoint(path: str | Path, kind: str, payload: dict) -> Path:
     """Write `payload` (plain data, see `plain`) with the format marker to `path`, atomically: a temporary file
     in the same folder, flushed to disk, then renamed over `path`, so a crash never leaves a half-written
     checkpoint."""
-    if kind not in KINDS:
-        raise ValueError(f"unknown checkpoint kind {kind!r} (one of {sorted(KINDS)})")
+    if kind not in TASKS:
+        raise ValueError(f"unknown checkpoint kind {kind!r} (one of {sorted(TASKS)})")
     if {"format", "kind"} & set(payload):
         raise ValueError("a checkpoint payload may not use the keys 'format' and 'kind' (the format marker)")
     path = Path(path)
@@ -98,7 +99,7 @@ def load_checkpoint(path: str | Path, kind: str | None = None, map_location: Any
     legacy = _legacy_kind(ck) if isinstance(ck, dict) and "format" not in ck else None
     if legacy:  # written before the format marker, yet plain data (it passed weights_only): old runs keep working
         log.warning("%s: a checkpoint from before the format marker; read safely as a %s checkpoint", path,
-                    KINDS[legacy])
+                    _named(legacy))
         ck = {"format": FORMAT, "kind": legacy, **ck}
     if not isinstance(ck, dict) or not str(ck.get("format", "")).startswith("distillkit-checkpoint/"):
         raise ValueError(f"{path}: no distillkit checkpoint format marker: not a distillkit checkpoint, or one "
@@ -106,18 +107,17 @@ def load_checkpoint(path: str | Path, kind: str | None = None, map_location: Any
     if ck["format"] != FORMAT:
         raise ValueError(f"{path}: checkpoint format {ck['format']!r}; this distillkit reads {FORMAT!r}")
     if kind is not None and ck.get("kind") != kind:
-        got = KINDS.get(ck.get("kind"), repr(ck.get("kind")))
-        raise ValueError(f"{path} is a {got} checkpoint, expected a {KINDS[kind]} one")
+        raise ValueError(f"{path} is a {_named(ck.get('kind'))} checkpoint, expected a {_named(kind)} one")
     return ck
 
 
+def _named(kind: Any) -> str:
+    return TASKS[kind].checkpoint_kind if kind in TASKS else repr(kind)
+
+
 def _legacy_kind(ck: dict) -> str | None:
-    """The kind of an unmarked checkpoint by the keys only its trainer wrote (None: not recognisably ours)."""
-    if "model" in ck and "teacher_dims" in ck and "data_spec" in ck:
-        return "dune"
-    if "model" in ck and "spec" in ck and "config" in ck:
-        return "pointmap"
-    return None
+    """The kind of an unmarked checkpoint by the keys only its task's trainer wrote (None: not recognisably ours)."""
+    return next((t.name for t in TASKS.values() if t.legacy_keys and set(t.legacy_keys) <= set(ck)), None)
 
 
 def init_from(model: torch.nn.Module, path: str | Path, kind: str) -> int:

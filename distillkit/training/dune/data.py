@@ -63,6 +63,43 @@ def build_groups(cfg: TrainConfig, rank: int, world: int) -> list[Group]:
     return groups
 
 
+@dataclass
+class Teachers:
+    """The teachers a run distils, across its groups' stores: each one's target shape (embed_dim, grid_hw), whether
+    it has a CLS target, the store whose statistics normalise it, and each group's own teacher."""
+
+    dims: dict[str, tuple[int, tuple[int, int]]]
+    has_cls: dict[str, bool]
+    sources: dict[str, StoreSource]
+    own: dict[str, str | None]  # group name -> its own teacher
+
+    @property
+    def names(self) -> list[str]:
+        return sorted(self.dims)
+
+
+def teachers_of(cfg: TrainConfig, groups: list[Group]) -> Teachers:
+    """The run's `Teachers`; a teacher cached with different shapes in two stores, or an asked-for teacher in none,
+    fails."""
+    provenance: dict[str, tuple[Any, StoreSource]] = {}
+    for g in groups:
+        for src in g.sources:
+            for t, p in src.provenance.items():
+                seen = provenance.setdefault(t, (p, src))[0]
+                if (seen.embed_dim, tuple(seen.grid_hw)) != (p.embed_dim, tuple(p.grid_hw)):
+                    raise ValueError(f"teacher {t} has different shapes in {src.url} and another store")
+    if cfg.teachers is not None and set(cfg.teachers) - set(provenance):
+        raise ValueError(f"teachers {sorted(set(cfg.teachers) - set(provenance))} are in none of the stores "
+                         f"{cfg.all_stores()}")
+    sources = {t: src for t, (_, src) in provenance.items()}
+    for g in groups:  # a teacher's statistics come from its own group's store when there is one
+        if g.own_teacher in g.teachers:
+            sources[g.own_teacher] = next(s for s in g.sources if g.own_teacher in s.teachers)
+    return Teachers({t: (p.embed_dim, tuple(p.grid_hw)) for t, (p, _) in provenance.items()},
+                    {t: getattr(p, "has_cls", True) for t, (p, _) in provenance.items()}, sources,
+                    {g.name: g.own_teacher for g in groups})
+
+
 def val_streams(cfg: TrainConfig, groups: list[Group]) -> list[tuple[ShardStream, list[str]]]:
     out = []
     for g in groups:

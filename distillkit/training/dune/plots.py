@@ -61,16 +61,9 @@ def student_features(checkpoint: str | Path, images: "np.ndarray") -> "np.ndarra
     import torch
 
     from distillkit.images import images_to_input
-    from distillkit.students import build_student
-    from distillkit.training.checkpoint import load_checkpoint
-    from distillkit.training.dune.config import StudentConfig
+    from distillkit.training.dune.evaluate import load_dune_student
 
-    ck = load_checkpoint(checkpoint, "dune")
-    dims = {t: (d[0], tuple(d[1])) for t, d in ck["teacher_dims"].items()}
-    model = build_student(StudentConfig(**ck["student"]), tuple(ck["image_hw"]), ck["patch_size"], dims,
-                          ck["projector"])
-    model.load_state_dict(ck["model"])
-    model.eval()
+    model, _ = load_dune_student(checkpoint)
     with torch.no_grad():
         tokens = model.encode(images_to_input(torch.from_numpy(images), torch.device("cpu")))[:, 1:]
     h, w = model.grid_hw

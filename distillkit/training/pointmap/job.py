@@ -10,12 +10,13 @@ from __future__ import annotations
 import csv
 import json
 import logging
+from functools import partial
 from pathlib import Path
-from typing import Callable
 
 from distillkit.training.pointmap.config import PointmapJobConfig
 from distillkit.scenes.data import SceneData, aligned_scenes
 from distillkit.training.pointmap.trainer import train_pointmap_student
+from distillkit.training.tasks import OnStep, Unit, in_process
 
 log = logging.getLogger("distillkit")
 
@@ -63,24 +64,22 @@ def write_summary(rows: list[dict], out_dir: str | Path) -> tuple[Path, Path]:
     return out / "summary.json", out / "summary.csv"
 
 
-def train_scene(job: PointmapJobConfig, scene: str,
-                on_step: Callable[[int, int, dict], None] | None = None) -> tuple[dict, dict]:
-    """Train one scene's student; returns (the trainer's result, its summary row)."""
+def train_scene(job: PointmapJobConfig, scene: str, on_step: OnStep | None = None) -> dict:
+    """Train one scene's student; returns its summary row."""
     data = SceneData.from_store(job.store, scene, job.storage_options)
     for note in data.notes:
         log.info("%s: %s", scene, note)
-    result = train_pointmap_student(job.scene_config(scene), data, on_step=on_step)
-    return result, summary_row(result, data, job.student.kind)
+    row = summary_row(train_pointmap_student(job.scene_config(scene), data, on_step=on_step), data, job.student.kind)
+    log.info("%s: held-out mean L2 %s (%s of extent), %s%% of frames within 10 cm/10 deg, %.0f s", scene,
+             row["mean_l2"], row["mean_l2_over_extent"], row["pct_10cm_10deg"], row["train_s"])
+    return row
 
 
-def train_pointmap_scenes(job: PointmapJobConfig,
-                          on_step: Callable[[str, int, int, dict], None] | None = None) -> dict:
-    """Train every scene of the job in turn; ``on_step(scene, step, total, record)`` reports progress."""
-    rows, results = [], []
+def train_pointmap_scenes(job: PointmapJobConfig, unit: Unit = in_process) -> dict:
+    """Train every scene of the job in turn (one device), each through `unit`; the summary files are rewritten
+    after each scene, so a failure keeps the scenes before it."""
+    rows = []
     for scene in job_scenes(job):
-        cb = (lambda step, total, rec, _s=scene: on_step(_s, step, total, rec)) if on_step else None
-        result, row = train_scene(job, scene, cb)
-        results.append(result)
-        rows.append(row)
-        summary_json, summary_csv = write_summary(rows, job.out_dir)  # after each scene: a failure keeps the rest
-    return {"rows": rows, "results": results, "summary_json": str(summary_json), "summary_csv": str(summary_csv)}
+        rows.append(unit(scene, partial(train_scene, job, scene)))
+        summary_json, summary_csv = write_summary(rows, job.out_dir)
+    return {"task": "pointmap", "rows": rows, "summary_json": str(summary_json), "summary_csv": str(summary_csv)}

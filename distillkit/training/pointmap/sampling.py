@@ -21,7 +21,9 @@ Every random draw of a step comes from `seeded_generator(seed, step)`, so a resu
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -172,3 +174,22 @@ def buffer_step_loss(model, buf: FeatureBuffer, cfg: PointmapTrainConfig, gen: t
     pred = model.predict_flat(buf.feats, buf.fhw, b.to(device), y.to(device), x.to(device), (H, W))
     return pointmap_loss(pred, buf.pts.reshape(-1, 3)[flat].to(device), buf.weight.reshape(-1)[flat].to(device),
                          cfg.loss, cfg.target_scale)
+
+
+def epoch_steps(data: SceneData, cfg: PointmapTrainConfig) -> int:
+    """Steps in one pass over the training frames (image sampler) or their valid pixels (pixel sampler)."""
+    if cfg.sampler == "pixel":
+        return math.ceil(int(data.mask[data.train_idx].sum()) / cfg.pixels_per_step)
+    return math.ceil(len(data.train_idx) / cfg.batch_size)
+
+
+def step_losses(model, scene: SceneTensors, train_idx, cfg: PointmapTrainConfig, device: torch.device,
+                steps_per_epoch: int, fill_buffer: bool = True) -> Callable[[int, torch.Generator], torch.Tensor]:
+    """The configured sampler as ``loss(step, generator)``. The pixel sampler with a frozen encoder fills its
+    feature buffer here (unless not `fill_buffer`: a finished run takes no step)."""
+    if cfg.sampler == "pixel" and not model.encoder_trainable():
+        buffer = feature_buffer(model, scene, cfg, device) if fill_buffer else None
+        return lambda step, gen: buffer_step_loss(model, buffer, cfg, gen, device)
+    if cfg.sampler == "pixel":
+        return lambda step, gen: pixel_step_loss(model, scene, train_idx, cfg, gen, device)
+    return lambda step, gen: image_step_loss(model, scene, cfg, step, steps_per_epoch, gen, device)

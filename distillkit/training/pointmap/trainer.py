@@ -2,17 +2,16 @@
 
 The pieces beside it: ``augment`` (exact crop / resize / flip of image, targets and intrinsics), ``losses``,
 ``sampling`` (image and pixel samplers, the frozen-encoder feature buffer), ``evaluate`` (predictions, held-out
-metrics, loading a trained student) and ``plots``. Checkpoints go through `distillkit.training.checkpoint`.
+metrics, loading a trained student) and ``plots``. Resume, checkpoints, metrics and the loss curve are
+`distillkit.training.run`'s.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,19 +20,18 @@ from distillkit.devices import resolve_device
 from distillkit.scenes.data import SceneData
 from distillkit.students.pointmap import build_pointmap_student
 from distillkit.students.pointmap.base import describe
-from distillkit.training.checkpoint import CKPT_NAME, init_from, load_checkpoint, save_checkpoint
 from distillkit.training.optim import ProgressSchedule, adamw
 from distillkit.training.pointmap.config import PointmapTrainConfig
 from distillkit.training.pointmap.evaluate import evaluate_scene
 from distillkit.training.pointmap.plots import plot_pointmap_curve
-from distillkit.training.pointmap.sampling import (SceneTensors, buffer_step_loss, feature_buffer, image_step_loss,
-                                                   pixel_step_loss, seeded_generator)
+from distillkit.training.pointmap.sampling import SceneTensors, epoch_steps, seeded_generator, step_losses
+from distillkit.training.run import Run
+from distillkit.training.tasks import OnStep
 
 log = logging.getLogger("distillkit")
 
 
-def train_pointmap_student(cfg: PointmapTrainConfig, data: SceneData,
-                           on_step: Callable[[int, int, dict], None] | None = None) -> dict:
+def train_pointmap_student(cfg: PointmapTrainConfig, data: SceneData, on_step: OnStep | None = None) -> dict:
     """Train (or resume) a scene-specific student on `data`'s training frames; evaluate on its test frames.
 
     Writes ``out_dir/checkpoint-last.pt`` (model, optimiser, scheduler, step/epoch, metrics, RNG, config),
@@ -42,77 +40,42 @@ def train_pointmap_student(cfg: PointmapTrainConfig, data: SceneData,
     median errors)."""
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     out_hw = tuple(cfg.image_size or data.hw)
     if cfg.student.kind == "vit" and (out_hw[0] % cfg.student.patch_size or out_hw[1] % cfg.student.patch_size):
         raise ValueError(f"ViT patch {cfg.student.patch_size} does not divide the image size {out_hw}: set "
                          f"image_size to a multiple of it")
     scene = SceneTensors(data, out_hw)
-    train_idx = data.train_idx
     model = build_pointmap_student(cfg.student, out_hw)
+    spec = {"student": cfg.student.relevant(), "image_hw": list(out_hw), "scene": data.name, "sampler": cfg.sampler}
+    run = Run(cfg, "pointmap", {"spec": spec}, {"config": cfg.model_dump(mode="json"), "data": data.summary(),
+                                                "model": describe(model), "spec": spec}, on_step)
     centre, scale = data.target_stats()
     model.set_scene(centre, scale)
-    if cfg.init_from and not (cfg.resume and (out / CKPT_NAME).exists()):
-        init_from(model, cfg.init_from, "pointmap")
+    if run.init_from(model):
         centre, scale = model.centre.numpy().astype(np.float64), float(model.scale)  # the head was trained on these
     model.to(device)
-    pixel = cfg.sampler == "pixel"
-    buffered = pixel and not model.encoder_trainable()
-    n_train_px = int(data.mask[train_idx].sum())
-    steps_per_epoch = math.ceil(n_train_px / cfg.pixels_per_step) if pixel else math.ceil(len(train_idx) /
-                                                                                          cfg.batch_size)
-    total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    per_epoch = epoch_steps(data, cfg)
+    total = cfg.max_steps or max(1, math.ceil(cfg.epochs * per_epoch))
     budget_s = cfg.max_minutes * 60 if cfg.max_minutes else None
     opt = adamw(model, cfg.lr, cfg.weight_decay)
     sched = ProgressSchedule(opt, cfg.lr, cfg.min_lr, cfg.warmup_fraction)
-    spec = {"student": cfg.student.relevant(), "image_hw": list(out_hw), "scene": data.name, "sampler": cfg.sampler}
-    metrics: dict[str, Any] = {"config": cfg.model_dump(mode="json"), "data": data.summary(), "model": describe(model),
-                               "spec": spec, "train": [], "eval": []}
-    step, train_s = 0, 0.0
-    ckpt_path = out / CKPT_NAME
-    if cfg.resume and ckpt_path.exists():
-        ck = load_checkpoint(ckpt_path, "pointmap")  # on the CPU: the RNG state must be; load_state_dict moves the rest
-        if ck["spec"] != spec:
-            raise ValueError(f"{ckpt_path} was written for {ck['spec']}; this run is {spec}. Use a new out_dir.")
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        step, train_s, metrics = ck["step"], ck["train_s"], ck["metrics"]
-        torch.set_rng_state(ck["rng"]["torch"])
-        log.info("resumed %s at step %d", ckpt_path, step)
+    ck = run.start(model, opt, sched)
+    step, train_s = ck.get("step", 0), ck.get("train_s", 0.0)
+    if run.resuming:
+        log.info("resumed %s at step %d", run.path, step)
 
-    def checkpoint() -> None:
-        save_checkpoint(ckpt_path, "pointmap", {
-            "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step,
-            "epoch": step / steps_per_epoch, "train_s": train_s, "metrics": metrics, "spec": spec,
-            "config": cfg.model_dump(mode="json"), "rng": {"torch": torch.get_rng_state()},
-            "scene_centre": centre.tolist(), "scene_scale": scale})
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    def save() -> None:
+        run.save(step=step, epoch=step / per_epoch, train_s=train_s, config=cfg.model_dump(mode="json"),
+                 scene_centre=centre.tolist(), scene_scale=scale)
 
-    buffer = None
-    cpu0 = time.process_time()
-    t_start = time.perf_counter()
-    if buffered and step < total:
-        buffer = feature_buffer(model, scene, cfg, device)
-    train_s += time.perf_counter() - t_start
-    eval_s = 0.0
-    next_eval = (cfg.eval_every * steps_per_epoch) if cfg.eval_every else math.inf
-    next_eval_s = cfg.eval_every_s or math.inf
-    if metrics["eval"]:
-        next_eval = metrics["eval"][-1]["step"] + cfg.eval_every * steps_per_epoch if cfg.eval_every else math.inf
-        next_eval_s = metrics["eval"][-1]["train_s"] + (cfg.eval_every_s or math.inf)
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    step_loss = step_losses(model, scene, data.train_idx, cfg, device, per_epoch, fill_buffer=step < total)
+    train_s += time.perf_counter() - t0
+    clock, eval_s, stop = EvalClock(cfg, per_epoch, run.metrics["eval"]), 0.0, False
     model.train()
-    stop = False
     while step < total and not stop:
         t0 = time.perf_counter()
-        gen = seeded_generator(cfg.seed, step)
-        if buffer is not None:
-            loss = buffer_step_loss(model, buffer, cfg, gen, device)
-        elif pixel:
-            loss = pixel_step_loss(model, scene, train_idx, cfg, gen, device)
-        else:
-            loss = image_step_loss(model, scene, cfg, step, steps_per_epoch, gen, device)
+        loss = step_loss(step, seeded_generator(cfg.seed, step))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
@@ -121,43 +84,56 @@ def train_pointmap_student(cfg: PointmapTrainConfig, data: SceneData,
         step += 1
         train_s += time.perf_counter() - t0
         lr = sched.update(max(step / total, train_s / budget_s if budget_s else 0.0))
-        rec = {"step": step, "epoch": round(step / steps_per_epoch, 4), "loss": float(loss.detach()), "lr": lr,
-               "train_s": round(train_s, 3)}
-        metrics["train"].append(rec)
-        if on_step:
-            on_step(step, total, rec)
-        if budget_s and train_s >= budget_s:
-            stop = True
-        if (step >= next_eval or train_s >= next_eval_s) and step < total and not stop:
+        run.log({"step": step, "epoch": round(step / per_epoch, 4), "loss": float(loss.detach()), "lr": lr,
+                 "train_s": round(train_s, 3)}, total)
+        stop = bool(budget_s and train_s >= budget_s)
+        if clock.due(step, train_s) and step < total and not stop:
             t1 = time.perf_counter()
-            ev = evaluate_scene(model, scene, cfg, device, pose=False)
-            metrics["eval"].append({"step": step, "epoch": rec["epoch"], "train_s": round(train_s, 3),
-                                    **{k: v for k, v in ev.items() if not k.startswith("per_frame")}})
+            run.metrics["eval"].append(eval_row(step, per_epoch, train_s, evaluate_scene(model, scene, cfg, device,
+                                                                                         pose=False)))
             eval_s += time.perf_counter() - t1
-            while next_eval <= step:
-                next_eval += cfg.eval_every * steps_per_epoch if cfg.eval_every else math.inf
-            while next_eval_s <= train_s:
-                next_eval_s += cfg.eval_every_s or math.inf
-        if step % cfg.ckpt_every == 0 and step < total and not stop:
-            checkpoint()
+        if run.due(step, total) and not stop:
+            save()
     t1 = time.perf_counter()
     final = evaluate_scene(model, scene, cfg, device, pose=True)
     eval_s += time.perf_counter() - t1
-    summary = {k: v for k, v in final.items() if not k.startswith("per_frame")}
-    if not metrics["eval"] or metrics["eval"][-1]["step"] != step:
-        metrics["eval"].append({"step": step, "epoch": round(step / steps_per_epoch, 4), "train_s": round(train_s, 3),
-                                **summary})
-    metrics["final"] = final
-    metrics["train_s"] = train_s
-    metrics["process_cpu_s"] = time.process_time() - cpu0  # this call's CPU time (all threads), eval included
-    metrics["steps"] = step
-    checkpoint()
-    png = plot_pointmap_curve(metrics, out / "loss_curve.png",
-                              f"{data.name}: {cfg.student.kind} ({cfg.sampler} sampler)")
-    losses = [r["loss"] for r in metrics["train"]]
-    return {"checkpoint": str(ckpt_path), "metrics": str(out / "metrics.json"), "loss_curve": str(png),
-            "steps": step, "epochs": round(step / steps_per_epoch, 3), "train_s": train_s, "eval_s": eval_s,
-            "process_cpu_s": metrics["process_cpu_s"],
-            "model": metrics["model"], "scene": data.name, "extent": data.extent(), "final_eval": summary,
-            "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
-            "device": str(device)}
+    summary = held_out(final)
+    if not run.metrics["eval"] or run.metrics["eval"][-1]["step"] != step:
+        run.metrics["eval"].append(eval_row(step, per_epoch, train_s, final))
+    run.metrics.update(final=final, train_s=train_s, steps=step,
+                       process_cpu_s=time.process_time() - cpu0)  # this call's CPU time (all threads), eval included
+    save()
+    title = f"{data.name}: {cfg.student.kind} ({cfg.sampler} sampler)"
+    return run.finish(lambda metrics, png: plot_pointmap_curve(metrics, png, title), steps=step,
+                      epochs=round(step / per_epoch, 3), train_s=train_s, eval_s=eval_s,
+                      process_cpu_s=run.metrics["process_cpu_s"], model=run.metrics["model"], scene=data.name,
+                      extent=data.extent(), final_eval=summary, device=str(device))
+
+
+def held_out(ev: dict[str, Any]) -> dict[str, Any]:
+    """An evaluation without its per-frame arrays."""
+    return {k: v for k, v in ev.items() if not k.startswith("per_frame")}
+
+
+def eval_row(step: int, per_epoch: int, train_s: float, ev: dict[str, Any]) -> dict[str, Any]:
+    """An evaluation as ``metrics.json`` lists it: when, and its summary."""
+    return {"step": step, "epoch": round(step / per_epoch, 4), "train_s": round(train_s, 3), **held_out(ev)}
+
+
+class EvalClock:
+    """When to evaluate during training: every ``eval_every`` epochs' worth of steps and every ``eval_every_s``
+    seconds of training time (each off at 0), counted from the last evaluation (a resumed run keeps its clock)."""
+
+    def __init__(self, cfg: PointmapTrainConfig, per_epoch: int, evals: list[dict]):
+        self.every, self.every_s = cfg.eval_every * per_epoch or math.inf, cfg.eval_every_s or math.inf
+        self.next = (evals[-1]["step"] if evals else 0) + self.every
+        self.next_s = (evals[-1]["train_s"] if evals else 0.0) + self.every_s
+
+    def due(self, step: int, train_s: float) -> bool:
+        if step < self.next and train_s < self.next_s:
+            return False
+        while self.next <= step:
+            self.next += self.every
+        while self.next_s <= train_s:
+            self.next_s += self.every_s
+        return True

@@ -1,0 +1,70 @@
+"""A DUNE student against its targets: per-teacher losses of a batch, held-out metrics, and the student rebuilt from
+its checkpoint (`load_dune_student`, the task's checkpoint loader)."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+from distillkit.images import images_to_input
+from distillkit.store.reader import ShardStream, make_loader
+from distillkit.students.dune import StudentConfig, build_student
+from distillkit.training.checkpoint import load_checkpoint
+from distillkit.training.dune.losses import cosine, teacher_loss
+from distillkit.training.dune.normalize import TargetNorm
+
+
+def batch_losses(model, batch: dict, norm: TargetNorm, device: torch.device, has_cls: dict[str, bool],
+                 jitter: float = 0.0):
+    """Per teacher: (per-image loss [B], student CLS, student patches), against normalised targets."""
+    x = images_to_input(batch["samples/image"], device, jitter)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    with autocast:
+        preds = model(x)
+    out = {}
+    for t, (cls_s, patch_s) in preds.items():
+        if f"teachers/{t}/patch" not in batch:
+            continue
+        patch_t = norm(t, "patch", batch[f"teachers/{t}/patch"].to(device))
+        cls_t = norm(t, "cls", batch[f"teachers/{t}/cls"].to(device)) if has_cls[t] else None
+        out[t] = (teacher_loss(cls_s if has_cls[t] else None, patch_s, cls_t, patch_t), cls_s, patch_s)
+    return out
+
+
+@torch.no_grad()
+def evaluate(model, streams: list[tuple[ShardStream, list[str]]], norm: TargetNorm, device: torch.device,
+             has_cls: dict[str, bool]) -> dict[str, dict[str, float]]:
+    """Per teacher: distillation loss and cosine similarity to the raw teacher features, on held-out samples."""
+    model.eval()
+    acc: dict[str, dict[str, float]] = {}
+    for stream, teachers in streams:
+        for batch in make_loader(stream, 0):
+            res = batch_losses(model, batch, norm, device, has_cls)
+            b = len(batch["ids"])
+            for t, (loss, cls_s, patch_s) in res.items():
+                if t not in teachers:
+                    continue
+                a = acc.setdefault(t, {"loss": 0.0, "cos_patch": 0.0, "cos_cls": 0.0, "samples": 0})
+                a["samples"] += b
+                a["loss"] += float(loss.sum())
+                raw_patch = norm.raw(t, "patch", batch[f"teachers/{t}/patch"].to(device))
+                a["cos_patch"] += float(cosine(norm.invert(t, "patch", patch_s), raw_patch).flatten(1).mean(1).sum())
+                if has_cls[t]:
+                    raw_cls = norm.raw(t, "cls", batch[f"teachers/{t}/cls"].to(device))
+                    a["cos_cls"] += float(cosine(norm.invert(t, "cls", cls_s), raw_cls).sum())
+    model.train()
+    return {t: {k: (v / a["samples"] if k != "samples" else v) for k, v in a.items() if k != "cos_cls" or has_cls[t]}
+            for t, a in acc.items()}
+
+
+def load_dune_student(checkpoint: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
+    """(the student a DUNE checkpoint holds, weights loaded, in eval mode on `device`; the checkpoint, whose
+    ``normalization`` and ``teacher_dims`` say which targets its projectors predict)."""
+    ck = load_checkpoint(checkpoint, "dune")
+    dims = {t: (d[0], tuple(d[1])) for t, d in ck["teacher_dims"].items()}
+    model = build_student(StudentConfig(**ck["student"]), tuple(ck["image_hw"]), ck["patch_size"], dims,
+                          ck["projector"])
+    model.load_state_dict(ck["model"])
+    return model.to(device).eval(), ck
