@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from distillkit.config.common import Strict
+from distillkit.config.training import RunFields
 from distillkit.students.dune import StudentConfig
 
 
@@ -19,14 +20,14 @@ class GroupConfig(Strict):
     teacher: str = Field(description="the group's own teacher (data sharing 'none'/'generic' train only it)")
 
 
-class TrainConfig(Strict):
+class TrainConfig(RunFields):
     """Parameters of `distillkit train` and the `train-student` flow (DUNE-style students from feature stores;
-    ``task: pointmap`` selects `distillkit.training.pointmap.config.PointmapJobConfig` instead)."""
+    ``task: pointmap`` selects `distillkit.training.pointmap.config.PointmapJobConfig` instead). The fields every
+    task shares (out_dir, max_steps, resume, init_from, grad_clip, color_jitter, seed, device) are `RunFields`'."""
 
     task: Literal["dune"] = Field(default="dune", description="dune: multi-teacher feature distillation; "
                                   "pointmap: scene-specific pointmap students (PointmapJobConfig)")
     stores: list[str] = Field(default_factory=list, description="teacher stores to stream (zipped by sample id)")
-    out_dir: str = Field(description="where checkpoints, metrics.json and loss_curve.png go")
     teachers: list[str] | None = Field(default=None, description="subset of teachers; None = all in the stores")
     student: StudentConfig = Field(default_factory=StudentConfig)
     projector: Literal["tp", "sp", "mlp", "lp"] = Field(
@@ -44,8 +45,6 @@ class TrainConfig(Strict):
                                                              "(a damaged shard stops training with its name)")
     normalization: Literal["standard", "phi-s"] = Field(
         default="standard", description="teacher targets: per-channel standardisation (store stats) or PHI-S")
-    color_jitter: float = Field(default=0.0, ge=0.0, le=1.0,
-                                description="student-only photometric jitter strength (targets are fixed)")
     groups: list[GroupConfig] | None = Field(
         default=None, description="teacher-balanced batches: one entry per domain group (stores + own teacher)")
     data_sharing: Literal["full", "generic", "none"] = Field(
@@ -54,21 +53,16 @@ class TrainConfig(Strict):
     generic_group: str | None = Field(default=None, description="group whose images train every teacher (generic)")
     batch_size: int = Field(default=32, ge=1)
     epochs: float = Field(default=1.0, gt=0, description="passes over the training split (fractions allowed)")
-    max_steps: int | None = Field(default=None, ge=1, description="stop after this many steps (overrides epochs)")
     lr: float = Field(default=3e-4, gt=0, description="peak learning rate (DUNE: 3e-4 x batch/256)")
     min_lr: float = Field(default=1e-6, ge=0)
     weight_decay: float = 0.03
     warmup_fraction: float = Field(default=0.1, ge=0, le=1)
-    grad_clip: float = Field(default=1.0, ge=0, description="0 disables")
-    seed: int = 0
     shuffle_shards: int = Field(default=2, ge=1, description="shards mixed in one shuffle block")
     num_workers: int = Field(default=2, ge=0, description="DataLoader workers for the streaming reader")
-    device: str = "auto"
-    eval_every: int = Field(default=0, ge=0, description="evaluate every N steps (0 = at the end only)")
+    eval_every: int = Field(default=0, ge=0, description="evaluate every N optimiser steps (0 = at the end only; "
+                            "the pointmap task's eval_every counts epochs)")
     ckpt_every: int = Field(default=50, ge=1, description="checkpoint every N steps (and at the end)")
     max_eval_samples: int = Field(default=256, ge=1)
-    resume: bool = Field(default=True, description="continue from out_dir/checkpoint-last.pt if present")
-    init_from: str | None = Field(default=None, description="start from this checkpoint's weights (fine-tuning)")
     log_batches: bool = Field(default=False, description="write out_dir/batches/rank<r>.jsonl (sample ids per step)")
     storage_options: dict[str, Any] = Field(default_factory=dict)
 

@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from distillkit.config.common import Strict, parse_hw
+from distillkit.config.training import RunFields
 from distillkit.students.pointmap.config import STUDENT_PRESETS, PointmapStudentConfig  # noqa: F401  (re-exported)
 
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {
@@ -16,28 +17,24 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-class PointmapTrainConfig(Strict):
-    """Parameters of `train_pointmap_student` (one scene, one student)."""
+class PointmapTrainConfig(RunFields):
+    """Parameters of `train_pointmap_student` (one scene, one student). The fields every task shares (out_dir,
+    max_steps, resume, init_from, grad_clip, color_jitter, seed, device) are `RunFields`'."""
 
     preset: Literal["paper_vit_best"] | None = Field(default=None, description="training preset (fields given "
                                                      "explicitly win)")
-    out_dir: str = Field(description="checkpoint-last.pt, metrics.json, loss_curve.png")
     student: PointmapStudentConfig = Field(default_factory=PointmapStudentConfig)
     image_size: tuple[int, int] | None = Field(default=None, description="training/eval resolution (H, W); None = "
                                                "the data's. Targets are resized by nearest sampling, K exactly")
     epochs: float = Field(default=30.0, gt=0, description="passes over the training frames (pixel sampler: "
                           "pixels_per_step * steps = epochs * train pixels)")
-    max_steps: int | None = Field(default=None, ge=1, description="stop after this many steps (overrides epochs)")
     max_minutes: float | None = Field(default=None, gt=0, description="training-time budget in minutes (stops "
                                       "early; the lr schedule follows the larger of step and time progress)")
-    init_from: str | None = Field(default=None, description="start from this pointmap checkpoint's weights (tensors "
-                                  "whose names and shapes match; e.g. head-only training on a trained encoder)")
     batch_size: int = Field(default=8, ge=1, description="frames per step (image sampler)")
     lr: float = Field(default=1e-3, gt=0)
     min_lr: float = Field(default=1e-5, ge=0)
     weight_decay: float = Field(default=1e-4, ge=0)
     warmup_fraction: float = Field(default=0.05, ge=0, le=1)
-    grad_clip: float = Field(default=1.0, ge=0, description="0 disables")
     # loss
     loss: Literal["mse", "l2"] = Field(default="mse", description="mse: squared error per coordinate (the paper); "
                                        "l2: Euclidean distance (DUSt3R's regression loss, less dominated by outliers)")
@@ -50,7 +47,6 @@ class PointmapTrainConfig(Strict):
                                             "(resized back to image_size); (1, 1) = no crop")
     flip_p: float = Field(default=0.0, ge=0, le=1, description="horizontal flip probability (a mirror image: K "
                           "gets a negative fx; off by default, a scene-specific model never sees mirrored views)")
-    color_jitter: float = Field(default=0.0, ge=0, le=1, description="brightness/contrast jitter (image only)")
     # sampler
     sampler: Literal["image", "pixel"] = Field(default="image", description="image: whole-frame batches; pixel: "
                                                "random pixels across many frames (cnn/mobilenet: per-pixel head)")
@@ -63,7 +59,8 @@ class PointmapTrainConfig(Strict):
     buffer_views: int = Field(default=1, ge=1, description="pixel sampler with a frozen encoder: augmented views "
                               "per training frame in the precomputed feature buffer (ACE-style)")
     # evaluation
-    eval_every: float = Field(default=0.0, ge=0, description="evaluate every N epochs (0 = at the end only)")
+    eval_every: float = Field(default=0.0, ge=0, description="evaluate every N epochs (0 = at the end only; the DUNE "
+                              "task's eval_every counts optimiser steps)")
     eval_every_s: float = Field(default=0.0, ge=0, description="also evaluate every N seconds of training time "
                                 "(held-out L2 only; for samplers compared per minute)")
     eval_pose: bool = Field(default=True, description="PnP-RANSAC pose metrics (needs reference poses)")
@@ -71,9 +68,6 @@ class PointmapTrainConfig(Strict):
     pnp_iterations: int = Field(default=1000, ge=1)
     metres_per_unit: float = Field(default=1.0, gt=0, description="world units -> metres for pose thresholds")
     # run
-    seed: int = 0
-    device: str = "auto"
-    resume: bool = Field(default=True, description="continue from out_dir/checkpoint-last.pt if present")
     ckpt_every: int = Field(default=200, ge=1, description="checkpoint every N steps (and at the end)")
 
     @model_validator(mode="before")
