@@ -28,7 +28,7 @@ def _progress_reporter(description: str) -> OnStep:
         if step == total or step - every["n"] >= max(total // 20, 1):
             every["n"] = step
             update_progress_artifact(progress_id, progress=100.0 * step / total)
-            log.info("step %d/%d loss %.4f lr %.2e", step, total, rec["loss"], rec["lr"])
+            log.info("step %d/%d loss %.4f%s", step, total, rec["loss"], f" lr {rec['lr']:.2e}" if "lr" in rec else "")
 
     return on_step
 
