@@ -13,23 +13,34 @@ import zarr
 
 from distillkit_schemas import FEATURES, SCENES, Problem, store_kind
 
-from distillkit.scenes.check import deep_check_scenes, summarize_scenes, validate_scenes
-from distillkit.store.inspect import summarize_features, validate_features
-from distillkit.store.integrity import damage_problems, deep_check
+from distillkit.scenes.check import deep_validate_scenes, render_scenes, summarize_scenes, validate_scenes
+from distillkit.store.inspect import deep_validate_features, render_features, summarize_features, validate_features
 from distillkit.store.layout import open_group
 from distillkit.store.metadata import damaged_metadata, raise_if_damaged
 
 
+Progress = Callable[[int, int], None] | None
+
+
 @dataclass(frozen=True)
 class StoreKind:
+    """Everything `inspect` and `validate` do with one kind of store. A new kind is its schema (storage_schemas/
+    kinds.py) and one line here."""
     summarize: Callable[[zarr.Group, str], Any]  # (open group, url) -> summary with .kind and .as_dict()
-    validate: Callable[[zarr.Group, Callable[[int, int], None] | None], list[Problem]]  # (open group, progress)
+    validate: Callable[[zarr.Group, Progress], list[Problem]]  # (open group, progress) -> problems
+    deep_validate: Callable[[zarr.Group, Progress], tuple[list[Problem], list[Problem]]]  # -> (problems, notes)
+    render: Callable[[Any], list]  # summary -> what `inspect` prints (rich renderables)
 
 
 KINDS: dict[str, StoreKind] = {
-    FEATURES: StoreKind(summarize_features, validate_features),
-    SCENES: StoreKind(summarize_scenes, validate_scenes),
+    FEATURES: StoreKind(summarize_features, validate_features, deep_validate_features, render_features),
+    SCENES: StoreKind(summarize_scenes, validate_scenes, deep_validate_scenes, render_scenes),
 }
+
+
+def render(summary) -> list:
+    """What `distillkit inspect` prints for a summary of either kind."""
+    return KINDS[summary.kind].render(summary)
 
 
 def _open(url: str, storage_options: dict | None) -> zarr.Group:
@@ -52,7 +63,7 @@ def validate_store(url: str, storage_options: dict | None = None,
     """Schema, completeness and content checks of either kind: every problem found (empty list = valid).
 
     `deep`: also read every byte of every per-sample and per-shard array, so that each checksum is verified, and
-    name the array, shard and samples of any mismatch (feature stores). Remarks that are no problem (e.g. a store
+    name the array, shard (or object) and samples of any mismatch or missing object. Remarks that are no problem (e.g. a store
     written before checksums) are appended to `notes`."""
     damaged = damaged_metadata(url, storage_options)
     if damaged:  # nothing below could be trusted (or even opened)
@@ -61,28 +72,10 @@ def validate_store(url: str, storage_options: dict | None = None,
         group = _open(url, storage_options)
     except Exception as e:
         return [Problem(url, f"cannot open as a Zarr v3 group: {e}")]
-    kind = store_kind(group)
+    kind = KINDS[store_kind(group)]
     if not deep:
-        return KINDS[kind].validate(group, progress)
-    if kind != FEATURES:
-        damaged, found = deep_check_scenes(group, progress)
-        if notes is not None:
-            notes.extend(found)
-        unreadable = {p.where for p in damaged}
-        try:
-            usual = KINDS[kind].validate(group, None)
-        except Exception:  # the usual checks read the same damaged objects: what is wrong is said above
-            usual = [] if unreadable else None
-            if usual is None:
-                raise
-        return damaged + [p for p in usual if p.where not in unreadable]
-    damage, found = deep_check(group, progress)
+        return kind.validate(group, progress)
+    problems, found = kind.deep_validate(group, progress)
     if notes is not None:
         notes.extend(found)
-    damaged = {(d.array, d.shard) for d in damage}
-    usual = [p for p in KINDS[kind].validate(group, None)
-             if not (p.what.startswith("shard ") and "unreadable" in p.what
-                     and (p.where, int(p.what.split()[1].rstrip(":"))) in damaged)]
-    found = damage_problems(group, damage)
-    said = {(p.where, p.what) for p in found}
-    return found + [p for p in usual if (p.where, p.what) not in said]
+    return problems

@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 import warnings
-from typing import NoReturn, Optional
+from typing import NoReturn
 
 import typer
 from rich.console import Console
@@ -15,6 +15,8 @@ from rich.logging import RichHandler
 from rich.table import Table
 from typer.core import TyperGroup
 from typer.exceptions import TyperException
+
+from distillkit.store.arrays import array_table, human  # noqa: F401  (the CLI's tables)
 
 DEBUG_FLAG = "--debug"
 
@@ -79,33 +81,6 @@ def setup_logging(verbose: bool = False) -> None:
 def fail(msg: str) -> NoReturn:
     err.print(f"[bold red]error:[/] {msg}", soft_wrap=True)
     raise typer.Exit(2)
-
-
-def human(n: Optional[float]) -> str:
-    """Bytes in decimal units: 512 B, 1.5 KB, 2.0 GB."""
-    if n is None:
-        return "-"
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000.0
-    return str(n)
-
-
-def array_table(rows: list[dict], title: str = "arrays") -> Table:
-    """The array table of `inspect` (rows from `distillkit.store.arrays.array_row`, either store kind)."""
-    t = Table(title=title)
-    for col in ("array", "shape", "dtype", "chunk", "shard", "codec", "stored", "raw", "ratio"):
-        t.add_column(col, justify="right" if col in ("stored", "raw", "ratio") else "left")
-    for a in rows:
-        if a.get("missing"):
-            t.add_row(a["path"], "[red]missing[/]", *[""] * 7)
-            continue
-        t.add_row(a["path"], str(tuple(a["shape"])), "str" if "String" in a["dtype"] else a["dtype"],
-                  str(tuple(a["chunks"])), str(tuple(a["shards"])) if a["shards"] else "-", a["codec"],
-                  human(a["stored_bytes"]), human(a["raw_bytes"]) if a["raw_bytes"] else "-",
-                  f"{a['ratio']:.2f}" if a["ratio"] else "-")
-    return t
 
 
 def print_metrics(res: dict, as_json: bool) -> None:

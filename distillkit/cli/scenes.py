@@ -9,41 +9,7 @@ from typing import Optional
 
 import typer
 
-from distillkit.cli.common import app, array_table, console, fail, setup_logging
-
-
-def print_scene_summary(s) -> None:
-    """`distillkit inspect` of a scene store."""
-    from rich.table import Table
-
-    m = s.manifest
-    net = m["network"]
-    console.print(f"[bold]{s.url}[/]  {m['schema_version']}  status [bold]{m['status']}[/]  completion "
-                  f"{s.completion:.0f}% ({sum(x['done'] for x in s.scenes)}/{len(s.scenes)} scenes)  version "
-                  f"{m['version']}")
-    console.print(f"source {m['source']} ({m['layout']}), loader size {m['image_size']}, graph {m['graph']}"
-                  f"{' symmetrised' if m['symmetrize'] else ''}, predictor {net['predictor']} ({net['arch']})")
-    if net["checkpoint_sha256"].startswith("random-init:"):
-        console.print(f"[bold red]WARNING: the pair outputs come from a RANDOMLY initialised network "
-                      f"({net['checkpoint_sha256']}); they are not real targets[/]")
-    elif net["predictor"] == "network":
-        console.print(f"network {net['checkpoint']} sha256 {net['checkpoint_sha256'][:16]}")
-    t = Table(title="scenes")
-    for col in ("scene", "layout", "frames", "pairs", "size", "GT", "pairs done", "aligned", "loss", "known poses",
-                "GT error (median)", "align s"):
-        t.add_column(col)
-    for r in s.scenes:
-        g = r.get("gt_metrics") or {}
-        err = f"{g['point_err_cm_median']:.1f} cm" if "point_err_cm_median" in g else "-"
-        t.add_row(r["scene"], r.get("layout", "?"), str(r.get("n_frames", "?")), str(r.get("n_edges", "?")),
-                  "x".join(map(str, r.get("image_hw", []))), "yes" if r.get("has_gt") else "no",
-                  "✓" if r["pairs_done"] else "-", "✓" if r["done"] else "-",
-                  f"{r['loss']:.4g}" if "loss" in r else "-", str(r.get("used_known_poses", "-")), err,
-                  f"{r['timings'].get('align_s', 0):.1f}" if "timings" in r else "-")
-    console.print(t)
-    console.print(array_table(s.arrays))
-    for p in s.problems:
-        console.print(f"[red]✗[/] {p}")
+from distillkit.cli.common import app, console, fail, setup_logging
 
 
 def show_scene(store: str, scene: str, out: Path, n: int, checkpoint: str | None = None) -> None:

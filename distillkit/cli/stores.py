@@ -8,51 +8,8 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.table import Table
-
-from distillkit_schemas import FEATURES, SCENES
-
-from distillkit.cli.common import app, array_table, console, describe_error, fail, setup_logging
-from distillkit.cli.scenes import print_scene_summary, show_scene
-
-
-def print_feature_summary(s) -> None:
-    """`distillkit inspect` of a feature store."""
-    m = s.manifest
-    console.print(f"[bold]{s.url}[/]  {m['schema_version']}  status [bold]{m['status']}[/]  "
-                  f"completion {s.completion:.0f}% ({s.shards_done}/{s.n_shards} shards)  version {m['version']}")
-    console.print(f"samples {m['n_samples']} (valid {m['n_valid']}, rejected {m['n_rejected']}), shard size "
-                  f"{m['shard_size']}, student input {m['image_hw'][0]}x{m['image_hw'][1]} / patch "
-                  f"{m['student_patch']}, source {m['source']}")
-    for name, pv in s.provenance.items():
-        if pv["checkpoint_sha256"].startswith("random-init:"):
-            console.print(f"[bold red]WARNING: teacher {name} was cached from RANDOM weights "
-                          f"({pv['checkpoint_sha256']}); its features are not real targets[/]")
-    console.print(array_table(s.arrays))
-    p = Table(title="teachers")
-    for col in ("teacher", "arch", "weights", "sha256", "input", "grid", "dim", "dtype", "storage",
-                "bytes/sample", "vs fp16", "PCA variance"):
-        p.add_column(col)
-    for name, pv in s.provenance.items():
-        random = pv["checkpoint_sha256"].startswith("random-init:")
-        st = s.storage.get(name, {})
-        var = st.get("retained_variance")
-        p.add_row(name, pv["arch"], "[bold red]RANDOM INIT (" + pv["checkpoint_sha256"] + ")[/]" if random
-                  else pv["checkpoint"], "-" if random else pv["checkpoint_sha256"][:16],
-                  "x".join(map(str, pv["input_hw"])), "x".join(map(str, pv["grid_hw"])), str(pv["embed_dim"]),
-                  pv["dtype"], pv.get("storage", "fp16"), f"{st.get('bytes_per_sample', 0):,}",
-                  f"{st.get('ratio_vs_fp16', 1):.3f}x", "-" if var is None else f"{100 * var:.1f} %")
-    console.print(p)
-    if s.rejected:
-        r = Table(title=f"rejected inputs ({len(s.rejected)})")
-        r.add_column("id")
-        r.add_column("reason")
-        for row in s.rejected:
-            r.add_row(row["id"], row["reason"])
-        console.print(r)
-
-
-SUMMARY_PRINTERS = {FEATURES: print_feature_summary, SCENES: print_scene_summary}
+from distillkit.cli.common import app, console, describe_error, fail, setup_logging
+from distillkit.cli.scenes import show_scene
 
 
 @app.command()
@@ -60,7 +17,7 @@ def inspect(store: str = typer.Argument(..., help="store path or URL"),
             as_json: bool = typer.Option(False, "--json", help="machine-readable output")):
     """Print a store's arrays, layout, sizes, completion, teacher provenance and rejected inputs."""
     setup_logging()
-    from distillkit.stores import summarize
+    from distillkit.stores import render, summarize
 
     try:
         s = summarize(store)
@@ -69,7 +26,8 @@ def inspect(store: str = typer.Argument(..., help="store path or URL"),
     if as_json:
         console.print_json(json.dumps(s.as_dict()))
         return
-    SUMMARY_PRINTERS[s.kind](s)
+    for part in render(s):
+        console.print(part)
 
 
 @app.command()

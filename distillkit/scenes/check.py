@@ -7,12 +7,13 @@ from typing import Any, Callable
 
 import numpy as np
 import zarr
+from rich.table import Table
 
 from distillkit_schemas import SCENES, Problem
 from distillkit_schemas.scenes import read_alignment, validate_scene_structure
 
 from distillkit.scenes import store as st
-from distillkit.store.arrays import array_row
+from distillkit.store.arrays import array_row, array_table
 from distillkit.store.integrity import has_checksums, missing_objects
 
 
@@ -154,3 +155,51 @@ def deep_check_scenes(group, progress: Callable[[int, int], None] | None = None)
                      "no crc32c checksums (store written before checksums): bytes read but not verified")
              ] if unchecked else []
     return problems, notes
+
+
+def render_scenes(s: SceneStoreSummary) -> list:
+    """What `distillkit inspect` prints for a scene store: rich renderables, in order."""
+    out: list = []
+    m = s.manifest
+    net = m["network"]
+    out.append(f"[bold]{s.url}[/]  {m['schema_version']}  status [bold]{m['status']}[/]  completion "
+                  f"{s.completion:.0f}% ({sum(x['done'] for x in s.scenes)}/{len(s.scenes)} scenes)  version "
+                  f"{m['version']}")
+    out.append(f"source {m['source']} ({m['layout']}), loader size {m['image_size']}, graph {m['graph']}"
+                  f"{' symmetrised' if m['symmetrize'] else ''}, predictor {net['predictor']} ({net['arch']})")
+    if net["checkpoint_sha256"].startswith("random-init:"):
+        out.append(f"[bold red]WARNING: the pair outputs come from a RANDOMLY initialised network "
+                      f"({net['checkpoint_sha256']}); they are not real targets[/]")
+    elif net["predictor"] == "network":
+        out.append(f"network {net['checkpoint']} sha256 {net['checkpoint_sha256'][:16]}")
+    t = Table(title="scenes")
+    for col in ("scene", "layout", "frames", "pairs", "size", "GT", "pairs done", "aligned", "loss", "known poses",
+                "GT error (median)", "align s"):
+        t.add_column(col)
+    for r in s.scenes:
+        g = r.get("gt_metrics") or {}
+        err = f"{g['point_err_cm_median']:.1f} cm" if "point_err_cm_median" in g else "-"
+        t.add_row(r["scene"], r.get("layout", "?"), str(r.get("n_frames", "?")), str(r.get("n_edges", "?")),
+                  "x".join(map(str, r.get("image_hw", []))), "yes" if r.get("has_gt") else "no",
+                  "✓" if r["pairs_done"] else "-", "✓" if r["done"] else "-",
+                  f"{r['loss']:.4g}" if "loss" in r else "-", str(r.get("used_known_poses", "-")), err,
+                  f"{r['timings'].get('align_s', 0):.1f}" if "timings" in r else "-")
+    out.append(t)
+    out.append(array_table(s.arrays))
+    for p in s.problems:
+        out.append(f"[red]✗[/] {p}")
+    return out
+
+
+def deep_validate_scenes(group, progress: Callable[[int, int], None] | None = None
+                         ) -> tuple[list[Problem], list[Problem]]:
+    """(problems, notes): every object read and verified, then the usual checks of what is still readable."""
+    damaged, notes = deep_check_scenes(group, progress)
+    unreadable = {p.where for p in damaged}
+    try:
+        usual = validate_scenes(group, None)
+    except ValueError:  # the usual checks read the same damaged objects: what is wrong is said above
+        if not unreadable:
+            raise
+        usual = []
+    return damaged + [p for p in usual if p.where not in unreadable], notes

@@ -8,15 +8,16 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
+from rich.table import Table
 
 from distillkit_schemas import FEATURES, Problem, expected_arrays, validate_feature_structure
 from distillkit_schemas.validate import read_manifest, read_provenance
 
-from distillkit.store.arrays import array_row
+from distillkit.store.arrays import array_row, array_table
 from distillkit.store.compact import storage_summary
 from distillkit.store import sample_index
 from distillkit.store.growth import PRUNED, is_padding
-from distillkit.store.integrity import missing_shards
+from distillkit.store.integrity import damage_problems, deep_check, missing_shards
 
 
 @dataclass
@@ -128,3 +129,55 @@ def validate_features(group, progress: Callable[[int, int], None] | None = None)
             problems.append(Problem("/", f"manifest n_valid={manifest.n_valid} but samples/valid has "
                                          f"{int(valid.sum())}"))
     return problems
+
+
+def render_features(s: StoreSummary) -> list:
+    """What `distillkit inspect` prints for a feature store: rich renderables, in order."""
+    out: list = []
+    m = s.manifest
+    out.append(f"[bold]{s.url}[/]  {m['schema_version']}  status [bold]{m['status']}[/]  "
+                  f"completion {s.completion:.0f}% ({s.shards_done}/{s.n_shards} shards)  version {m['version']}")
+    out.append(f"samples {m['n_samples']} (valid {m['n_valid']}, rejected {m['n_rejected']}), shard size "
+                  f"{m['shard_size']}, student input {m['image_hw'][0]}x{m['image_hw'][1]} / patch "
+                  f"{m['student_patch']}, source {m['source']}")
+    for name, pv in s.provenance.items():
+        if pv["checkpoint_sha256"].startswith("random-init:"):
+            out.append(f"[bold red]WARNING: teacher {name} was cached from RANDOM weights "
+                          f"({pv['checkpoint_sha256']}); its features are not real targets[/]")
+    out.append(array_table(s.arrays))
+    p = Table(title="teachers")
+    for col in ("teacher", "arch", "weights", "sha256", "input", "grid", "dim", "dtype", "storage",
+                "bytes/sample", "vs fp16", "PCA variance"):
+        p.add_column(col)
+    for name, pv in s.provenance.items():
+        random = pv["checkpoint_sha256"].startswith("random-init:")
+        st = s.storage.get(name, {})
+        var = st.get("retained_variance")
+        p.add_row(name, pv["arch"], "[bold red]RANDOM INIT (" + pv["checkpoint_sha256"] + ")[/]" if random
+                  else pv["checkpoint"], "-" if random else pv["checkpoint_sha256"][:16],
+                  "x".join(map(str, pv["input_hw"])), "x".join(map(str, pv["grid_hw"])), str(pv["embed_dim"]),
+                  pv["dtype"], pv.get("storage", "fp16"), f"{st.get('bytes_per_sample', 0):,}",
+                  f"{st.get('ratio_vs_fp16', 1):.3f}x", "-" if var is None else f"{100 * var:.1f} %")
+    out.append(p)
+    if s.rejected:
+        r = Table(title=f"rejected inputs ({len(s.rejected)})")
+        r.add_column("id")
+        r.add_column("reason")
+        for row in s.rejected:
+            r.add_row(row["id"], row["reason"])
+        out.append(r)
+    return out
+
+
+def deep_validate_features(group, progress: Callable[[int, int], None] | None = None
+                           ) -> tuple[list[Problem], list[Problem]]:
+    """(problems, notes): every checksum verified (naming array, shard and samples), then the usual checks, each
+    problem said once."""
+    damage, notes = deep_check(group, progress)
+    damaged = {(d.array, d.shard) for d in damage}
+    usual = [p for p in validate_features(group, None)
+             if not (p.what.startswith("shard ") and "unreadable" in p.what
+                     and (p.where, int(p.what.split()[1].rstrip(":"))) in damaged)]
+    found = damage_problems(group, damage)
+    said = {(p.where, p.what) for p in found}
+    return found + [p for p in usual if (p.where, p.what) not in said], notes

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import numpy as np
@@ -54,7 +55,8 @@ def _open_group(url: str, mode: str, storage_options: dict[str, Any] | None, con
     if is_url(url):
         store = zarr.storage.FsspecStore.from_url(url, storage_options=storage_options or {}, read_only=mode == "r")
         return zarr.open_group(store=store, mode=mode, **kwargs)
-    return zarr.open_group(store=url, mode=mode, **kwargs)
+    # an absolute root: zarr's LocalStore mis-joins some keys of a relative one (nbytes_stored of nested arrays)
+    return zarr.open_group(store=os.path.abspath(url), mode=mode, **kwargs)
 
 
 def begin_creation(group: zarr.Group, kind: str) -> None:

@@ -9,10 +9,12 @@ which ones do not parse or do not open, and why. It runs on the error path and i
 from __future__ import annotations
 
 import json
+import os
 import posixpath
 from typing import Any
 
 import fsspec
+import zarr
 
 
 NOT_A_STORE = "missing (not a Zarr v3 store)"
@@ -23,12 +25,13 @@ class DamagedMetadata(ValueError):
 
 
 def _open_node(url: str, node: str, meta: dict, storage_options: dict | None) -> None:
-    """Let zarr itself parse the document (codec names, data type, chunk grid): raises what zarr would."""
-    from distillkit.store.layout import open_group
-
-    if meta.get("node_type") == "array" and node:
-        group = open_group(url, "r", storage_options, consolidated=False, name_damage=False)
-        group[node]
+    """Let zarr itself parse an array's document (codec names, data type, chunk grid): raises what zarr would.
+    (zarr directly, not store.layout.open_group: that one calls back here when an open fails.)"""
+    if meta.get("node_type") != "array" or not node:
+        return
+    store = (zarr.storage.FsspecStore.from_url(url, storage_options=storage_options or {}, read_only=True)
+             if "://" in url else zarr.storage.LocalStore(os.path.abspath(url), read_only=True))
+    zarr.open_array(store=store, path=node, mode="r", zarr_format=3)
 
 
 def damaged_metadata(url: str, storage_options: dict[str, Any] | None = None) -> list[str]:
