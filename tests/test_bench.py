@@ -32,6 +32,17 @@ def test_bench_cache_json(photos):
     assert res["images"] == 12 and res["rejected"] == 0
     assert res["cache_wall_s"] > 0 and res["bare_forward_s"] > 0
     assert abs(res["overhead_ratio"] - res["cache_wall_s"] / res["bare_forward_s"]) < 1e-9
+    assert res["bottleneck"] in res["stages"] and res["pipeline_core_ms_per_image"] > 0
+    assert res["teacher"] == "dinov2_vits14_reg"
+
+
+def test_bench_cache_null_teachers_on_written_photographs():
+    """No source: 640x480 JPEG photographs are written; --null-teacher stands in for each teacher, labelled so."""
+    res = _run("cache", "--null-teacher", "--teacher", "dinov2_vits14", "--teacher", "dinov2_vits14_reg",
+               "--images", "8", "--image-size", "56", "--batch-size", "4", "--shard-size", "4")
+    assert res["teacher"] == "dinov2_vits14 (null: shapes only), dinov2_vits14_reg (null: shapes only)"
+    assert res["images"] == 8 and res["null_teacher"] is True and res["rejected"] == 0
+    assert res["teacher_cpu_s"] < res["cache_cpu_s"] and res["bottleneck"] in ("decode", "teachers", "finish", "write")
 
 
 def test_bench_align_fixture_and_synthetic():

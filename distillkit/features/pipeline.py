@@ -8,21 +8,19 @@ from __future__ import annotations
 import errno
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
-import torch
 import zarr
-from tqdm.auto import tqdm
 
 from distillkit_schemas import FEATURES, Manifest
 from distillkit_schemas.storage import parse_storage
 
 from distillkit import __version__
 from distillkit.features.calibration import fit_codecs
-from distillkit.features.inputs import DecodedSample, SharedDecodes, decode_sample, prefetched
+from distillkit.features.inputs import DecodedSample, decode_sample
+from distillkit.features.shards import cache_shards  # noqa: F401  (the flow caches shard ranges)
 from distillkit.config.cache import CacheConfig
 from distillkit.config.common import safe_url
 from distillkit.sources import SampleRef, list_source, source_fingerprint
@@ -32,7 +30,7 @@ from distillkit.store.codecs import Codec, read_codec
 from distillkit.store.finalize import finalize_store
 from distillkit.store.lease import Lease
 from distillkit.store.target import inspect_target
-from distillkit.store.writer import AsyncShardWriter, ShardResult, StoreFull, TeacherShard, remove_metadata_debris
+from distillkit.store.writer import StoreFull, remove_metadata_debris
 from distillkit.teachers import Teacher, load_teacher
 from distillkit.sources.views import view_seed
 
@@ -92,10 +90,11 @@ def build_manifest(cfg: CacheConfig, plan: Plan) -> Manifest:
     )
 
 
-def prepare_store(cfg: CacheConfig) -> Prepared:
-    """Plan, then create the store (first run) or check that it matches (later runs). Returns the pending shards."""
+def prepare_store(cfg: CacheConfig, teachers: dict[str, Teacher] | None = None) -> Prepared:
+    """Plan, then create the store (first run) or check that it matches (later runs). Returns the pending shards.
+    `teachers`: already loaded (the bench's stand-ins); default: those of `cfg`."""
     plan = plan_samples(cfg)
-    teachers = load_teachers(cfg)
+    teachers = load_teachers(cfg) if teachers is None else teachers
     provs = {n: t.provenance for n, t in teachers.items()}
     want = build_manifest(cfg, plan)
     changes = None
@@ -155,114 +154,23 @@ def _grow(group: zarr.Group, have: Manifest, provs: dict, plan: Plan, cfg: Cache
     return manifest, changes
 
 
-def _run_teachers(teachers: dict[str, Teacher], decoded: list[DecodedSample], rows: list[int],
-                  out: dict[str, TeacherShard], valid: np.ndarray, errors: list[str], batch_size: int) -> None:
-    """Forward the valid rows of one shard in fixed batches (same batches on every run: same bytes)."""
-    for i in range(0, len(rows), batch_size):
-        batch = rows[i:i + batch_size]
-        for name, teacher in teachers.items():
-            hw = tuple(teacher.input_hw)
-            x = torch.from_numpy(np.stack([decoded[r].teacher_inputs[hw] for r in batch]))
-            y = teacher(x)
-            dt = np.dtype(teacher.provenance.dtype)
-            patch = y.patch.cpu().numpy().astype(dt)
-            cls = y.stored_cls.cpu().numpy().astype(dt)
-            for j, r in enumerate(batch):
-                if not (np.isfinite(patch[j]).all() and np.isfinite(cls[j]).all()):
-                    valid[r], errors[r] = 0, (f"teacher {name}: output not finite in {dt.name} "
-                                             "(NaN/Inf or beyond the dtype's range; try dtype float32)")
-                    continue
-                out[name].patch[r] = patch[j]
-                out[name].cls[r] = cls[j]
-    for name in teachers:  # a sample rejected by any teacher is rejected for all: alignment stays exact
-        out[name].patch[valid == 0] = np.nan
-        out[name].cls[valid == 0] = np.nan
-
-
-def cache_shards(cfg: CacheConfig, prepared: Prepared, shards: list[int] | None = None,
-                 on_shard: Callable[[int, int], None] | None = None, show_progress: bool = True) -> dict:
-    """Compute and write the given shards (default: all pending). Decoding, compute and writing overlap."""
-    shards = prepared.pending if shards is None else shards
-    m = prepared.manifest
-    teachers = prepared.teachers
-    teacher_hws = {tuple(t.input_hw) for t in teachers.values()}
-    uris = prepared.group["samples/uri"][:]
-    ids = prepared.group["samples/id"][:]
-    h, w = m.image_hw
-    written = {"shards": 0, "samples": 0, "rejected": []}
-    t0 = time.perf_counter()
-
-    def rows_of(s: int) -> range:
-        return range(s * m.shard_size, min((s + 1) * m.shard_size, m.n_samples))
-
-    all_rows = [r for s in shards for r in rows_of(s)]
-
-    def on_written(res: ShardResult) -> None:
-        written["shards"] += 1
-        if on_shard:
-            on_shard(written["shards"], len(shards))
-
-    seeds = prepared.group["samples/view_seed"][:]
-    loader = SharedDecodes(cfg.storage_options) if m.views > 1 else None  # K views: decode each image once
-    decode = lambda r: decode_sample(str(uris[r]), (h, w), teacher_hws, cfg.storage_options,  # noqa: E731
-                                     m.view_mode, int(seeds[r]), loader)
-    bar = tqdm(total=len(all_rows), unit="img", desc="caching", disable=not show_progress)
-    writer = AsyncShardWriter(prepared.group, on_written=on_written)
-    try:
-        with ThreadPoolExecutor(max(cfg.num_workers, 1), thread_name_prefix="distillkit-decode") as pool:
-            stream = prefetched(pool, decode, all_rows, window=max(2 * cfg.batch_size, 4 * cfg.num_workers))
-            for s in shards:
-                rows = rows_of(s)
-                n = len(rows)
-                decoded = [next(stream) for _ in rows]
-                valid = np.array([d.ok for d in decoded], dtype=np.uint8)
-                errors = [d.error for d in decoded]
-                out = {name: TeacherShard(
-                    patch=np.full((n, *t.provenance.grid_hw, t.provenance.embed_dim), np.nan, t.provenance.dtype),
-                    cls=np.full((n, t.provenance.embed_dim), np.nan, t.provenance.dtype))
-                    for name, t in teachers.items()}
-                _run_teachers(teachers, decoded, [i for i in range(n) if valid[i]], out, valid, errors,
-                              cfg.batch_size)
-                out = {name: prepared.codecs[name].encode_shard(t.patch, t.cls, valid.astype(bool),
-                                                                teachers[name].provenance.dtype)
-                       for name, t in out.items()}
-                image = np.zeros((n, h, w, 3), np.uint8)
-                for i, d in enumerate(decoded):
-                    if valid[i]:
-                        image[i] = d.image
-                    else:
-                        written["rejected"].append({"id": str(ids[rows[i]]), "uri": str(uris[rows[i]]),
-                                                    "reason": errors[i]})
-                        log.warning("skipping %s: %s", uris[rows[i]], errors[i])
-                writer.submit(ShardResult(
-                    shard=s, start=rows.start, stop=rows.stop, valid=valid, error=errors,
-                    source_hw=np.array([d.source_hw for d in decoded], np.int32),
-                    view=np.stack([d.view for d in decoded]), image=image, teachers=out))
-                written["samples"] += n
-                bar.update(n)
-    finally:
-        bar.close()
-        writer.close()
-    written["wall_s"] = time.perf_counter() - t0
-    return written
-
-
-def run_cache(cfg: CacheConfig, show_progress: bool = True, on_shard=None) -> dict:
+def run_cache(cfg: CacheConfig, show_progress: bool = True, on_shard=None,
+              teachers: dict[str, Teacher] | None = None) -> dict:
     """Everything `distillkit cache` does: prepare, cache pending shards, finalize — holding the store's lease
     (a second run on the same store refuses, naming this one). With `shards` (scale-out over several machines)
     the lease covers only creating or growing the store; the shards themselves are disjoint."""
     inspect_target(cfg.store, FEATURES, cfg.storage_options)  # refuse a foreign target before even the lease
     if cfg.shards is not None:
         with Lease(cfg.store, cfg.storage_options):
-            prepare_store(cfg)
-        return _run_cache(cfg, show_progress, on_shard)
+            prepare_store(cfg, teachers)
+        return _run_cache(cfg, show_progress, on_shard, teachers)
     with Lease(cfg.store, cfg.storage_options):
-        return _run_cache(cfg, show_progress, on_shard)
+        return _run_cache(cfg, show_progress, on_shard, teachers)
 
 
-def _run_cache(cfg: CacheConfig, show_progress: bool, on_shard) -> dict:
+def _run_cache(cfg: CacheConfig, show_progress: bool, on_shard, teachers) -> dict:
     try:
-        return _cache_all(cfg, show_progress, on_shard)
+        return _cache_all(cfg, show_progress, on_shard, teachers)
     except OSError as e:  # creating or finalizing on a full device: nothing half-written is ever served
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
             raise StoreFull(f"no space left on the device of store {cfg.store} ({e}); every completed shard is "
@@ -270,9 +178,9 @@ def _run_cache(cfg: CacheConfig, show_progress: bool, on_shard) -> dict:
         raise
 
 
-def _cache_all(cfg: CacheConfig, show_progress: bool, on_shard) -> dict:
+def _cache_all(cfg: CacheConfig, show_progress: bool, on_shard, teachers) -> dict:
     t0 = time.perf_counter()
-    prepared = prepare_store(cfg)
+    prepared = prepare_store(cfg, teachers)
     if not prepared.pending:
         log.info("store %s: all %d requested shards are already done; nothing to do", cfg.store,
                  prepared.manifest.n_shards if cfg.shards is None else len(cfg.shards))

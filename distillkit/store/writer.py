@@ -26,6 +26,9 @@ class TeacherShard:
     decoded_cls: np.ndarray | None = None  # [n, C] what readers decode from `cls` (None: `cls` itself)
     coef_patch: np.ndarray | None = None  # [n, h, w, K] a projection's coefficients, for their statistics
     coef_cls: np.ndarray | None = None  # [n, K] CLS tokens projected alike
+    # per image statistics partials (mean [n, C], M2 [n, C]) of "patch" / "cls" where the finish computed them
+    # beside the features (on the device); the others are computed here from the arrays
+    image_stats: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
 
 @dataclass
@@ -73,7 +76,11 @@ def write_partials(group, base: str, shard: int, ok: np.ndarray, t: TeacherShard
     if t.coef_patch is not None:
         parts += [("coef_patch", t.coef_patch), ("coef_cls", t.coef_cls)]
     for tok, x in parts:
-        _, mean, m2 = st.partial(x[ok].reshape(-1, x.shape[-1]))
+        if tok in t.image_stats:
+            means, m2s = t.image_stats[tok]
+            _, mean, m2 = st.merge_images(int(np.prod(x.shape[1:-1])), means, m2s, np.flatnonzero(ok))
+        else:
+            _, mean, m2 = st.partial(x[ok])
         group[f"{base}/stats/shard_{tok}_mean"][shard] = mean
         group[f"{base}/stats/shard_{tok}_m2"][shard] = m2
     group[f"{base}/stats/shard_count"][shard] = int(ok.sum())
@@ -132,34 +139,54 @@ class StoreFull(RuntimeError):
     """The store's device ran out of space; completed shards are intact and a re-run continues."""
 
 
-class AsyncShardWriter:
-    """Writes shards on a background thread so the next batch computes meanwhile. At most `depth` shards queue."""
+class ShardWriterPool:
+    """Writes shards on background threads, each writer owning whole shards (data, statistics, then the marker), so
+    writing never serialises a run. At most `depth` shards wait. The first failure stops the writers: the shards
+    already written stay complete and valid, and the failure is raised on the caller's thread."""
 
-    def __init__(self, group: zarr.Group, depth: int = 1, on_written=None):
+    def __init__(self, group: zarr.Group, writers: int = 2, depth: int = 2, on_written=None, busy=None):
         self._group = group
-        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._queue: queue.Queue = queue.Queue(maxsize=max(depth, 1))
         self._error: BaseException | None = None
         self._failed = -1  # the shard whose write failed
         self._on_written = on_written
-        self._thread = threading.Thread(target=self._run, name="distillkit-writer", daemon=True)
-        self._thread.start()
+        self._busy = busy  # optional callable(seconds): time spent writing, for the run's stage report
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run, name=f"distillkit-writer-{i}", daemon=True)
+                         for i in range(max(writers, 1))]
+        for th in self._threads:
+            th.start()
+
+    @property
+    def writers(self) -> int:
+        return len(self._threads)
 
     def _run(self) -> None:
+        import time
+
         while True:
             item = self._queue.get()
             if item is None:
                 return
-            if self._error is None:
+            if self._error is not None:
+                continue  # drain: nothing more is written after a failure
+            t0 = time.perf_counter()
+            try:
+                write_shard(self._group, item)
+            except BaseException as e:  # re-raised on the caller's thread
+                with self._lock:
+                    if self._error is None:
+                        self._error, self._failed = e, item.shard
+                continue
+            finally:
+                if self._busy:
+                    self._busy(time.perf_counter() - t0)
+            if self._on_written:
                 try:
-                    write_shard(self._group, item)
-                except BaseException as e:  # re-raised on the caller's thread
-                    self._error, self._failed = e, item.shard
-                    continue
-                if self._on_written:
-                    try:
+                    with self._lock:
                         self._on_written(item)
-                    except Exception as e:  # progress reporting must never fail a written shard
-                        log.warning("progress callback failed after shard %d: %s", item.shard, e)
+                except Exception as e:  # progress reporting must never fail a written shard
+                    log.warning("progress callback failed after shard %d: %s", item.shard, e)
 
     def _raise(self) -> None:
         e = self._error
@@ -176,6 +203,11 @@ class AsyncShardWriter:
         self._queue.put(result)
 
     def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join()
+        """Wait for every submitted shard (or, after a failure, for the writers to stop), then raise a failure."""
+        for _ in self._threads:
+            self._queue.put(None)
+        for th in self._threads:
+            th.join()
         self._raise()
+
+
