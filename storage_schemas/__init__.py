@@ -1,5 +1,7 @@
 """The contract of every distillkit store (versioned). Imports no torch and no Prefect."""
 
+from . import paths  # noqa: F401  (every teacher array path, spelled once)
+
 from .v1 import (
     CREATING_ATTR,
     MANIFEST_ATTR,

@@ -36,6 +36,7 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from . import paths
 from .storage import parse_storage
 
 SCHEMA_VERSION = "distillkit-store/v1"
@@ -173,39 +174,38 @@ def expected_arrays(manifest: Manifest, teachers: dict[str, TeacherProvenance]) 
         p = teachers[name]
         gh, gw = p.grid_hw
         c = p.embed_dim
-        base = f"teachers/{name}"
         store = parse_storage(p.storage, c)
         w = store.width(c)
         specs += [
-            ArraySpec(path=f"{base}/patch", shape=(n, gh, gw, w), dtype=store.dtype(p.dtype),
+            ArraySpec(path=paths.patch(name), shape=(n, gh, gw, w), dtype=store.dtype(p.dtype),
                       dims=("sample", "y", "x", store.dim),
                       chunks=(1, gh, gw, w), shards=(s, gh, gw, w), written_by="shard"),
-            ArraySpec(path=f"{base}/cls", shape=(n, c), dtype=store.dtype(p.dtype), dims=("sample", "channel"),
+            ArraySpec(path=paths.cls(name), shape=(n, c), dtype=store.dtype(p.dtype), dims=("sample", "channel"),
                       chunks=(s, c), written_by="shard"),
-            ArraySpec(path=f"{base}/stats/shard_count", shape=(k,), dtype="int64", dims=("shard",), chunks=(1,),
+            ArraySpec(path=paths.stats(name, "shard_count"), shape=(k,), dtype="int64", dims=("shard",), chunks=(1,),
                       written_by="shard"),
         ]
         for tok in ("patch", "cls"):
             for stat in ("mean", "m2"):
-                specs.append(ArraySpec(path=f"{base}/stats/shard_{tok}_{stat}", shape=(k, c), dtype="float64",
+                specs.append(ArraySpec(path=paths.stats(name, f"shard_{tok}_{stat}"), shape=(k, c), dtype="float64",
                                        dims=("shard", "channel"), chunks=(1, c), written_by="shard"))
         coef = [f"coef_{tok}" for tok in ("patch", "cls")] if store.projects else []
         for tok in coef:  # statistics of the coefficients: standardisation when training on them
             for stat in ("mean", "m2"):
-                specs.append(ArraySpec(path=f"{base}/stats/shard_{tok}_{stat}", shape=(k, w), dtype="float64",
+                specs.append(ArraySpec(path=paths.stats(name, f"shard_{tok}_{stat}"), shape=(k, w), dtype="float64",
                                        dims=("shard", "coefficient"), chunks=(1, w), written_by="shard"))
-        for name, (shape, dtype, dims) in store.codec_arrays(c).items():
-            specs.append(ArraySpec(path=f"{base}/codec/{name}", shape=shape, dtype=dtype, dims=dims, chunks=shape,
+        for array, (shape, dtype, dims) in store.codec_arrays(c).items():
+            specs.append(ArraySpec(path=paths.codec(name, array), shape=shape, dtype=dtype, dims=dims, chunks=shape,
                                    written_by="create"))
-        specs.append(ArraySpec(path=f"{base}/stats/count", shape=(), dtype="int64", dims=(), chunks=(),
+        specs.append(ArraySpec(path=paths.stats(name, "count"), shape=(), dtype="int64", dims=(), chunks=(),
                                written_by="finalize"))
         for tok in ("patch", "cls"):
             for stat in ("mean", "std"):
-                specs.append(ArraySpec(path=f"{base}/stats/{tok}_{stat}", shape=(c,), dtype="float32",
+                specs.append(ArraySpec(path=paths.stats(name, f"{tok}_{stat}"), shape=(c,), dtype="float32",
                                        dims=("channel",), chunks=(c,), written_by="finalize"))
         for tok in coef:
             for stat in ("mean", "std"):
-                specs.append(ArraySpec(path=f"{base}/stats/{tok}_{stat}", shape=(w,), dtype="float32",
+                specs.append(ArraySpec(path=paths.stats(name, f"{tok}_{stat}"), shape=(w,), dtype="float32",
                                        dims=("coefficient",), chunks=(w,), written_by="finalize"))
     specs.append(ArraySpec(path="progress/shard_done", shape=(k,), dtype="uint8", dims=("shard",), chunks=(1,),
                            written_by="shard"))

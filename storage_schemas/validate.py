@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import zarr
 
+from . import paths
 from .arrays import Problem, check_array
 from .attrs import read_attr_model, read_node_attr_model
 from .v1 import MANIFEST_ATTR, PROVENANCE_ATTR, Manifest, TeacherProvenance, expected_arrays, index_arrays
@@ -15,7 +16,7 @@ def read_manifest(group: zarr.Group) -> Manifest:
 
 
 def read_provenance(group: zarr.Group, teacher: str) -> TeacherProvenance:
-    return read_node_attr_model(group, f"teachers/{teacher}", PROVENANCE_ATTR, TeacherProvenance)
+    return read_node_attr_model(group, paths.teacher(teacher), PROVENANCE_ATTR, TeacherProvenance)
 
 
 def validate_feature_structure(group: zarr.Group) -> tuple[Manifest | None, dict[str, TeacherProvenance],
@@ -31,7 +32,7 @@ def validate_feature_structure(group: zarr.Group) -> tuple[Manifest | None, dict
         try:
             provs[t] = read_provenance(group, t)
         except ValueError as e:
-            problems.append(Problem(f"teachers/{t}", str(e)))
+            problems.append(Problem(paths.teacher(t), str(e)))
     if problems:
         return manifest, provs, problems
     for spec in expected_arrays(manifest, provs) + index_arrays(manifest):

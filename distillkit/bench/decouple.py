@@ -22,6 +22,8 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
+from distillkit_schemas import paths
+
 DUNE_RESOLUTION = 448  # DUNE distils at 336 then 448 (paper, Tab. 8 of the supplementary)
 
 
@@ -232,8 +234,8 @@ def bench_decouple(teacher: str = "dinov2_vitb14", student: str = "vit_small", s
                     cls, patch = teacher_targets(t, batch["samples/image"])
                     # rounded to the store's dtype as the cache does (bf16 autocast on a GPU is coarser anyway):
                     # both arms then train on the same targets, and their losses must agree
-                    batch[f"teachers/{teacher}/cls"] = cls.to(target_dtype)
-                    batch[f"teachers/{teacher}/patch"] = patch.to(target_dtype)
+                    batch[paths.cls(teacher)] = cls.to(target_dtype)
+                    batch[paths.patch(teacher)] = patch.to(target_dtype)
                     _sync(dev)
                     teacher_s.append(time.perf_counter() - t1)
                 loss = arms[arm].step(batch)
@@ -283,9 +285,9 @@ def _target_check(src, teacher: str, batch: dict, cls: torch.Tensor, patch: torc
 
     rows = batch["rows"].numpy()
     lo, hi = int(rows.min()), int(rows.max()) + 1
-    cached_patch_raw = src.read(f"teachers/{teacher}/patch", lo, hi)[rows - lo]
+    cached_patch_raw = src.read(paths.patch(teacher), lo, hi)[rows - lo]
     cached_patch = torch.from_numpy(cached_patch_raw.astype(np.float32))
-    cached_cls = torch.from_numpy(src.read(f"teachers/{teacher}/cls", lo, hi)[rows - lo].astype(np.float32))
+    cached_cls = torch.from_numpy(src.read(paths.cls(teacher), lo, hi)[rows - lo].astype(np.float32))
     online_patch, online_cls = patch.float().cpu(), cls.float().cpu()
     scale = max(float(cached_patch.abs().max()), float(cached_cls.abs().max()), 1e-12)
     diff = max(float((online_patch - cached_patch).abs().max()), float((online_cls - cached_cls).abs().max()))

@@ -20,6 +20,8 @@ import numpy as np
 from distillkit_schemas.storage import parse_storage
 from distillkit_schemas.validate import read_manifest, read_provenance
 
+from distillkit_schemas import paths
+
 from distillkit.store import layout
 from distillkit.store.codecs import Codec, fit_codec
 from distillkit.store.codecs.pca import spectrum
@@ -37,13 +39,13 @@ def default_options(c: int) -> list[str]:
 def _features(src: StoreSource, teacher: str) -> tuple[np.ndarray, np.ndarray]:
     """Patch features [rows, h, w, C] of the valid rows (as the reader decodes them) and their split."""
     n, s = len(src.ids), src.manifest.shard_size
-    x = np.concatenate([src.read(f"teachers/{teacher}/patch", i, min(i + s, n)) for i in range(0, n, s)])
+    x = np.concatenate([src.read(paths.patch(teacher), i, min(i + s, n)) for i in range(0, n, s)])
     return x[src.valid], src.split[src.valid]
 
 
 def _cls(src: StoreSource, teacher: str) -> np.ndarray:
     n, s = len(src.ids), src.manifest.shard_size
-    return np.concatenate([src.read(f"teachers/{teacher}/cls", i, min(i + s, n)) for i in range(0, n, s)])[src.valid]
+    return np.concatenate([src.read(paths.cls(teacher), i, min(i + s, n)) for i in range(0, n, s)])[src.valid]
 
 
 def _quality(ref: np.ndarray, got: np.ndarray) -> dict:
@@ -68,7 +70,7 @@ def transcode(url: str, out: str, storage: dict[str, str], codecs: dict[str, Cod
                                                           "storage_sha256": codecs[t].sha256()})
              for t in m.teachers}
     fresh = m.model_copy(update={"status": "in_progress", "n_valid": None, "n_rejected": None, "version": 0})
-    extra = {f"teachers/{t}/codec/{k}": v for t, c in codecs.items() for k, v in c.arrays().items()}
+    extra = {paths.codec(t, k): v for t, c in codecs.items() for k, v in c.arrays().items()}
     out_g = layout.create_store(out, fresh, provs, g["samples/id"][:].tolist(), g["samples/uri"][:].tolist(),
                                 g["samples/split"][:], view_seeds=g["samples/view_seed"][:], codec_arrays=extra)
     size = m.shard_size
@@ -76,7 +78,7 @@ def transcode(url: str, out: str, storage: dict[str, str], codecs: dict[str, Cod
         sl = slice(s * size, min((s + 1) * size, m.n_samples))
         valid = g["samples/valid"][sl]
         ok = valid.astype(bool)
-        teachers = {t: codecs[t].encode_shard(g[f"teachers/{t}/patch"][sl], g[f"teachers/{t}/cls"][sl], ok, p.dtype)
+        teachers = {t: codecs[t].encode_shard(g[paths.patch(t)][sl], g[paths.cls(t)][sl], ok, p.dtype)
                     for t, p in provs.items()}
         write_shard(out_g, ShardResult(shard=s, start=sl.start, stop=sl.stop, valid=valid,
                                        error=g["samples/error"][sl].tolist(), source_hw=g["samples/source_hw"][sl],

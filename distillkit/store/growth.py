@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from distillkit_schemas import Manifest, TeacherProvenance, expected_arrays
+from distillkit_schemas import Manifest, TeacherProvenance, expected_arrays, paths
 
 from distillkit.store.codecs import read_codec
 from distillkit.store.writer import write_partials
@@ -114,7 +114,6 @@ def prune(group: zarr.Group, manifest: Manifest, provs: dict[str, TeacherProvena
         valid[sl], error[sl] = v, e
         ok = v.astype(bool)
         for name, p in provs.items():
-            base = f"teachers/{name}"
             codec = read_codec(group, name, p.storage)
-            write_partials(group, base, s, ok, codec.readback(group[f"{base}/patch"][sl], group[f"{base}/cls"][sl],
-                                                              p.dtype))
+            write_partials(group, paths.teacher(name), s, ok, codec.readback(group[paths.patch(name)][sl],
+                                                                             group[paths.cls(name)][sl], p.dtype))

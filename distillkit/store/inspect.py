@@ -10,7 +10,7 @@ from typing import Any, Callable
 import numpy as np
 from rich.table import Table
 
-from distillkit_schemas import FEATURES, Problem, expected_arrays, validate_feature_structure
+from distillkit_schemas import FEATURES, Problem, expected_arrays, paths, validate_feature_structure
 from distillkit_schemas.validate import read_manifest, read_provenance
 
 from distillkit.store.arrays import array_row, array_table
@@ -99,7 +99,7 @@ def validate_features(group, progress: Callable[[int, int], None] | None = None)
                 problems.append(Problem(f"samples/error[{r}]", "sample marked invalid without a reason"))
         for t in manifest.teachers:
             for kind in ("patch", "cls"):
-                path = f"teachers/{t}/{kind}"
+                path = paths.target(t, kind)
                 try:
                     data = group[path][sl]
                 except ValueError as e:  # a crc32c mismatch: `validate --deep` names the samples
@@ -117,7 +117,7 @@ def validate_features(group, progress: Callable[[int, int], None] | None = None)
     if manifest.status == "complete":
         for t in manifest.teachers:
             for name in ("patch_mean", "patch_std", "cls_mean", "cls_std"):
-                path = f"teachers/{t}/stats/{name}"
+                path = paths.stats(t, name)
                 try:
                     if not np.isfinite(group[path][:]).all():
                         problems.append(Problem(path, "statistics are not finite"))

@@ -12,6 +12,7 @@ from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 from distillkit_schemas import (
     CREATING_ATTR, FEATURES, MANIFEST_ATTR, PROVENANCE_ATTR, VIEW_PARAMS, Manifest, TeacherProvenance, expected_arrays,
+    paths,
 )
 from distillkit_schemas.validate import read_manifest, read_provenance
 
@@ -128,7 +129,7 @@ def create_store(url: str, manifest: Manifest, provenances: dict[str, TeacherPro
         if spec.path == "samples/view":
             arr.attrs["columns"] = list(VIEW_PARAMS)
     for name, prov in provenances.items():
-        group[f"teachers/{name}"].attrs[PROVENANCE_ATTR] = prov.model_dump(mode="json")
+        group[paths.teacher(name)].attrs[PROVENANCE_ATTR] = prov.model_dump(mode="json")
     group["samples/id"][:] = np.array(ids, dtype=object).astype(str)
     group["samples/uri"][:] = np.array(uris, dtype=object).astype(str)
     group["samples/split"][:] = splits.astype(np.uint8)

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from distillkit_schemas import Manifest, TeacherProvenance
+from distillkit_schemas import Manifest, TeacherProvenance, paths
 from distillkit_schemas.validate import read_manifest, read_provenance
 
 from distillkit.store import sample_index
@@ -84,14 +84,13 @@ class StoreSource:
         self._adopt(group)
 
     def array_names(self, with_image: bool) -> list[str]:
-        names = [f"teachers/{t}/{k}" for t in self.teachers for k in ("patch", "cls")]
+        names = [paths.target(t, k) for t in self.teachers for k in ("patch", "cls")]
         return (["samples/image"] if with_image else []) + names
 
     def stats(self, teacher: str) -> dict[str, np.ndarray]:
         g = open_group(self.url, "r", self.storage_options)
-        base = f"teachers/{teacher}/stats"
         prefix = "coef_" if self.decode == "coeffs" else ""
-        return {k: g[f"{base}/{prefix}{k}"][:] for k in ("patch_mean", "patch_std", "cls_mean", "cls_std")}
+        return {k: g[paths.stats(teacher, prefix + k)][:] for k in ("patch_mean", "patch_std", "cls_mean", "cls_std")}
 
     def _open(self) -> dict[str, Any]:
         """This process's array handles (a worker opens the store anew; the block loader's threads share one)."""
