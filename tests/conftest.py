@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -22,6 +23,7 @@ from PIL import Image  # noqa: E402
 from distillkit.config.cache import CacheConfig  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent  # the venv running the tests: its distillkit, prefect, torchrun, moto_server
 TINY_TEACHER = {"name": "dinov2_vits14_reg", "overrides": {"depth": 2}}  # real timm DINOv2 arch, 2 blocks
 
 
@@ -113,7 +115,7 @@ def s3_server():
     import urllib.request
 
     port = _free_port()
-    exe = REPO / ".venv/bin/moto_server"
+    exe = BIN / "moto_server"
     proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     endpoint = f"http://127.0.0.1:{port}"

@@ -14,7 +14,7 @@ import zarr
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import REPO, TINY_TEACHER, assert_same_files, read_all
+from conftest import BIN, REPO, TINY_TEACHER, assert_same_files, read_all
 from test_resume import _kill_when
 
 from distillkit.cli import app
@@ -172,7 +172,7 @@ def test_append_refuses_another_teacher_configuration(grown, tmp_path):
 
 
 def _cli() -> list[str]:
-    exe = REPO / ".venv/bin/distillkit"
+    exe = BIN / "distillkit"
     return [str(exe)] if exe.exists() else ["python", "-m", "distillkit.cli"]
 
 

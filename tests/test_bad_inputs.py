@@ -24,7 +24,7 @@ import pytest
 import zarr
 from PIL import Image
 
-from conftest import REPO, TINY_TEACHER, tiny_cache_config
+from conftest import BIN, REPO, TINY_TEACHER, tiny_cache_config
 from distillkit.sources import BadImage, load_rgb
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -200,7 +200,7 @@ def runs(tmp_path_factory) -> dict:
     cfg = root / "cache.yaml"
     cfg.write_text(f"source: {manifest}\nstore: {store}\nteachers: [{json.dumps(TINY_TEACHER)}]\nimage_size: 56\n"
                    "shard_size: 8\nval_fraction: 0.0\nnum_workers: 2\nbatch_size: 4\n")
-    proc = subprocess.run([str(REPO / ".venv/bin/distillkit"), "cache", "--config", str(cfg), "--quiet"],
+    proc = subprocess.run([str(BIN / "distillkit"), "cache", "--config", str(cfg), "--quiet"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     g = zarr.open_group(str(store), mode="r")

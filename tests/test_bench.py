@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import subprocess
 
-from conftest import REPO
+from conftest import BIN, REPO
 
 
 def _run(*args):
-    proc = subprocess.run([str(REPO / ".venv/bin/distillkit"), "bench", *map(str, args), "--json"],
+    proc = subprocess.run([str(BIN / "distillkit"), "bench", *map(str, args), "--json"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
@@ -56,6 +56,6 @@ def test_bench_align_fixture_and_synthetic():
         assert res["rel_rot_err_deg_max"] <= 0.1
     res = _run("align", "--synthetic", "5", "--size", "24x32", "--graph", "complete")
     assert res["n_images"] == 5 and res["rel_rot_err_deg_max"] < 1.0
-    bad = subprocess.run([str(REPO / ".venv/bin/distillkit"), "bench", "align", "--fixture", "/nope.npz"],
+    bad = subprocess.run([str(BIN / "distillkit"), "bench", "align", "--fixture", "/nope.npz"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "/nope.npz" in bad.stderr

@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 import zarr
 
-from conftest import REPO
+from conftest import BIN, REPO
 from distillkit.training.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.slow
 
 
 def _torchrun(cfg_file: Path, wait: bool = True):
-    cmd = [str(REPO / ".venv/bin/torchrun"), "--standalone", "--nproc_per_node", "2",
+    cmd = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2",
            "-m", "distillkit.cli", "train", "--config", str(cfg_file)]
     env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
     if wait:

@@ -16,10 +16,10 @@ import pytest
 import zarr
 from PIL import Image
 
-from conftest import REPO, TINY_TEACHER, _free_port
+from conftest import BIN, REPO, TINY_TEACHER, _free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-PREFECT = str(REPO / ".venv/bin/prefect")
+PREFECT = str(BIN / "prefect")
 
 
 def _stop(proc: subprocess.Popen, grace: float = 5.0) -> None:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import zarr
 
-from conftest import REPO, assert_same_files, read_all
+from conftest import BIN, REPO, assert_same_files, read_all
 
 pytestmark = pytest.mark.slow
 
@@ -22,7 +22,7 @@ ARGS = ["--teacher", "dinov2_vits14_reg", "--image-size", "56", "--shard-size", 
 
 
 def _cmd(source: Path, store: Path, cfg: Path) -> list[str]:
-    exe = REPO / ".venv/bin/distillkit"
+    exe = BIN / "distillkit"
     base = [str(exe)] if exe.exists() else [sys.executable, "-m", "distillkit.cli"]
     return [*base, "cache", "--source", str(source), "--store", str(store), *ARGS, "--config", str(cfg)]
 

@@ -14,7 +14,7 @@ import pytest
 import s3fs
 import zarr
 
-from conftest import REPO, TINY_TEACHER, read_all, tiny_cache_config
+from conftest import BIN, REPO, TINY_TEACHER, read_all, tiny_cache_config
 from distillkit.cache import run_cache
 from distillkit.training.dune.config import TrainConfig
 from distillkit.stores import summarize, validate_store
@@ -43,10 +43,10 @@ def test_cache_inspect_validate_train_on_s3(photos, s3_bucket, tmp_path):
     s = summarize(store)
     assert s.completion == 100.0 and s.manifest["source"] == f"s3://{s3_bucket}/photos"
     env = dict(os.environ)
-    proc = subprocess.run([str(REPO / ".venv/bin/distillkit"), "inspect", store], capture_output=True, text=True,
+    proc = subprocess.run([str(BIN / "distillkit"), "inspect", store], capture_output=True, text=True,
                           env=env, timeout=120)
     assert proc.returncode == 0 and "teachers/dinov2_vits14_reg/patch" in proc.stdout
-    assert subprocess.run([str(REPO / ".venv/bin/distillkit"), "validate", store], capture_output=True,
+    assert subprocess.run([str(BIN / "distillkit"), "validate", store], capture_output=True,
                           env=env, timeout=120).returncode == 0
     out = tmp_path / "student"
     res = train(TrainConfig(stores=[store], out_dir=str(out), batch_size=3, max_steps=6, num_workers=2,
@@ -62,7 +62,7 @@ def test_cache_inspect_validate_train_on_s3(photos, s3_bucket, tmp_path):
 def test_sigkill_and_resume_against_s3(photos, s3_bucket, tmp_path):
     cfg_file = tmp_path / "cfg.yaml"
     cfg_file.write_text("teachers:\n  - name: dinov2_vits14_reg\n    overrides: {depth: 2}\n")
-    exe = str(REPO / ".venv/bin/distillkit")
+    exe = str(BIN / "distillkit")
 
     def cmd(store):
         return [exe, "cache", "--source", str(photos), "--store", store, "--image-size", "56", "--shard-size", "2",

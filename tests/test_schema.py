@@ -25,10 +25,10 @@ from distillkit_schemas import (
 )
 from distillkit.stores import summarize, validate_store
 
-from conftest import REPO, TINY_TEACHER
+from conftest import BIN, REPO, TINY_TEACHER
 
 TEACHER = TINY_TEACHER["name"]
-CLI = REPO / ".venv" / "bin" / "distillkit"
+CLI = BIN / "distillkit"
 
 
 def _manifest(**kw) -> Manifest:

@@ -7,7 +7,7 @@ import subprocess
 import numpy as np
 from PIL import Image
 
-from conftest import REPO
+from conftest import BIN, REPO
 from distillkit.training.dune.plots import pca_rgb
 
 
@@ -35,7 +35,7 @@ def test_show_pca_cli(cached_store, tmp_path):
     res = train(TrainConfig(stores=[str(cached_store)], out_dir=str(tmp_path / "s"), max_steps=2, num_workers=0,
                             batch_size=3, student={"preset": "custom", "embed_dim": 32, "depth": 1, "num_heads": 2}))
     out = tmp_path / "pca.png"
-    proc = subprocess.run([str(REPO / ".venv/bin/distillkit"), "show", str(cached_store), "--checkpoint",
+    proc = subprocess.run([str(BIN / "distillkit"), "show", str(cached_store), "--checkpoint",
                            res["checkpoint"], "--n", "3", "--out", str(out)], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
