@@ -1,5 +1,9 @@
 # Two commands for a fresh machine: `make demo` and `make test`. Each creates .venv and installs what it needs.
-PY ?= python3
+# .venv runs on the newest Python the machine has (3.13 or 3.12: the newest zarr 3.x needs >= 3.12); the oldest
+# supported pair (Python 3.11 + zarr 3.1) runs the zarr-facing, torch-free tests again in .venv/zarr-oldest.
+NEWEST_FIRST := python3.13 $$HOME/.pyenv/versions/3.13*/bin/python3 python3.12 $$HOME/.pyenv/versions/3.12*/bin/python3
+PY ?= $(shell for p in $(NEWEST_FIRST) python3; do \
+	$$p -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null && { echo $$p; break; }; done)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -9,7 +13,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 export MALLOC_MMAP_THRESHOLD_ := 1073741824
 export MALLOC_TRIM_THRESHOLD_ := 2147483648
 
-.PHONY: install demo test test-newest-zarr test-fast deploy worker clean
+.PHONY: install demo test test-oldest-zarr test-fast deploy worker clean
 
 $(STAMP): pyproject.toml setup.py
 	$(PY) -m venv $(VENV)
@@ -22,28 +26,27 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m distillkit_flows.demo demo_out
 
-# zarr >= 3.2 needs Python >= 3.12 (torch is not installed there): the zarr-facing, torch-free tests run again on
-# the newest zarr 3.x, in a second small venv inside .venv
-PY_NEWEST ?= $(shell for p in python3.12 python3.13 $$HOME/.pyenv/versions/3.1[23].*/bin/python; do \
-	$$p -c 'import sys; assert sys.version_info >= (3, 12)' 2>/dev/null && { echo $$p; break; }; done)
-ZVENV := $(VENV)/zarr-newest
+PY_OLDEST ?= $(shell for p in python3.11 $$HOME/.pyenv/versions/3.11*/bin/python3; do \
+	$$p -c 'import sys; assert sys.version_info[:2] == (3, 11)' 2>/dev/null && { echo $$p; break; }; done)
+ZVENV := $(VENV)/zarr-oldest
 ZSTAMP := $(ZVENV)/.installed
 ZARR_TESTS := tests/test_direct_reader.py tests/test_interop.py
 
 $(ZSTAMP): pyproject.toml
-	$(PY_NEWEST) -m venv $(ZVENV)
-	$(ZVENV)/bin/pip install -q --upgrade "zarr>=3.4,<3.5" numcodecs numpy pydantic pytest pytest-timeout tensorstore xarray
+	$(PY_OLDEST) -m venv $(ZVENV)
+	$(ZVENV)/bin/pip install -q --upgrade "zarr>=3.1,<3.2" numcodecs numpy pydantic pytest pytest-timeout tensorstore xarray
 	mkdir -p $(ZVENV)/src && ln -sfn $(CURDIR)/storage_schemas $(ZVENV)/src/distillkit_schemas
 	printf '%s\n%s\n' $(CURDIR) $(CURDIR)/$(ZVENV)/src > "$$($(ZVENV)/bin/python -c 'import site; print(site.getsitepackages()[0])')/distillkit-src.pth"
 	touch $(ZSTAMP)
 
 test: $(STAMP)
+	$(BIN)/python -c "import sys, zarr; print('suite: Python', sys.version.split()[0], '+ zarr', zarr.__version__)"
 	$(BIN)/python -m pytest -q
-	@if [ -n "$(PY_NEWEST)" ]; then $(MAKE) --no-print-directory test-newest-zarr; \
-	else echo "note: no Python >= 3.12 here (set PY_NEWEST=<python>): the newest-zarr run is skipped"; fi
+	@if [ -n "$(PY_OLDEST)" ]; then $(MAKE) --no-print-directory test-oldest-zarr; \
+	else echo "note: no Python 3.11 here (set PY_OLDEST=<python>): the oldest-zarr run is skipped"; fi
 
-test-newest-zarr: $(ZSTAMP)
-	$(ZVENV)/bin/python -c "import zarr; print('newest zarr run: zarr', zarr.__version__)"
+test-oldest-zarr: $(ZSTAMP)
+	$(ZVENV)/bin/python -c "import zarr; print('oldest supported pair: zarr', zarr.__version__)"
 	$(ZVENV)/bin/python -m pytest -q --noconftest -p no:cacheprovider $(ZARR_TESTS)
 
 test-fast: $(STAMP)
