@@ -74,7 +74,7 @@ class Arm:
 
     def loss(self, batch: dict) -> torch.Tensor:
         from distillkit.training.dune.objectives import combine
-        from distillkit.training.dune.trainer import batch_losses
+        from distillkit.training.dune.evaluate import batch_losses
 
         losses = batch_losses(self.model, batch, self.norm, self.device, self.has_cls)[self.name][0][None]
         return combine(losses, torch.ones_like(losses)).mean()

@@ -19,17 +19,10 @@ from distillkit.store.reader import ShardStream, StoreSource
 
 
 def _evaluate(checkpoint: str, trained_on: str, reference: str) -> dict[str, dict[str, float]]:
-    from distillkit.students import build_student
-    from distillkit.training.checkpoint import load_checkpoint
-    from distillkit.training.dune.config import StudentConfig
+    from distillkit.training.dune.evaluate import evaluate, load_dune_student
     from distillkit.training.dune.normalize import TargetNorm
-    from distillkit.training.dune.trainer import evaluate
 
-    ck = load_checkpoint(checkpoint, "dune")
-    dims = {t: (d[0], tuple(d[1])) for t, d in ck["teacher_dims"].items()}
-    model = build_student(StudentConfig(**ck["student"]), tuple(ck["image_hw"]), ck["patch_size"], dims,
-                          ck["projector"])
-    model.load_state_dict(ck["model"])
+    model, ck = load_dune_student(checkpoint)
     own, ref = StoreSource(trained_on), StoreSource(reference)
     cpu = torch.device("cpu")
     norm = TargetNorm({t: own for t in own.teachers}, cpu, ck["normalization"])

@@ -14,6 +14,8 @@ from typing import Any, Iterator
 
 import torch
 
+from distillkit_schemas import paths
+
 from distillkit.training.dune.config import TrainConfig
 from distillkit.store.reader import ShardStream, StoreSource, make_loader
 
@@ -159,7 +161,7 @@ def combine(parts: list[tuple[Group, dict[str, Any]]]) -> dict[str, Any]:
     for t in teachers:
         ref = next(b for g, b in parts if t in g.teachers)
         for kind in ("patch", "cls"):
-            key = f"teachers/{t}/{kind}"
+            key = paths.target(t, kind)
             out[key] = torch.cat([b[key] if t in g.teachers else
                                   torch.zeros((len(b["ids"]), *ref[key].shape[1:]), dtype=ref[key].dtype)
                                   for g, b in parts])

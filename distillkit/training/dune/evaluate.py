@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from distillkit_schemas import paths
+
 from distillkit.images import images_to_input
 from distillkit.store.reader import ShardStream, make_loader
 from distillkit.students.dune import StudentConfig, build_student
@@ -25,10 +27,10 @@ def batch_losses(model, batch: dict, norm: TargetNorm, device: torch.device, has
         preds = model(x)
     out = {}
     for t, (cls_s, patch_s) in preds.items():
-        if f"teachers/{t}/patch" not in batch:
+        if paths.patch(t) not in batch:
             continue
-        patch_t = norm(t, "patch", batch[f"teachers/{t}/patch"].to(device))
-        cls_t = norm(t, "cls", batch[f"teachers/{t}/cls"].to(device)) if has_cls[t] else None
+        patch_t = norm(t, "patch", batch[paths.patch(t)].to(device))
+        cls_t = norm(t, "cls", batch[paths.cls(t)].to(device)) if has_cls[t] else None
         out[t] = (teacher_loss(cls_s if has_cls[t] else None, patch_s, cls_t, patch_t), cls_s, patch_s)
     return out
 
@@ -49,10 +51,10 @@ def evaluate(model, streams: list[tuple[ShardStream, list[str]]], norm: TargetNo
                 a = acc.setdefault(t, {"loss": 0.0, "cos_patch": 0.0, "cos_cls": 0.0, "samples": 0})
                 a["samples"] += b
                 a["loss"] += float(loss.sum())
-                raw_patch = norm.raw(t, "patch", batch[f"teachers/{t}/patch"].to(device))
+                raw_patch = norm.raw(t, "patch", batch[paths.patch(t)].to(device))
                 a["cos_patch"] += float(cosine(norm.invert(t, "patch", patch_s), raw_patch).flatten(1).mean(1).sum())
                 if has_cls[t]:
-                    raw_cls = norm.raw(t, "cls", batch[f"teachers/{t}/cls"].to(device))
+                    raw_cls = norm.raw(t, "cls", batch[paths.cls(t)].to(device))
                     a["cos_cls"] += float(cosine(norm.invert(t, "cls", cls_s), raw_cls).sum())
     model.train()
     return {t: {k: (v / a["samples"] if k != "samples" else v) for k, v in a.items() if k != "cos_cls" or has_cls[t]}

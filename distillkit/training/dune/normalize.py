@@ -18,6 +18,8 @@ from functools import partial
 import numpy as np
 import torch
 
+from distillkit_schemas import paths
+
 from distillkit.store.reader import StoreSource
 
 STD_FLOOR = 1e-3
@@ -71,7 +73,7 @@ def _features(src: StoreSource, teacher: str, kind: str, max_samples: int) -> np
         rows = usable[start:stop]
         if not rows.any():
             continue
-        x = src.read_targets(f"teachers/{teacher}/{kind}", start, stop)[rows].astype(np.float64)
+        x = src.read_targets(paths.target(teacher, kind), start, stop)[rows].astype(np.float64)
         out.append(x.reshape(-1, x.shape[-1]))
         taken += int(rows.sum())
         if taken >= max_samples:

@@ -10,6 +10,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from distillkit_schemas import paths  # noqa: E402
+
 
 def plot_loss_curve(metrics: dict, path: str | Path) -> Path:
     path = Path(path)
@@ -83,7 +85,7 @@ def pca_figure(store: str, out: str | Path, checkpoint: str | None = None, n_ima
         rows = np.concatenate([rows, np.flatnonzero(src.valid & (src.split == 0))])
     rows = np.sort(rows[:n_images])
     images = np.stack([src.read("samples/image", r, r + 1)[0] for r in rows])
-    columns = {t: pca_rgb([src.read(f"teachers/{t}/patch", r, r + 1)[0].astype(np.float32) for r in rows])
+    columns = {t: pca_rgb([src.read(paths.patch(t), r, r + 1)[0].astype(np.float32) for r in rows])
                for t in src.teachers}
     if checkpoint:
         columns["student"] = pca_rgb(list(student_features(checkpoint, images)))
