@@ -126,6 +126,9 @@ class Manifest(BaseModel):
     version: int = Field(default=0, description="bumped every time the store's content is finalized anew")
     sample_index: str | None = Field(default=None, description="group holding this version's sample table in "
                                      "large chunks (index/v<version>), written by finalize; None: read samples/")
+    signatures: bool = Field(default=False, description="samples/signature records what each source file was "
+                             "when cached (ETag, or size and mtime; a content digest with --rehash): a re-run "
+                             "re-caches files replaced in place. False in stores written before it existed")
 
     @field_validator("teachers")
     @classmethod
@@ -167,6 +170,8 @@ def expected_arrays(manifest: Manifest, teachers: dict[str, TeacherProvenance]) 
                   chunks=(s, len(VIEW_PARAMS)), written_by="shard"),
         ArraySpec(path="samples/view_seed", shape=(n,), dtype="int64", dims=("sample",), chunks=(s,),
                   written_by="create"),
+        *([ArraySpec(path="samples/signature", shape=(n,), dtype="str", dims=("sample",), chunks=(s,),
+                     written_by="create")] if manifest.signatures else []),
         ArraySpec(path="samples/image", shape=(n, h, w, 3), dtype="uint8", dims=("sample", "y", "x", "rgb"),
                   chunks=(1, h, w, 3), shards=(s, h, w, 3), written_by="shard"),
     ]

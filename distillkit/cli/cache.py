@@ -52,6 +52,9 @@ def cache(
                                                      "every teacher (per teacher: `storage:` in the YAML) [fp16]"),
     prune: bool = typer.Option(False, "--prune", help="on a re-run, mark samples whose file left the source "
                                                       "invalid (default: report and keep them)"),
+    rehash: bool = typer.Option(False, "--rehash", help="read every source file and compare content digests to "
+                                                        "find files replaced in place (default: ETag, or size + "
+                                                        "mtime)"),
     repair: bool = typer.Option(False, "--repair", help="verify every checksum of the store and recompute exactly "
                                                         "the damaged shards"),
     quiet: bool = typer.Option(False, help="no progress bar"),
@@ -60,8 +63,8 @@ def cache(
     setup_logging()
     cfg = _cache_config(config, source, store, teacher, checkpoint, seed, student_patch, image_size, shard_size,
                         batch_size, num_workers, device, val_fraction, codec, views, view_mode)
-    if prune:
-        cfg = cfg.model_copy(update={"prune": True})
+    if prune or rehash:
+        cfg = cfg.model_copy(update={"prune": prune or cfg.prune, "rehash": rehash or cfg.rehash})
     if storage is not None:
         try:
             teachers = [t.model_validate({**t.model_dump(), "storage": storage}) for t in cfg.teachers]
@@ -88,6 +91,11 @@ def cache(
         console.print(f"cached {result['samples']} samples in {result['shards']} shards "
                       f"({result['wall_s']:.1f} s) -> {cfg.store}")
     ch = result.get("changes")
+    if ch and ch.get("changed"):
+        console.print(f"source changed: {len(ch['changed'])} file(s) replaced since they were cached, cached "
+                      f"again as version {fin.get('version')} (their old rows are retired)")
+        for i in ch["changed"][:20]:
+            console.print(f"[yellow]changed[/] {i}")
     if ch and (ch["added"] or ch["removed"]):
         console.print(f"source changed: {ch['added']} new sample(s) appended as version {fin.get('version')}"
                       + (f"; {len(ch['removed'])} sample(s) no longer in the source, "

@@ -55,6 +55,9 @@ class CacheConfig(Strict):
                                                                       "fitted on (before the store is created)")
     prune: bool = Field(default=False, description="samples whose file left the source are marked invalid "
                                                    "(default: reported and kept)")
+    rehash: bool = Field(default=False, description="read every source file and record its content digest as its "
+                                                    "signature (default: ETag, or size + mtime from the listing); a "
+                                                    "re-run re-caches the files whose signature changed")
     views: int = Field(default=1, ge=1, description="K views per image, each its own sample '<id>#<k>'")
     view_mode: Literal["center", "random"] = Field(
         default="center", description="center: resize + centre crop; random: random resized crop (scale 0.4-1) + "

@@ -23,7 +23,7 @@ from distillkit.features.inputs import DecodedSample, decode_sample
 from distillkit.features.shards import cache_shards  # noqa: F401  (the flow caches shard ranges)
 from distillkit.config.cache import CacheConfig
 from distillkit.config.common import safe_url
-from distillkit.sources import SampleRef, list_source, source_fingerprint
+from distillkit.sources import SampleRef, content_signatures, list_source, source_fingerprint
 from distillkit.sources.images import split_of
 from distillkit.store import growth, layout
 from distillkit.store.codecs import Codec, read_codec
@@ -59,11 +59,13 @@ def plan_samples(cfg: CacheConfig) -> Plan:
     """The sample table. With K views, image `a.jpg` becomes samples `a.jpg#0` … `a.jpg#K-1` (adjacent rows);
     the split is drawn per image, so no image has views on both sides."""
     images = list_source(cfg.source, cfg.storage_options)
+    if cfg.rehash:
+        images = content_signatures(images, cfg.storage_options, cfg.num_workers)
     refs, splits, seeds = [], [], []
     for r in images:
         split = split_of(r.id, cfg.val_fraction)
         for k in range(cfg.views):
-            refs.append(r if cfg.views == 1 else SampleRef(id=f"{r.id}#{k}", uri=r.uri))
+            refs.append(r if cfg.views == 1 else SampleRef(id=f"{r.id}#{k}", uri=r.uri, signature=r.signature))
             splits.append(split)
             seeds.append(view_seed(cfg.view_seed, r.id, k))
     return Plan(refs=refs, splits=np.array(splits, np.uint8), fingerprint=source_fingerprint(refs),
@@ -86,7 +88,7 @@ def build_manifest(cfg: CacheConfig, plan: Plan) -> Manifest:
         distillkit_version=__version__, source=safe_url(cfg.source), source_fingerprint=plan.fingerprint,
         n_samples=len(plan.refs), shard_size=cfg.shard_size, image_hw=cfg.image_size,
         student_patch=cfg.student_patch, val_fraction=cfg.val_fraction, teachers=[t.name for t in cfg.teachers],
-        views=cfg.views, view_mode=cfg.view_mode,
+        views=cfg.views, view_mode=cfg.view_mode, signatures=True,
     )
 
 
@@ -111,7 +113,7 @@ def prepare_store(cfg: CacheConfig, teachers: dict[str, Teacher] | None = None) 
         extra = {f"teachers/{n}/codec/{k}": v for n, c in codecs.items() for k, v in c.arrays().items()}
         group = layout.create_store(cfg.store, want, provs, [r.id for r in plan.refs], [r.uri for r in plan.refs],
                                     plan.splits, cfg.codec, cfg.storage_options, view_seeds=plan.seeds,
-                                    codec_arrays=extra)
+                                    codec_arrays=extra, signatures=[r.signature for r in plan.refs])
         manifest = want
     done = group["progress/shard_done"][:]
     wanted = range(manifest.n_shards) if cfg.shards is None else cfg.shards
@@ -135,8 +137,14 @@ def _grow(group: zarr.Group, have: Manifest, provs: dict, plan: Plan, cfg: Cache
     if growth.pending_intent(group) is None and have.source_fingerprint == plan.fingerprint:
         return have, None
     n0 = have.n_samples
-    changes = growth.diff(group["samples/id"][:n0], group["samples/uri"][:n0],
-                          [r.id for r in plan.refs], [r.uri for r in plan.refs])
+    ids = group["samples/id"][:n0]
+    live = ~growth.is_padding(ids) & ~growth.is_retired(group["samples/error"][:n0])
+    changes = growth.diff(ids, group["samples/uri"][:n0], [r.id for r in plan.refs], [r.uri for r in plan.refs],
+                          group["samples/signature"][:n0] if have.signatures else None,
+                          [r.signature for r in plan.refs], live)
+    if changes.changed:
+        log.warning("store %s: %d file(s) changed since they were cached, e.g. %s: caching them again (their old "
+                    "rows are retired)", cfg.store, len(changes.changed), changes.changed[0])
     if changes.removed:
         log.warning("store %s: %d sample(s) no longer in the source, e.g. %s: %s", cfg.store, len(changes.removed),
                     changes.removed[0], "marking them invalid (--prune)" if cfg.prune else
@@ -147,10 +155,11 @@ def _grow(group: zarr.Group, have: Manifest, provs: dict, plan: Plan, cfg: Cache
         prune_rows = [r for r, i in enumerate(ids.tolist()) if i in gone and valid[r]]
     if not changes.added and not prune_rows:
         return have, changes
-    log.info("store %s: appending %d new sample(s) as version %d", cfg.store, len(changes.added), have.version + 1)
+    log.info("store %s: appending %d sample(s) as version %d", cfg.store, len(changes.added), have.version + 1)
     add = changes.added
     manifest = growth.begin(group, have, provs, plan.fingerprint, [plan.refs[k].id for k in add],
-                            [plan.refs[k].uri for k in add], plan.splits[add], plan.seeds[add], prune_rows)
+                            [plan.refs[k].uri for k in add], plan.splits[add], plan.seeds[add], prune_rows,
+                            [plan.refs[k].signature for k in add], changes.replaced_rows)
     return manifest, changes
 
 

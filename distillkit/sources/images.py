@@ -9,7 +9,7 @@ import json
 import logging
 import posixpath
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import fsspec
@@ -27,6 +27,19 @@ MANIFEST_EXTENSIONS = (".txt", ".csv", ".jsonl", ".lst")
 class SampleRef:
     id: str
     uri: str
+    signature: str = ""  # what the file was when listed (see `signature`); "" = unknown (a manifest row)
+
+
+def signature(info: dict[str, Any]) -> str:
+    """A file's identity from its listing, no read: the object store's ETag (a content hash on S3), else size and
+    modification time. A file replaced in place (same name, new picture) gets a new one."""
+    etag = info.get("ETag") or info.get("etag")
+    if etag:
+        return f"etag:{str(etag).strip(chr(34))}"
+    mtime = info.get("mtime", info.get("LastModified", info.get("last_modified", "")))
+    if hasattr(mtime, "timestamp"):
+        mtime = mtime.timestamp()
+    return f"stat:{info.get('size', '')}:{mtime}"
 
 
 def _is_url(s: str) -> bool:
@@ -106,9 +119,10 @@ def list_source(source: str, storage_options: dict[str, Any] | None = None) -> l
         return list_source(str(demo_photos_folder()), storage_options)
     fs, path = url_to_fs(source, **(storage_options or {}))
     if _has_glob(path) and not fs.exists(path):  # a folder named "shots [2024]" is a folder, not a pattern
-        matches = sorted(fs.glob(path))
+        found = fs.glob(path, detail=True)
         root = path.split("*")[0].split("?")[0].split("[")[0].rsplit("/", 1)[0]
-        files = [m for m in matches if fs.isfile(m) or m.lower().endswith(IMAGE_EXTENSIONS)]
+        files = sorted(m for m, info in found.items()
+                       if info.get("type") != "directory" or m.lower().endswith(IMAGE_EXTENSIONS))
     elif fs.isdir(path):
         root = path.rstrip("/")
         # a folder named like an image (x.jpg/) is listed too: the cache rejects it with its reason, not silently
@@ -119,14 +133,15 @@ def list_source(source: str, storage_options: dict[str, Any] | None = None) -> l
         refs = _from_manifest(fs, path, source)
         return _check(refs, source)
     elif fs.isfile(path):
-        root, files = posixpath.dirname(path), [path]
+        root, files, found = posixpath.dirname(path), [path], {path: fs.info(path)}
     else:
         raise ValueError(f"source {source!r} does not exist (expected a folder, glob, URL or manifest file)")
     images = [f for f in files if f.lower().endswith(IMAGE_EXTENSIONS) and _utf8_name(f, source)]
     skipped = len(files) - len(images)
     if skipped:
         log.info("source %s: ignoring %d file(s) without an image extension", source, skipped)
-    refs = [SampleRef(id=posixpath.relpath(f, root) if root else f, uri=_join(fs, source, f)) for f in images]
+    refs = [SampleRef(id=posixpath.relpath(f, root) if root else f, uri=_join(fs, source, f),
+                      signature=signature(found[f])) for f in images]
     return _check(refs, source)
 
 
@@ -160,9 +175,12 @@ def _check(refs: list[SampleRef], source: str) -> list[SampleRef]:
 
 
 def source_fingerprint(refs: list[SampleRef]) -> str:
+    """sha256 over the sample table (ids, uris and, where known, file signatures): equal fingerprints let a re-run
+    skip the per-sample comparison."""
     h = hashlib.sha256()
     for r in refs:
-        h.update(r.id.encode() + b"\0" + r.uri.encode() + b"\n")
+        h.update(r.id.encode() + b"\0" + r.uri.encode() + (b"\0" + r.signature.encode() if r.signature else b"")
+                 + b"\n")
     return h.hexdigest()
 
 
@@ -213,3 +231,19 @@ def read_bytes(uri: str, storage_options: dict[str, Any] | None = None) -> bytes
                 raise Unreachable(f"unreachable after {attempt} attempts: {type(why).__name__}: {why}") from e
         time.sleep(0.2 * 2 ** (attempt - 1))
         attempt += 1
+
+
+def content_signatures(refs: list[SampleRef], storage_options: dict[str, Any] | None = None,
+                       workers: int = 4) -> list[SampleRef]:
+    """`--rehash`: every file read and its content digest recorded as its signature (``sha256:…``), for sources
+    whose listing says nothing reliable (a manifest, a file system that keeps the mtime). Reads the whole source."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def digest(r: SampleRef) -> SampleRef:
+        try:
+            return replace(r, signature="sha256:" + hashlib.sha256(read_bytes(r.uri, storage_options)).hexdigest())
+        except Exception:  # noqa: BLE001 - an unreadable file is reported by the cache run itself
+            return r
+
+    with ThreadPoolExecutor(max(workers, 1), thread_name_prefix="distillkit-rehash") as pool:
+        return list(pool.map(digest, refs))

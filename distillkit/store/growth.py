@@ -33,6 +33,8 @@ log = logging.getLogger("distillkit")
 
 APPEND_ATTR = "distillkit_append"
 PRUNED = "pruned: no longer in the source"
+REPLACED = "replaced: the file changed since it was cached; its new content is a later row"
+RETIRED = (PRUNED, REPLACED)  # reasons of rows that were valid once: their features stay on disk, never served
 
 
 @dataclass
@@ -40,17 +42,34 @@ class Changes:
     added: list[int] = field(default_factory=list)  # indices into the new plan
     removed: list[str] = field(default_factory=list)  # ids in the store that left the source
     moved: int = 0  # ids whose uri changed (e.g. the source folder moved): kept as they are
+    changed: list[str] = field(default_factory=list)  # ids whose file was replaced in place: re-cached
+    replaced_rows: list[int] = field(default_factory=list)  # their old rows, retired
 
     def as_dict(self) -> dict[str, Any]:
-        return {"added": len(self.added), "removed": self.removed, "moved": self.moved}
+        return {"added": len(self.added) - len(self.changed), "removed": self.removed, "moved": self.moved,
+                "changed": self.changed}
 
 
-def diff(old_ids: np.ndarray, old_uris: np.ndarray, new_ids: list[str], new_uris: list[str]) -> Changes:
+def diff(old_ids: np.ndarray, old_uris: np.ndarray, new_ids: list[str], new_uris: list[str],
+         old_signatures: np.ndarray | None = None, new_signatures: list[str] | None = None,
+         old_live: np.ndarray | None = None) -> Changes:
+    """What a re-run finds. With signatures (what each file was when cached), a sample whose file now has another
+    one was replaced in place: its plan index joins `added` (cached again, a rejected file too: it may be fixed)
+    and its live row (`old_live`: not padding, not retired) is retired."""
     old = {str(i): str(u) for i, u in zip(old_ids.tolist(), old_uris.tolist()) if str(i)}
     now = set(new_ids)
     ch = Changes(added=[k for k, i in enumerate(new_ids) if i not in old],
                  removed=sorted(i for i in old if i not in now))
     ch.moved = sum(1 for i, u in zip(new_ids, new_uris) if i in old and old[i] != u)
+    if old_signatures is not None and new_signatures is not None:
+        row_of = {str(i): r for r, i in enumerate(old_ids.tolist()) if old_live[r]}
+        for k, (i, sig) in enumerate(zip(new_ids, new_signatures)):
+            r = row_of.get(i)
+            if r is not None and sig and str(old_signatures[r]) and str(old_signatures[r]) != sig:
+                ch.added.append(k)
+                ch.changed.append(i)
+                ch.replaced_rows.append(r)
+        ch.added.sort()
     return ch
 
 
@@ -67,14 +86,20 @@ def is_padding(ids: np.ndarray) -> np.ndarray:
     return np.array([not str(i) for i in ids.tolist()], dtype=bool)
 
 
+def is_retired(errors: np.ndarray) -> np.ndarray:
+    """Rows pruned or replaced: valid once, their features stay on disk but are never served again."""
+    return np.array([str(e).startswith(RETIRED) for e in errors.tolist()], dtype=bool)
+
+
 def begin(group: zarr.Group, have: Manifest, provs: dict[str, TeacherProvenance], fingerprint: str,
           ids: list[str], uris: list[str], splits: np.ndarray, seeds: np.ndarray,
-          prune_rows: list[int] | None = None) -> Manifest:
+          prune_rows: list[int] | None = None, signatures: list[str] | None = None,
+          replaced_rows: list[int] | None = None) -> Manifest:
     """Steps 1-2 (idempotent): the manifest the new version will have (written to the root only by finalize)."""
     start = padded_start(have)
     n1 = start + len(ids) if ids else have.n_samples
     target = {"from_samples": have.n_samples, "to_samples": n1, "source_fingerprint": fingerprint,
-              "base_version": have.version, "pruned": len(prune_rows or [])}
+              "base_version": have.version, "pruned": len(prune_rows or []), "replaced": len(replaced_rows or [])}
     new = have.model_copy(update={"n_samples": n1, "source_fingerprint": fingerprint, "status": "in_progress"})
     intent = pending_intent(group)
     if intent == {**target, "ready": True}:
@@ -94,14 +119,19 @@ def begin(group: zarr.Group, have: Manifest, provs: dict[str, TeacherProvenance]
         group["samples/uri"][sl] = np.array(uris, dtype=object).astype(str)
         group["samples/split"][sl] = splits.astype(np.uint8)
         group["samples/view_seed"][sl] = seeds.astype(np.int64)
+        if have.signatures:
+            group["samples/signature"][sl] = np.array(signatures or [""] * len(ids), dtype=object).astype(str)
     if prune_rows:
         prune(group, have, provs, prune_rows)
+    if replaced_rows:
+        prune(group, have, provs, replaced_rows, REPLACED)
     group.attrs[APPEND_ATTR] = {**target, "ready": True}
     return new
 
 
-def prune(group: zarr.Group, manifest: Manifest, provs: dict[str, TeacherProvenance], rows: list[int]) -> None:
-    """Mark rows invalid and recompute their shards' statistics partials from the stored features."""
+def prune(group: zarr.Group, manifest: Manifest, provs: dict[str, TeacherProvenance], rows: list[int],
+          reason: str = PRUNED) -> None:
+    """Mark rows invalid (`reason`) and recompute their shards' statistics partials from the stored features."""
     size = manifest.shard_size
     valid, error = group["samples/valid"], group["samples/error"]
     for s in sorted({r // size for r in rows}):
@@ -110,7 +140,7 @@ def prune(group: zarr.Group, manifest: Manifest, provs: dict[str, TeacherProvena
         e = error[sl]
         for r in rows:
             if sl.start <= r < sl.stop:
-                v[r - sl.start], e[r - sl.start] = 0, PRUNED
+                v[r - sl.start], e[r - sl.start] = 0, reason
         valid[sl], error[sl] = v, e
         ok = v.astype(bool)
         for name, p in provs.items():

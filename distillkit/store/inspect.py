@@ -16,7 +16,7 @@ from distillkit_schemas.validate import read_manifest, read_provenance
 from distillkit.store.arrays import array_row, array_table
 from distillkit.store.compact import storage_summary
 from distillkit.store import sample_index
-from distillkit.store.growth import PRUNED, is_padding
+from distillkit.store.growth import is_padding, is_retired
 from distillkit.store.integrity import damage_problems, deep_check, missing_shards
 
 
@@ -77,7 +77,7 @@ def validate_features(group, progress: Callable[[int, int], None] | None = None)
     valid = group["samples/valid"][:]
     errors = group["samples/error"][:]
     padding = is_padding(ids)  # rows between the last old shard's end and an append's first shard
-    named = ids[~padding].tolist()
+    named = ids[~padding & ~is_retired(errors)].tolist()  # a replaced file's id has a retired row and a live one
     if len(set(named)) != len(named):
         problems.append(Problem("samples/id", "sample ids are not unique"))
     for r in np.flatnonzero(padding & (valid != 0)):
@@ -109,7 +109,7 @@ def validate_features(group, progress: Callable[[int, int], None] | None = None)
                 finite = np.isfinite(flat).all(axis=1)
                 for r in np.flatnonzero(ok & ~finite) + sl.start:
                     problems.append(Problem(f"{path}[{r}]", f"NaN/Inf in a valid sample ({ids[r]})"))
-                kept = np.array([str(errors[r]).startswith(PRUNED) for r in range(sl.start, sl.stop)], bool)
+                kept = is_retired(errors[sl])
                 for r in np.flatnonzero(~ok & ~kept & ~np.isnan(flat).all(axis=1)) + sl.start:
                     problems.append(Problem(f"{path}[{r}]", "rejected sample holds data (expected NaN)"))
         if progress:

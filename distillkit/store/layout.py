@@ -106,7 +106,8 @@ def _compressors(codec: str, dtype: str) -> list:
 def create_store(url: str, manifest: Manifest, provenances: dict[str, TeacherProvenance], ids: list[str],
                  uris: list[str], splits: np.ndarray, codec: str = "none",
                  storage_options: dict[str, Any] | None = None, view_seeds: np.ndarray | None = None,
-                 codec_arrays: dict[str, np.ndarray] | None = None) -> zarr.Group:
+                 codec_arrays: dict[str, np.ndarray] | None = None, signatures: list[str] | None = None
+                 ) -> zarr.Group:
     """Create all arrays and write the sample table. The manifest is written last: it marks a usable store."""
     group = create_group(url, FEATURES, storage_options)
     for spec in expected_arrays(manifest, provenances):
@@ -134,6 +135,8 @@ def create_store(url: str, manifest: Manifest, provenances: dict[str, TeacherPro
     group["samples/uri"][:] = np.array(uris, dtype=object).astype(str)
     group["samples/split"][:] = splits.astype(np.uint8)
     group["samples/view_seed"][:] = np.zeros(len(ids), np.int64) if view_seeds is None else view_seeds
+    if manifest.signatures:
+        group["samples/signature"][:] = np.array(signatures or [""] * len(ids), dtype=object).astype(str)
     for path, value in (codec_arrays or {}).items():  # compact storage: basis / scale / offset
         group[path][...] = value
     finish_creation(group, manifest.model_dump(mode="json"))
