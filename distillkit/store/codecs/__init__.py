@@ -10,20 +10,32 @@ so old and new shards decode the same way.
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import zarr
 
+from distillkit_schemas import paths
+from distillkit_schemas.storage import KINDS as SCHEMA_KINDS
 from distillkit_schemas.storage import Storage, parse_storage
 
 from distillkit.store.codecs.chain import Codec, Target
-from distillkit.store.codecs.fp16 import Fp16
-from distillkit.store.codecs.int8 import Int8
-from distillkit.store.codecs.pca import Pca
 from distillkit.store.codecs.stage import Stage
 
 __all__ = ["KINDS", "Codec", "Target", "codec_from_arrays", "fit_codec", "read_codec"]
 
-KINDS: dict[str, type[Stage]] = {"fp16": Fp16, "int8": Int8, "pca": Pca}
+
+def _stage(kind: str) -> type[Stage]:
+    """The implementation of a kind the grammar knows: the module named after it, its `STAGE` class."""
+    try:
+        return importlib.import_module(f"{__name__}.{kind}").STAGE
+    except (ModuleNotFoundError, AttributeError) as e:
+        raise ImportError(f"storage kind {kind!r} (storage_schemas/storage.py) has no implementation: add "
+                          f"distillkit/store/codecs/{kind}.py with STAGE = its Stage class ({e})") from e
+
+
+# a new kind is its grammar entry (storage_schemas/storage.py) and its module here: nothing else names kinds
+KINDS: dict[str, type[Stage]] = {kind: _stage(kind) for kind in SCHEMA_KINDS}
 
 
 def fit_codec(storage: str | Storage, tokens: np.ndarray, cls_tokens: np.ndarray | None = None) -> Codec:
@@ -43,7 +55,7 @@ def fit_codec(storage: str | Storage, tokens: np.ndarray, cls_tokens: np.ndarray
 def read_codec(group: zarr.Group, teacher: str, storage: str) -> Codec:
     """The codec a store keeps for `teacher`, whose provenance says `storage`."""
     st = parse_storage(storage)
-    return codec_from_arrays(st, {n: group[f"teachers/{teacher}/codec/{n}"][:] for n in st.codec_arrays(1)})
+    return codec_from_arrays(st, {n: group[paths.codec(teacher, n)][:] for n in st.codec_arrays(1)})
 
 
 def codec_from_arrays(storage: Storage, arrays: dict[str, np.ndarray]) -> Codec:

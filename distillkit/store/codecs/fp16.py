@@ -9,3 +9,6 @@ from distillkit.store.codecs.stage import Stage
 
 class Fp16(Stage):
     identity: ClassVar[bool] = True
+
+
+STAGE = Fp16  # what `codecs.KINDS` finds for the storage kind 'fp16'

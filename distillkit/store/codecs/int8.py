@@ -64,3 +64,6 @@ def _dequantize(q: Array, scale: Array, offset: Array) -> Array:
     v *= scale
     v += offset
     return v
+
+
+STAGE = Int8  # what `codecs.KINDS` finds for the storage kind 'int8'

@@ -54,3 +54,6 @@ def spectrum(tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     vals, vecs = np.clip(vals[order], 0, None), vecs[:, order]
     vecs *= np.sign(vecs[np.abs(vecs).argmax(axis=0), np.arange(vecs.shape[1])])
     return vals, vecs, mean
+
+
+STAGE = Pca  # what `codecs.KINDS` finds for the storage kind 'pca'
