@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import BIN, REPO
 from distillkit.training.dune.config import TrainConfig
 from distillkit.training.dune.trainer import train
 from distillkit.training.checkpoint import load_checkpoint
@@ -77,7 +77,7 @@ def test_resume_refuses_different_data_settings(cached_store, tmp_path):
 
 
 def test_cli_train(cached_store, tmp_path):
-    exe = REPO / ".venv/bin/distillkit"
+    exe = BIN / "distillkit"
     proc = subprocess.run([str(exe), "train", "--store", str(cached_store), "--out", str(tmp_path / "cli"),
                            "--preset", "custom", "--embed-dim", "64", "--depth", "2", "--heads", "2",
                            "--max-steps", "12", "--batch-size", "3", "--lr", "0.002", "--num-workers", "2"],
@@ -97,4 +97,4 @@ def test_config_errors_load_no_torch():
     code = ("import sys, distillkit.cli, distillkit.training.tasks as t\n"
             "[task.plugs() for task in t.TASKS.values()]\n"
             "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith(('torch', 'timm')))")
-    subprocess.run([str(REPO / ".venv/bin/python"), "-c", code], check=True, timeout=120)
+    subprocess.run([str(BIN / "python"), "-c", code], check=True, timeout=120)
