@@ -132,3 +132,28 @@ def test_the_finite_check_comes_with_the_statistics():
     big = np.full((2, 3, 3), 3e38, np.float32)  # finite float32 values whose float32 sum overflows
     assert stats.image_partials(x)[2].tolist() == [True, False, False, True]
     assert stats.image_partials(big)[2].tolist() == [True, True]
+
+
+@pytest.mark.parametrize("shape,dtype", [((10, 3, 4), "f2"), ((10,), "u1"), ((7, 2, 5, 3), "u1")])
+def test_direct_shard_writes_are_zarrs_own_bytes(tmp_path, shape, dtype):
+    """Shards written without zarr's codec pipeline (whole shards, last one short) are the objects zarr writes."""
+    from zarr.codecs import Crc32cCodec
+
+    from distillkit.store.direct_write import write_rows
+
+    values = (np.random.default_rng(0).standard_normal(shape) * 50).astype(dtype)
+    arrays = {}
+    for how in ("zarr", "direct"):
+        g = zarr.open_group(str(tmp_path / how), mode="w")
+        a = g.create_array("x", shape=shape, chunks=(1, *shape[1:]), shards=(4, *shape[1:]), dtype=dtype,
+                           compressors=[Crc32cCodec()], fill_value=0).with_config({"write_empty_chunks": True})
+        for start in range(0, shape[0], 4):
+            sl = slice(start, min(start + 4, shape[0]))
+            if how == "zarr":
+                a[sl] = values[sl]
+            else:
+                assert write_rows(a, sl.start, sl.stop, values[sl])
+        arrays[how] = a
+    assert_same_files(_files(tmp_path / "zarr"), _files(tmp_path / "direct"))
+    np.testing.assert_array_equal(arrays["direct"][:], values)
+    assert not write_rows(arrays["direct"], 1, 4, values[1:4])  # not a whole shard: left to zarr

@@ -13,6 +13,7 @@ class StageClock:
 
     def __init__(self):
         self._busy: dict[str, float] = {}
+        self._cpu: dict[str, float] = {}  # CPU seconds of the stage's own threads (not of threads it waits on)
         self._workers: dict[str, int] = {}
         self._lock = threading.Lock()
         self._t0 = time.perf_counter()
@@ -22,22 +23,24 @@ class StageClock:
             self._workers[name] = max(workers, 1)
             self._busy.setdefault(name, 0.0)
 
-    def add(self, name: str, seconds: float) -> None:
+    def add(self, name: str, seconds: float, cpu_s: float = 0.0) -> None:
         with self._lock:
             self._busy[name] = self._busy.get(name, 0.0) + seconds
+            self._cpu[name] = self._cpu.get(name, 0.0) + cpu_s
 
     @contextmanager
     def timing(self, name: str):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         try:
             yield
         finally:
-            self.add(name, time.perf_counter() - t0)
+            self.add(name, time.perf_counter() - t0, time.thread_time() - c0)
 
     def report(self) -> dict[str, dict]:
         wall = max(time.perf_counter() - self._t0, 1e-9)
         with self._lock:
-            return {n: {"busy_s": round(b, 4), "workers": self._workers.get(n, 1),
+            return {n: {"busy_s": round(b, 4), "cpu_s": round(self._cpu.get(n, 0.0), 4),
+                        "workers": self._workers.get(n, 1),
                         "load": round(b / (self._workers.get(n, 1) * wall), 4)} for n, b in self._busy.items()}
 
     def bottleneck(self) -> str | None:

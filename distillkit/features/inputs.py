@@ -10,7 +10,8 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from distillkit.sources import BadImage, load_rgb
-from distillkit.sources.views import center_view, random_view, render
+from distillkit.sources.decode import decode_image, read_source
+from distillkit.sources.views import View, center_view, draft_factor, random_view, render
 
 
 @dataclass
@@ -26,18 +27,28 @@ class DecodedSample:
 def decode_sample(uri: str, image_hw: tuple[int, int], teacher_hws: set[tuple[int, int]],
                   storage_options: dict, view_mode: str = "center", seed: int = 0,
                   loader: Callable[[str], np.ndarray] | None = None) -> DecodedSample:
+    def view_of(full_hw: tuple[int, int]) -> View:
+        return random_view(full_hw, image_hw, seed) if view_mode == "random" else center_view(full_hw, image_hw)
+
+    sizes = {tuple(image_hw), *map(tuple, teacher_hws)}
     try:
-        rgb = loader(uri) if loader else load_rgb(uri, storage_options)
+        if loader:  # decoded in full once for several views
+            image = loader(uri)
+            full = image.shape[:2]
+        else:  # a JPEG much larger than every output inside the view is decoded smaller (draft mode)
+            image, full = decode_image(read_source(uri, storage_options), uri,
+                                       lambda hw: draft_factor(view_of(hw), sizes))
     except BadImage as e:
         return DecodedSample(False, str(e), (0, 0), np.full(5, np.nan, np.float32), None, {})
-    view = random_view(rgb.shape[:2], image_hw, seed) if view_mode == "random" else center_view(rgb.shape[:2],
-                                                                                                   image_hw)
+    view = view_of(full)
+    got = image.shape[:2] if isinstance(image, np.ndarray) else (image.height, image.width)
+    scale = (got[0] / full[0], got[1] / full[1])
     try:
-        student = render(rgb, view, image_hw)
-        inputs = {hw: (student if hw == tuple(image_hw) else render(rgb, view, hw)) for hw in teacher_hws}
+        student = render(image, view, image_hw, scale)
+        inputs = {hw: (student if hw == tuple(image_hw) else render(image, view, hw, scale)) for hw in teacher_hws}
     except (ValueError, OSError) as e:
-        return DecodedSample(False, f"cannot render view: {e}", rgb.shape[:2], view.as_array(), None, {})
-    return DecodedSample(True, "", rgb.shape[:2], view.as_array(), student, inputs)
+        return DecodedSample(False, f"cannot render view: {e}", full, view.as_array(), None, {})
+    return DecodedSample(True, "", full, view.as_array(), student, inputs)
 
 
 class SharedDecodes:

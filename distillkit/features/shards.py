@@ -1,10 +1,11 @@
 """The staged caching run over a list of shards:
 
-  decode workers -> [bounded queue] -> teachers + finish on their device -> [bounded queue] -> shard writers
+  decode workers -> [shards] -> teachers -> [batches] -> finish on their device -> [shards] -> shard writers
 
-Each stage works on its own thread(s), so the stages overlap and the slowest one sets the pace (the progress bar
-and the result name it). A failure or Ctrl-C anywhere stops every stage; shards already handed to the writers are
-finished, so every completed shard is intact and a re-run continues after them.
+Each stage has its own thread(s) and bounded queues between them, so the stages overlap, memory stays bounded and
+the slowest stage sets the pace (the progress bar and the result name it). A failure or Ctrl-C anywhere stops every
+stage; shards already handed to the writers are finished, so every completed shard is intact and a re-run
+continues after them.
 """
 
 from __future__ import annotations
@@ -16,24 +17,20 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from distillkit.features.clock import StageClock
-from distillkit.features.finish import HostBuffers
+from distillkit.features.finish import HostBuffers, ShardFinish
 from distillkit.features.forward import forward_shard
 from distillkit.features.inputs import SharedDecodes, decode_sample, prefetched
 from distillkit.store.writer import ShardResult, ShardWriterPool
 
 log = logging.getLogger("distillkit")
 
-WRITERS = max(2, min(4, (os.cpu_count() or 2) // 4))  # whole-shard writers: zarr calls and crc32c in parallel
+WRITERS = max(2, min(4, (os.cpu_count() or 2) // 4))  # whole-shard writers: crc32c and file writes in parallel
 DECODED_DEPTH = 2  # decoded shards waiting for the teachers
-
-
-class _Failed:
-    def __init__(self, error: BaseException):
-        self.error = error
+FINISH_DEPTH = 4  # teacher batches waiting for the finish
 
 
 def cache_shards(cfg, prepared, shards: list[int] | None = None, on_shard=None, show_progress: bool = True) -> dict:
@@ -42,15 +39,12 @@ def cache_shards(cfg, prepared, shards: list[int] | None = None, on_shard=None, 
     m, teachers, group = prepared.manifest, prepared.teachers, prepared.group
     teacher_hws = {tuple(t.input_hw) for t in teachers.values()}
     uris, ids, seeds = group["samples/uri"][:], group["samples/id"][:], group["samples/view_seed"][:]
-    h, w = m.image_hw
     written = {"shards": 0, "samples": 0, "rejected": []}
     t0 = time.perf_counter()
     clock = StageClock()
-    clock.stage("decode", max(cfg.num_workers, 1))
-    clock.stage("teachers")
-    clock.stage("finish")
-    cuda = any(t.device.type == "cuda" for t in teachers.values())
-    buffers = HostBuffers(pinned=cuda)
+    for stage, workers in (("decode", cfg.num_workers), ("teachers", 1), ("finish", 1), ("write", WRITERS)):
+        clock.stage(stage, workers)
+    buffers = HostBuffers(pinned=any(t.device.type == "cuda" for t in teachers.values()))
 
     def rows_of(s: int) -> range:
         return range(s * m.shard_size, min((s + 1) * m.shard_size, m.n_samples))
@@ -58,56 +52,114 @@ def cache_shards(cfg, prepared, shards: list[int] | None = None, on_shard=None, 
     loader = SharedDecodes(cfg.storage_options) if m.views > 1 else None  # K views: decode each image once
 
     def decode(r: int):
-        t = time.perf_counter()
-        try:
-            return decode_sample(str(uris[r]), (h, w), teacher_hws, cfg.storage_options, m.view_mode, int(seeds[r]),
-                                 loader)
-        finally:
-            clock.add("decode", time.perf_counter() - t)
+        with clock.timing("decode"):
+            return decode_sample(str(uris[r]), tuple(m.image_hw), teacher_hws, cfg.storage_options, m.view_mode,
+                                 int(seeds[r]), loader)
 
     def on_written(res: ShardResult) -> None:
+        buffers.put(res.image)
         for t in res.teachers.values():
-            if t.decoded is None:  # the finish's own buffers (an encoding codec made new arrays)
+            if t.decoded is None:  # the finish's own arrays (an encoding codec made new ones)
                 buffers.put(t.patch)
                 buffers.put(t.cls)
         written["shards"] += 1
         if on_shard:
             on_shard(written["shards"], len(shards))
 
+    def rejected(job: ShardFinish) -> None:
+        for i in (i for i, v in enumerate(job.valid) if not v):
+            r = job.rows[i]
+            written["rejected"].append({"id": str(ids[r]), "uri": str(uris[r]), "reason": job.errors[i]})
+            log.warning("skipping %s: %s", uris[r], job.errors[i])
+
     stop = threading.Event()
     decoded_q: queue.Queue = queue.Queue(maxsize=DECODED_DEPTH)
     pool = ThreadPoolExecutor(max(cfg.num_workers, 1), thread_name_prefix="distillkit-decode")
     feeder = threading.Thread(target=_feed, name="distillkit-feed", daemon=True,
                               args=(pool, decode, shards, rows_of, decoded_q, stop, cfg))
-    writer = ShardWriterPool(group, writers=WRITERS, depth=WRITERS, on_written=on_written,
-                             busy=lambda s: clock.add("write", s))
-    clock.stage("write", writer.writers)
+    writer = ShardWriterPool(group, writers=WRITERS, depth=1, on_written=on_written,
+                             busy=lambda s, cpu: clock.add("write", s, cpu))
+    finisher = _Finisher(prepared.codecs, tuple(m.image_hw), buffers, clock, writer, stop, rejected)
     bar = tqdm(total=sum(len(rows_of(s)) for s in shards), unit="img", desc="caching", disable=not show_progress)
     feeder.start()
+    finisher.start()
     try:
         for _ in shards:
-            item = decoded_q.get()
-            if isinstance(item, _Failed):
-                raise item.error
+            item = _get(decoded_q, stop, finisher)
             s, rows, decoded = item
-            writer.submit(_shard_result(s, rows, decoded, teachers, prepared.codecs, cfg.batch_size, clock, buffers,
-                                        (h, w), written, ids, uris))
+            job = ShardFinish(s, rows, decoded, teachers, buffers)
+            forward_shard(teachers, job, cfg.batch_size, clock, buffers, finisher.put)
             written["samples"] += len(rows)
             bar.update(len(rows))
             bar.set_postfix(bottleneck=clock.bottleneck(), refresh=False)
-    except BaseException:  # an error or Ctrl-C: stop every stage, let the writers finish what they hold
-        stop.set()
-        raise
-    finally:
+        finisher.put(None)
+        finisher.join()
+        finisher.check()
+    finally:  # normal end, an error or Ctrl-C: stop every stage, let the writers finish the shards they hold
         stop.set()
         _drain(decoded_q)
         pool.shutdown(wait=True, cancel_futures=True)
         feeder.join()
+        finisher.join()
         bar.close()
         writer.close()
     written["wall_s"] = time.perf_counter() - t0
     written["stages"], written["bottleneck"] = clock.report(), clock.bottleneck()
     return written
+
+
+class _Finisher(threading.Thread):
+    """The finish stage: casts, checks and summarises teacher batches into their shard, hands whole shards to the
+    writers. Its own thread, so the teachers keep forwarding meanwhile."""
+
+    def __init__(self, codecs, image_hw, buffers, clock, writer, stop, rejected):
+        super().__init__(name="distillkit-finish", daemon=True)
+        self.q: queue.Queue = queue.Queue(maxsize=FINISH_DEPTH)
+        self.error: BaseException | None = None
+        self._args = codecs, image_hw, buffers, clock, writer, stop, rejected
+
+    def put(self, *item) -> None:
+        while True:
+            self.check()
+            try:
+                self.q.put(item if item != (None,) else None, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def run(self) -> None:
+        codecs, image_hw, buffers, clock, writer, stop, rejected = self._args
+        # passes over memory: one core does them at full speed; more threads only spin (and double the CPU time)
+        torch.set_num_threads(1)
+        while True:
+            try:
+                item = self.q.get(timeout=0.1)
+            except queue.Empty:
+                if stop.is_set():
+                    return
+                continue
+            if item is None:
+                return
+            try:
+                job, name, batch, y = item
+                if name is not None:
+                    with clock.timing("finish"):
+                        job.add(name, batch, y)
+                    continue
+                with clock.timing("finish"):
+                    result = job.result(codecs, image_hw, buffers)
+                    for arr in batch:  # the shard's inputs: every forward that read them has been finished
+                        buffers.put(arr)
+                    rejected(job)
+                writer.submit(result)
+            except BaseException as e:  # raised on the teacher stage's thread
+                self.error = e
+                stop.set()
+                return
 
 
 def _feed(pool, decode, shards, rows_of, out: queue.Queue, stop: threading.Event, cfg) -> None:
@@ -121,7 +173,19 @@ def _feed(pool, decode, shards, rows_of, out: queue.Queue, stop: threading.Event
             if not _put(out, (s, rows, decoded), stop):
                 return
     except BaseException as e:  # handed to the teacher stage, which raises it
-        _put(out, _Failed(e), stop)
+        _put(out, e, stop)
+
+
+def _get(q: queue.Queue, stop: threading.Event, finisher: _Finisher):
+    while True:
+        finisher.check()
+        try:
+            item = q.get(timeout=0.1)
+        except queue.Empty:
+            continue
+        if isinstance(item, BaseException):
+            raise item
+        return item
 
 
 def _put(q: queue.Queue, item, stop: threading.Event) -> bool:
@@ -140,27 +204,3 @@ def _drain(q: queue.Queue) -> None:
             q.get_nowait()
         except queue.Empty:
             return
-
-
-def _shard_result(s, rows, decoded, teachers, codecs, batch_size, clock, buffers, hw, written, ids, uris):
-    n = len(rows)
-    valid = np.array([d.ok for d in decoded], dtype=np.uint8)
-    errors = [d.error for d in decoded]
-    out = forward_shard(teachers, decoded, valid, errors, batch_size, clock, buffers)
-    with clock.timing("finish"):
-        for name, t in list(out.items()):
-            codec = codecs[name]
-            if not codec.is_identity:  # int8 / PCA: encoded here, its statistics from what readers decode
-                out[name] = codec.encode_shard(t.patch, t.cls, valid.astype(bool), teachers[name].provenance.dtype)
-                buffers.put(t.patch)
-                buffers.put(t.cls)
-        image = np.zeros((n, *hw, 3), np.uint8)
-        for i, d in enumerate(decoded):
-            if valid[i]:
-                image[i] = d.image
-            else:
-                written["rejected"].append({"id": str(ids[rows[i]]), "uri": str(uris[rows[i]]), "reason": errors[i]})
-                log.warning("skipping %s: %s", uris[rows[i]], errors[i])
-    return ShardResult(shard=s, start=rows.start, stop=rows.stop, valid=valid, error=errors,
-                       source_hw=np.array([d.source_hw for d in decoded], np.int32),
-                       view=np.stack([d.view for d in decoded]), image=image, teachers=out)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import errno
 import io
 import os
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -30,7 +30,8 @@ def _to_uint8(arr: np.ndarray) -> np.ndarray:
     return np.clip(arr.astype(np.float64) / 257.0, 0, 255).round().astype(np.uint8)
 
 
-def _to_rgb(img: Image.Image) -> np.ndarray:
+def _to_rgb_image(img: Image.Image) -> Image.Image | np.ndarray:
+    """An RGB PIL image (no copy when it already is one), or an array for 16-bit and float grayscale."""
     if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
         gray = _to_uint8(np.asarray(img))
         return np.repeat(gray[..., None], 3, axis=2)
@@ -42,7 +43,7 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
         # composite over white: transparent pixels get a defined colour instead of whatever RGB they stored
         background = Image.new("RGBA", img.size, (255, 255, 255, 255))
         img = Image.alpha_composite(background, img.convert("RGBA"))
-    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    return img if img.mode == "RGB" else img.convert("RGB")
 
 
 # EXIF orientation -> the transpose that shows the image upright (as ImageOps.exif_transpose does)
@@ -70,6 +71,18 @@ def _deep_colour(data: bytes, img: Image.Image) -> np.ndarray | None:
 
 def decode_rgb(data: bytes, uri: str = "<bytes>") -> np.ndarray:
     """Decode bytes to an HxWx3 uint8 array in display orientation; raises BadImage with the reason."""
+    image, _ = decode_image(data, uri)
+    return image if isinstance(image, np.ndarray) else np.asarray(image, dtype=np.uint8)
+
+
+def decode_image(data: bytes, uri: str = "<bytes>",
+                 reduce: Callable[[tuple[int, int]], int] | None = None) -> tuple[Image.Image | np.ndarray,
+                                                                                 tuple[int, int]]:
+    """(the image, upright, as an RGB PIL image or an HxWx3 uint8 array; its full (h, w) in display orientation).
+
+    `reduce(full_hw)` may allow a JPEG to be decoded 2, 4 or 8 times smaller (libjpeg's DCT scaling, Pillow's
+    draft mode: several times faster than decoding everything and resizing it away). The caller then scales its
+    coordinates by the decoded size over the full size."""
     if not data:
         raise BadImage("empty file (0 bytes)")
     try:
@@ -77,20 +90,27 @@ def decode_rgb(data: bytes, uri: str = "<bytes>") -> np.ndarray:
         if getattr(img, "n_frames", 1) > 1:
             img.seek(0)  # animated GIF/WebP/PNG, multi-page TIFF: the first frame
         deep = img.mode not in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F") and any(
-            ";16" in str(t.args) for t in img.tile or ())
+            ";16" in str(t.args) for t in img.tile or ())  # before anything loads the image (getexif may)
+        orientation = img.getexif().get(0x0112, 1)
+        w, h = img.size
+        full = (w, h) if orientation in (5, 6, 7, 8) else (h, w)
+        factor = reduce(full) if reduce is not None and img.format == "JPEG" else 1
+        if factor > 1:
+            img.draft("RGB", (-(-w // factor), -(-h // factor)))
         img.load()
         rgb = _deep_colour(data, img) if deep else None
         if rgb is None:
-            rgb = _to_rgb(ImageOps.exif_transpose(img))
+            rgb = _to_rgb_image(img if _ORIENT.get(orientation) is None else ImageOps.exif_transpose(img))
     except UnidentifiedImageError:
         raise BadImage("not an image (format not recognised)") from None
     except Image.DecompressionBombError as e:
         raise BadImage(f"image too large (decompression-bomb guard): {e}") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise BadImage(f"corrupt or truncated image: {e}") from None
-    if rgb.ndim != 3 or rgb.shape[2] != 3 or min(rgb.shape[:2]) < 1:
-        raise BadImage(f"unexpected decoded shape {rgb.shape}")
-    return rgb
+    shape = rgb.shape if isinstance(rgb, np.ndarray) else (rgb.height, rgb.width, len(rgb.getbands()))
+    if len(shape) != 3 or shape[2] != 3 or min(shape[:2]) < 1:
+        raise BadImage(f"unexpected decoded shape {shape}")
+    return rgb, full
 
 
 def _unreadable(uri: str, e: BaseException) -> str:
@@ -110,8 +130,16 @@ def _unreadable(uri: str, e: BaseException) -> str:
 
 
 def load_rgb(uri: str, storage_options: dict[str, Any] | None = None) -> np.ndarray:
+    return decode_rgb(read_source(uri, storage_options), uri)
+
+
+def read_source(uri: str, storage_options: dict[str, Any] | None = None) -> bytes:
+    """The bytes of a source file; a local path is read directly (fsspec's per-file overhead is a large part of
+    decoding a small JPEG). Raises BadImage naming why it cannot be read."""
     try:
-        data = read_bytes(uri, storage_options)
+        if "://" not in uri and not storage_options:
+            with open(uri, "rb") as f:
+                return f.read()
+        return read_bytes(uri, storage_options)
     except Exception as e:  # missing, directory, loop, network errors of any fsspec backend
         raise BadImage(_unreadable(uri, e)) from None
-    return decode_rgb(data, uri)

@@ -34,14 +34,28 @@ def center_view(source_hw: tuple[int, int], target_hw: tuple[int, int]) -> View:
     return View(x0=x0, y0=y0, x1=min(x0 + cw, float(sw)), y1=min(y0 + ch, float(sh)))
 
 
-def render(image: np.ndarray, view: View, out_hw: tuple[int, int]) -> np.ndarray:
-    """Crop `view` out of an HxWx3 uint8 image and resize it to out_hw (bicubic, antialiased)."""
-    pil = Image.fromarray(image)
+def render(image: np.ndarray | Image.Image, view: View, out_hw: tuple[int, int],
+           scale: tuple[float, float] = (1.0, 1.0)) -> np.ndarray:
+    """Crop `view` out of an HxWx3 uint8 image (or an RGB PIL image) and resize it to out_hw (bicubic,
+    antialiased). `scale` (y, x): the image's size over the size the view's coordinates refer to (a JPEG decoded
+    smaller in draft mode)."""
+    pil = image if isinstance(image, Image.Image) else Image.fromarray(image)
+    sy, sx = scale
     out = pil.resize((out_hw[1], out_hw[0]), resample=Image.Resampling.BICUBIC,
-                     box=(view.x0, view.y0, view.x1, view.y1))
+                     box=(view.x0 * sx, view.y0 * sy, view.x1 * sx, view.y1 * sy))
     if view.flip:
         out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     return np.asarray(out, dtype=np.uint8)
+
+
+def draft_factor(view: View, out_hws: set[tuple[int, int]]) -> int:
+    """How many times smaller (1, 2, 4 or 8) a JPEG may be decoded and still give every output at least its own
+    resolution inside the view's box."""
+    room = min(min((view.y1 - view.y0) / h, (view.x1 - view.x0) / w) for h, w in out_hws)
+    factor = 1
+    while factor < 8 and room >= 2 * factor:
+        factor *= 2
+    return factor
 
 
 def view_seed(base_seed: int, sample_id: str, k: int) -> int:

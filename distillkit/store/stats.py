@@ -12,9 +12,12 @@ whatever the thread count), so the same features give the same bytes on every ru
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 _CHUNK = 8  # images per float32 scratch block (bounded memory, no page-faulting temporaries per shard)
+_LOCAL = threading.local()
 
 
 def image_partials(x) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -42,15 +45,37 @@ def _shifted_sums(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     n, t, c = x.shape
     k = x[:, 0].astype(np.float64)
     s1, s2 = np.empty((n, c), np.float64), np.empty((n, c), np.float64)
-    scratch = np.empty((min(n, _CHUNK), t, c), np.float32)
+    scratch = _scratch((min(n, _CHUNK), t, c))
+    x = np.ascontiguousarray(x)
     for a in range(0, n, _CHUNK):
         b = min(a + _CHUNK, n)
         d = scratch[:b - a]
-        np.subtract(x[a:b], x[a:b, :1], out=d, dtype=np.float32)  # cast + shift in one pass
-        s1[a:b] = d.sum(1)
-        np.multiply(d, d, out=d)
+        _cast_shifted(x[a:b], d)
+        s1[a:b] = d.sum(1)  # float32; numpy reduces a middle axis row after row: one order, whatever the threads
+        np.square(d, out=d)
         s2[a:b] = d.sum(1)
     return k, s1, s2
+
+
+def _scratch(shape: tuple[int, int, int]) -> np.ndarray:
+    """A float32 block kept per thread: a fresh one per call would be page-faulted in (and zeroed) every time."""
+    size = int(np.prod(shape))
+    buf = getattr(_LOCAL, "buf", None)
+    if buf is None or buf.size < size:
+        buf = _LOCAL.buf = np.empty(size, np.float32)
+    return buf[:size].reshape(shape)
+
+
+def _cast_shifted(x: np.ndarray, out: np.ndarray) -> None:
+    """out = float32(x) - float32(x[:, :1]): torch's vectorised half->float cast where torch is installed (numpy
+    casts float16 element by element, several times slower); elementwise, so exact either way."""
+    try:
+        import torch
+    except ImportError:  # the store's readers need no torch
+        np.subtract(x, x[:, :1], out=out, dtype=np.float32)
+        return
+    d = torch.from_numpy(out).copy_(torch.from_numpy(x))
+    d.sub_(d[:, :1].clone())
 
 
 def merge_images(tokens: int, means: np.ndarray, m2s: np.ndarray, rows: np.ndarray) -> tuple[int, np.ndarray,

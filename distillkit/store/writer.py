@@ -14,6 +14,7 @@ import zarr
 from zarr.storage import LocalStore
 
 from distillkit.store import stats as st
+from distillkit.store.direct_write import write_rows
 
 log = logging.getLogger("distillkit")
 
@@ -56,16 +57,16 @@ def write_shard(group: zarr.Group, r: ShardResult) -> None:
     ok = r.valid.astype(bool)
     remove_debris(group, r.shard)
     group = _GroupView(group)
-    group["samples/valid"][sl] = r.valid
-    group["samples/error"][sl] = np.array(r.error, dtype=object).astype(str)
-    group["samples/source_hw"][sl] = r.source_hw
-    group["samples/view"][sl] = r.view
-    group["samples/image"][sl] = r.image
+    rows = {"samples/valid": r.valid, "samples/error": np.array(r.error, dtype=object).astype(str),
+            "samples/source_hw": r.source_hw, "samples/view": r.view, "samples/image": r.image}
     for name, t in r.teachers.items():
-        base = f"teachers/{name}"
-        group[f"{base}/patch"][sl] = t.patch
-        group[f"{base}/cls"][sl] = t.cls
-        write_partials(group, base, r.shard, ok, t)
+        rows.update({f"teachers/{name}/patch": t.patch, f"teachers/{name}/cls": t.cls})
+    for path, values in rows.items():
+        arr = group[path]
+        if not write_rows(arr, sl.start, sl.stop, values):  # a layout the direct writer does not cover
+            arr[sl] = values
+    for name, t in r.teachers.items():
+        write_partials(group, f"teachers/{name}", r.shard, ok, t)
     group["progress/shard_done"][r.shard] = 1  # LAST: the shard counts as done only after all of the above
 
 
@@ -150,7 +151,7 @@ class ShardWriterPool:
         self._error: BaseException | None = None
         self._failed = -1  # the shard whose write failed
         self._on_written = on_written
-        self._busy = busy  # optional callable(seconds): time spent writing, for the run's stage report
+        self._busy = busy  # optional callable(seconds, cpu seconds): time spent writing, for the stage report
         self._lock = threading.Lock()
         self._threads = [threading.Thread(target=self._run, name=f"distillkit-writer-{i}", daemon=True)
                          for i in range(max(writers, 1))]
@@ -170,7 +171,7 @@ class ShardWriterPool:
                 return
             if self._error is not None:
                 continue  # drain: nothing more is written after a failure
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             try:
                 write_shard(self._group, item)
             except BaseException as e:  # re-raised on the caller's thread
@@ -180,7 +181,7 @@ class ShardWriterPool:
                 continue
             finally:
                 if self._busy:
-                    self._busy(time.perf_counter() - t0)
+                    self._busy(time.perf_counter() - t0, time.thread_time() - c0)
             if self._on_written:
                 try:
                     with self._lock:
