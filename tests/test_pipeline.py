@@ -119,8 +119,12 @@ def test_statistics_are_exact_without_cancellation_and_reproducible():
     assert n == 16 * 64
     np.testing.assert_allclose(mean, ref.mean(0), rtol=1e-12)
     np.testing.assert_allclose(np.sqrt(m2 / n), ref.std(0), rtol=1e-5)
-    moved = np.empty(x.size + 1, np.float16)[1:].reshape(x.shape)  # other alignment, same values: same bits
-    moved[...] = x
+    for offset in (1, 3, 8):  # other alignments, same values: the same bits
+        moved = np.empty(x.size + offset, np.float16)[offset:].reshape(x.shape)
+        moved[...] = x
+        for a, b in zip(stats.partial(x)[1:], stats.partial(moved)[1:]):
+            assert a.tobytes() == b.tobytes()
+    stats._LOCAL.buf = np.empty(stats._LOCAL.buf.size + 5, np.float32)[5:]  # and another scratch alignment
     for a, b in zip(stats.partial(x)[1:], stats.partial(moved)[1:]):
         assert a.tobytes() == b.tobytes()
 
@@ -134,7 +138,8 @@ def test_the_finite_check_comes_with_the_statistics():
     assert stats.image_partials(big)[2].tolist() == [True, True]
 
 
-@pytest.mark.parametrize("shape,dtype", [((10, 3, 4), "f2"), ((10,), "u1"), ((7, 2, 5, 3), "u1")])
+@pytest.mark.parametrize("shape,dtype", [((10, 3, 4), "f2"), ((10,), "u1"), ((7, 2, 5, 3), "u1"),
+                                         ((9, 300, 1024), "f2")])  # the last: shards over 1 MiB (O_DIRECT)
 def test_direct_shard_writes_are_zarrs_own_bytes(tmp_path, shape, dtype):
     """Shards written without zarr's codec pipeline (whole shards, last one short) are the objects zarr writes."""
     from zarr.codecs import Crc32cCodec

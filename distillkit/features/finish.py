@@ -40,8 +40,10 @@ class ShardFinish:
     """One shard on its way through the teachers and the finish: its decoded samples, which rows are valid, and the
     host arrays the finished batches land in."""
 
-    def __init__(self, shard: int, rows: range, decoded: list[DecodedSample], teachers: dict, buffers: "HostBuffers"):
-        self.shard, self.rows, self.decoded = shard, rows, decoded
+    def __init__(self, shard: int, rows: range, decoded: list[DecodedSample], teachers: dict, buffers: "HostBuffers",
+                 image_hw: tuple[int, int]):
+        self.shard, self.rows, self.decoded, self.image_hw = shard, rows, decoded, tuple(image_hw)
+        self.image: np.ndarray | None = None  # the teachers' stacked inputs when they are the student's images
         self.valid = np.array([d.ok for d in decoded], dtype=np.uint8)
         self.errors = [d.error for d in decoded]
         n = len(decoded)
@@ -68,7 +70,7 @@ class ShardFinish:
             self.valid[r], self.errors[r] = 0, (f"teacher {name}: output not finite in {self.dtypes[name]} "
                                                 "(NaN/Inf or beyond the dtype's range; try dtype float32)")
 
-    def result(self, codecs: dict, image_hw: tuple[int, int], buffers: "HostBuffers") -> ShardResult:
+    def result(self, codecs: dict, buffers: "HostBuffers") -> ShardResult:
         """The shard as the writers store it. A sample rejected by any teacher is rejected for all (alignment
         stays exact): its rows are NaN; storage codecs other than fp16 encode here (statistics of what readers
         decode come from the writer then)."""
@@ -83,9 +85,13 @@ class ShardFinish:
                 out[name] = codec.encode_shard(t.patch, t.cls, ok, self.dtypes[name])
                 buffers.put(t.patch)
                 buffers.put(t.cls)
-        image = buffers.get((len(self.decoded), *image_hw, 3), np.uint8)
-        for i, d in enumerate(self.decoded):
-            image[i] = d.image if ok[i] else 0
+        image = self.image
+        if image is None or not ok.all():  # some rows rejected: the stored images, rejected ones black
+            if image is not None:
+                buffers.put(image)
+            image = buffers.get((len(self.decoded), *self.image_hw, 3), np.uint8)
+            for i, d in enumerate(self.decoded):
+                image[i] = d.image if ok[i] else 0
         return ShardResult(shard=self.shard, start=self.rows.start, stop=self.rows.stop, valid=self.valid,
                            error=self.errors, source_hw=np.array([d.source_hw for d in self.decoded], np.int32),
                            view=np.stack([d.view for d in self.decoded]), image=image, teachers=out)

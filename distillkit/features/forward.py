@@ -27,7 +27,11 @@ def forward_shard(teachers: dict[str, Teacher], job: ShardFinish, batch_size: in
             with clock.timing("teachers"):
                 y = t(inputs[tuple(t.input_hw)][i:i + len(batch)])
             emit(job, name, batch, y)
-    emit(job, None, [a.numpy() for a in inputs.values() if a.numel()], None)
+    image = inputs.get(job.image_hw)
+    if len(rows) == len(job.decoded) and image is not None:  # every row valid: the student's images, as stacked
+        job.image = image.numpy()
+    done = [a.numpy() for a in inputs.values() if a.numel() and (job.image is None or a is not image)]
+    emit(job, None, done, None)  # the inputs may be reused (the images handed on: once the shard is written)
 
 
 def _stacked(images: list[np.ndarray], buffers: HostBuffers) -> torch.Tensor:

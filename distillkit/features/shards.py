@@ -79,7 +79,7 @@ def cache_shards(cfg, prepared, shards: list[int] | None = None, on_shard=None, 
                               args=(pool, decode, shards, rows_of, decoded_q, stop, cfg))
     writer = ShardWriterPool(group, writers=WRITERS, depth=1, on_written=on_written,
                              busy=lambda s, cpu: clock.add("write", s, cpu))
-    finisher = _Finisher(prepared.codecs, tuple(m.image_hw), buffers, clock, writer, stop, rejected)
+    finisher = _Finisher(prepared.codecs, buffers, clock, writer, stop, rejected)
     bar = tqdm(total=sum(len(rows_of(s)) for s in shards), unit="img", desc="caching", disable=not show_progress)
     feeder.start()
     finisher.start()
@@ -87,7 +87,7 @@ def cache_shards(cfg, prepared, shards: list[int] | None = None, on_shard=None, 
         for _ in shards:
             item = _get(decoded_q, stop, finisher)
             s, rows, decoded = item
-            job = ShardFinish(s, rows, decoded, teachers, buffers)
+            job = ShardFinish(s, rows, decoded, teachers, buffers, tuple(m.image_hw))
             forward_shard(teachers, job, cfg.batch_size, clock, buffers, finisher.put)
             written["samples"] += len(rows)
             bar.update(len(rows))
@@ -112,11 +112,11 @@ class _Finisher(threading.Thread):
     """The finish stage: casts, checks and summarises teacher batches into their shard, hands whole shards to the
     writers. Its own thread, so the teachers keep forwarding meanwhile."""
 
-    def __init__(self, codecs, image_hw, buffers, clock, writer, stop, rejected):
+    def __init__(self, codecs, buffers, clock, writer, stop, rejected):
         super().__init__(name="distillkit-finish", daemon=True)
         self.q: queue.Queue = queue.Queue(maxsize=FINISH_DEPTH)
         self.error: BaseException | None = None
-        self._args = codecs, image_hw, buffers, clock, writer, stop, rejected
+        self._args = codecs, buffers, clock, writer, stop, rejected
 
     def put(self, *item) -> None:
         while True:
@@ -132,7 +132,7 @@ class _Finisher(threading.Thread):
             raise self.error
 
     def run(self) -> None:
-        codecs, image_hw, buffers, clock, writer, stop, rejected = self._args
+        codecs, buffers, clock, writer, stop, rejected = self._args
         # passes over memory: one core does them at full speed; more threads only spin (and double the CPU time)
         torch.set_num_threads(1)
         while True:
@@ -151,7 +151,7 @@ class _Finisher(threading.Thread):
                         job.add(name, batch, y)
                     continue
                 with clock.timing("finish"):
-                    result = job.result(codecs, image_hw, buffers)
+                    result = job.result(codecs, buffers)
                     for arr in batch:  # the shard's inputs: every forward that read them has been finished
                         buffers.put(arr)
                     rejected(job)
