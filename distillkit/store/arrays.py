@@ -11,7 +11,8 @@ from rich.table import Table
 
 
 def codec_name(arr: zarr.Array) -> str:
-    comps = [type(c).__name__.replace("Codec", "").lower() + (f"({c.cname})" if hasattr(c, "cname") else "")
+    comps = [type(c).__name__.replace("Codec", "").lower()
+             + (f"({getattr(c.cname, 'value', c.cname)})" if hasattr(c, "cname") else "")  # an enum before zarr 3.2
              for c in (arr.compressors or ())]
     return "+".join(comps) or "none"
 
