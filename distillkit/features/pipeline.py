@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 import zarr
 
-from distillkit_schemas import FEATURES, Manifest
+from distillkit_schemas import FEATURES, Manifest, paths
 from distillkit_schemas.storage import parse_storage
 
 from distillkit import __version__
@@ -110,7 +110,7 @@ def prepare_store(cfg: CacheConfig, teachers: dict[str, Teacher] | None = None) 
         codecs = fit_codecs(cfg, plan, teachers, _plan_decoder(cfg, plan, teachers))
         log.info("creating store %s: %d samples, %d shards of %d, teachers %s", cfg.store, want.n_samples,
                  want.n_shards, cfg.shard_size, ", ".join(want.teachers))
-        extra = {f"teachers/{n}/codec/{k}": v for n, c in codecs.items() for k, v in c.arrays().items()}
+        extra = {paths.codec(n, k): v for n, c in codecs.items() for k, v in c.arrays().items()}
         group = layout.create_store(cfg.store, want, provs, [r.id for r in plan.refs], [r.uri for r in plan.refs],
                                     plan.splits, cfg.codec, cfg.storage_options, view_seeds=plan.seeds,
                                     codec_arrays=extra, signatures=[r.signature for r in plan.refs])

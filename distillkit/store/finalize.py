@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import logging
 import warnings
+from functools import partial
 from typing import TYPE_CHECKING
 
 import numpy as np
 import zarr
 
-from distillkit_schemas import Manifest
+from distillkit_schemas import Manifest, paths
 from distillkit_schemas.v1 import utcnow
 
 from distillkit.store import growth, layout, sample_index, stats
@@ -79,18 +80,18 @@ def _consolidate(group: zarr.Group) -> None:
 def merge_statistics(group: zarr.Group, manifest: Manifest) -> None:
     """The store's exact per-channel statistics from the per-shard partials, merged in shard order."""
     for name in manifest.teachers:
-        base = f"teachers/{name}/stats"
-        counts = group[f"{base}/shard_count"][:]
-        tokens = int(np.prod(group[f"teachers/{name}/patch"].shape[1:3]))
+        stat = partial(paths.stats, name)
+        counts = group[stat("shard_count")][:]
+        tokens = int(np.prod(group[paths.patch(name)].shape[1:3]))
         kinds = [("patch", tokens), ("cls", 1)]
-        if f"{base}/shard_coef_patch_mean" in group:  # a projecting storage: the coefficients' statistics too
+        if stat("shard_coef_patch_mean") in group:  # a projecting storage: the coefficients' statistics too
             kinds += [("coef_patch", tokens), ("coef_cls", 1)]
         for tok, mult in kinds:
-            means, m2s = group[f"{base}/shard_{tok}_mean"][:], group[f"{base}/shard_{tok}_m2"][:]
+            means, m2s = group[stat(f"shard_{tok}_mean")][:], group[stat(f"shard_{tok}_m2")][:]
             n, mean, m2 = stats.merge([(int(c) * mult, means[i], m2s[i]) for i, c in enumerate(counts)])
-            group[f"{base}/{tok}_mean"][:] = mean.astype(np.float32)
-            group[f"{base}/{tok}_std"][:] = stats.std_from(n, m2).astype(np.float32)
-        group[f"{base}/count"][...] = int(counts.sum())
+            group[stat(f"{tok}_mean")][:] = mean.astype(np.float32)
+            group[stat(f"{tok}_std")][:] = stats.std_from(n, m2).astype(np.float32)
+        group[stat("count")][...] = int(counts.sum())
 
 
 def _counts(m: Manifest) -> dict:
