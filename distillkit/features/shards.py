@@ -31,6 +31,7 @@ log = logging.getLogger("distillkit")
 WRITERS = max(2, min(4, (os.cpu_count() or 2) // 4))  # whole-shard writers: crc32c and file writes in parallel
 DECODED_DEPTH = 2  # decoded shards waiting for the teachers
 FINISH_DEPTH = 4  # teacher batches waiting for the finish
+BACKGROUND_NICE = 10  # the niceness of every stage but the teachers
 
 
 def cache_shards(cfg, prepared, shards: list[int] | None = None, on_shard=None, show_progress: bool = True) -> dict:
@@ -74,11 +75,11 @@ def cache_shards(cfg, prepared, shards: list[int] | None = None, on_shard=None, 
 
     stop = threading.Event()
     decoded_q: queue.Queue = queue.Queue(maxsize=DECODED_DEPTH)
-    pool = ThreadPoolExecutor(max(cfg.num_workers, 1), thread_name_prefix="distillkit-decode")
+    pool = ThreadPoolExecutor(max(cfg.num_workers, 1), thread_name_prefix="distillkit-decode", initializer=background)
     feeder = threading.Thread(target=_feed, name="distillkit-feed", daemon=True,
                               args=(pool, decode, shards, rows_of, decoded_q, stop, cfg))
     writer = ShardWriterPool(group, writers=WRITERS, depth=1, on_written=on_written,
-                             busy=lambda s, cpu: clock.add("write", s, cpu))
+                             busy=lambda s, cpu: clock.add("write", s, cpu), init=background)
     finisher = _Finisher(prepared.codecs, buffers, clock, writer, stop, rejected)
     bar = tqdm(total=sum(len(rows_of(s)) for s in shards), unit="img", desc="caching", disable=not show_progress)
     feeder.start()
@@ -133,6 +134,7 @@ class _Finisher(threading.Thread):
 
     def run(self) -> None:
         codecs, buffers, clock, writer, stop, rejected = self._args
+        background()
         # passes over memory: one core does them at full speed; more threads only spin (and double the CPU time)
         torch.set_num_threads(1)
         while True:
@@ -162,8 +164,21 @@ class _Finisher(threading.Thread):
                 return
 
 
+def background() -> None:
+    """Lower this thread's CPU priority (Linux: per thread): the teachers should be the one busy stage, so the
+    work around them takes the cycles they leave (waits, barriers) instead of slowing every forward down."""
+    try:  # SCHED_IDLE: runs when a core would otherwise idle (the teachers' waits and barriers)
+        os.sched_setscheduler(threading.get_native_id(), os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
+        except (AttributeError, OSError):  # not Linux, or not allowed: same results, only less polite
+            pass
+
+
 def _feed(pool, decode, shards, rows_of, out: queue.Queue, stop: threading.Event, cfg) -> None:
     """Decode every row of the shards in order (a window of jobs in flight) and hand them over a shard at a time."""
+    background()
     try:
         all_rows = [r for s in shards for r in rows_of(s)]
         stream = prefetched(pool, decode, all_rows, window=max(2 * cfg.batch_size, 4 * cfg.num_workers))

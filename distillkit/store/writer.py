@@ -145,13 +145,14 @@ class ShardWriterPool:
     writing never serialises a run. At most `depth` shards wait. The first failure stops the writers: the shards
     already written stay complete and valid, and the failure is raised on the caller's thread."""
 
-    def __init__(self, group: zarr.Group, writers: int = 2, depth: int = 2, on_written=None, busy=None):
+    def __init__(self, group: zarr.Group, writers: int = 2, depth: int = 2, on_written=None, busy=None, init=None):
         self._group = group
         self._queue: queue.Queue = queue.Queue(maxsize=max(depth, 1))
         self._error: BaseException | None = None
         self._failed = -1  # the shard whose write failed
         self._on_written = on_written
         self._busy = busy  # optional callable(seconds, cpu seconds): time spent writing, for the stage report
+        self._init = init  # optional callable run first on each writer thread (e.g. its CPU priority)
         self._lock = threading.Lock()
         self._threads = [threading.Thread(target=self._run, name=f"distillkit-writer-{i}", daemon=True)
                          for i in range(max(writers, 1))]
@@ -165,6 +166,8 @@ class ShardWriterPool:
     def _run(self) -> None:
         import time
 
+        if self._init:
+            self._init()
         while True:
             item = self._queue.get()
             if item is None:
