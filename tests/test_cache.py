@@ -11,12 +11,11 @@ import pytest
 import zarr
 from PIL import Image
 
-from conftest import REPO, TINY_TEACHER, read_all, tiny_cache_config
+from conftest import BIN, REPO, TINY_TEACHER, read_all, tiny_cache_config
 from distillkit.features.pipeline import run_cache
 from distillkit.store import NotAStore, StoreMismatch
 
-CLI = [str(REPO / ".venv/bin/distillkit")] if (REPO / ".venv/bin/distillkit").exists() else \
-    [sys.executable, "-m", "distillkit.cli"]
+CLI = [str(BIN / "distillkit")] if (BIN / "distillkit").exists() else [sys.executable, "-m", "distillkit.cli"]
 
 
 def cli(*args, check=True):

@@ -166,14 +166,12 @@ class _Finisher(threading.Thread):
 
 def background() -> None:
     """Lower this thread's CPU priority (Linux: per thread): the teachers should be the one busy stage, so the
-    work around them takes the cycles they leave (waits, barriers) instead of slowing every forward down."""
-    try:  # SCHED_IDLE: runs when a core would otherwise idle (the teachers' waits and barriers)
-        os.sched_setscheduler(threading.get_native_id(), os.SCHED_IDLE, os.sched_param(0))
-    except (AttributeError, OSError):
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
-        except (AttributeError, OSError):  # not Linux, or not allowed: same results, only less polite
-            pass
+    work around them takes the cycles they leave (waits, barriers) instead of slowing every forward down. A nice
+    level, not SCHED_IDLE: on a node shared with other jobs, idle-class decoders could starve and idle the GPU."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
+    except (AttributeError, OSError):  # not Linux, or not allowed: same results, only less polite
+        pass
 
 
 def _feed(pool, decode, shards, rows_of, out: queue.Queue, stop: threading.Event, cfg) -> None:

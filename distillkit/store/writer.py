@@ -13,6 +13,8 @@ import numpy as np
 import zarr
 from zarr.storage import LocalStore
 
+from distillkit_schemas import paths
+
 from distillkit.store import stats as st
 from distillkit.store.direct_write import write_rows
 
@@ -60,13 +62,13 @@ def write_shard(group: zarr.Group, r: ShardResult) -> None:
     rows = {"samples/valid": r.valid, "samples/error": np.array(r.error, dtype=object).astype(str),
             "samples/source_hw": r.source_hw, "samples/view": r.view, "samples/image": r.image}
     for name, t in r.teachers.items():
-        rows.update({f"teachers/{name}/patch": t.patch, f"teachers/{name}/cls": t.cls})
+        rows.update({paths.patch(name): t.patch, paths.cls(name): t.cls})
     for path, values in rows.items():
         arr = group[path]
         if not write_rows(arr, sl.start, sl.stop, values):  # a layout the direct writer does not cover
             arr[sl] = values
     for name, t in r.teachers.items():
-        write_partials(group, f"teachers/{name}", r.shard, ok, t)
+        write_partials(group, paths.teacher(name), r.shard, ok, t)
     group["progress/shard_done"][r.shard] = 1  # LAST: the shard counts as done only after all of the above
 
 
