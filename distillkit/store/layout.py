@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 import numpy as np
@@ -16,7 +15,7 @@ from distillkit_schemas import (
 )
 from distillkit_schemas.validate import read_manifest, read_provenance
 
-from distillkit.store.metadata import raise_if_damaged
+from distillkit.store.metadata import raise_if_damaged, zarr_store
 from distillkit.store.target import NotAStore, inspect_target
 
 log = logging.getLogger("distillkit")
@@ -53,11 +52,7 @@ def _open_group(url: str, mode: str, storage_options: dict[str, Any] | None, con
         kwargs["use_consolidated"] = consolidated
     if mode not in ("r", "w"):
         kwargs["use_consolidated"] = False
-    if is_url(url):
-        store = zarr.storage.FsspecStore.from_url(url, storage_options=storage_options or {}, read_only=mode == "r")
-        return zarr.open_group(store=store, mode=mode, **kwargs)
-    # an absolute root: zarr's LocalStore mis-joins some keys of a relative one (nbytes_stored of nested arrays)
-    return zarr.open_group(store=os.path.abspath(url), mode=mode, **kwargs)
+    return zarr.open_group(store=zarr_store(url, storage_options, read_only=mode == "r"), mode=mode, **kwargs)
 
 
 def begin_creation(group: zarr.Group, kind: str) -> None:

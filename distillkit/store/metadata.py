@@ -24,20 +24,19 @@ class DamagedMetadata(ValueError):
     """A store's metadata document cannot be read; the message names the file."""
 
 
-def _open_node(url: str, node: str, meta: dict, storage_options: dict | None) -> None:
-    """Let zarr itself parse an array's document (codec names, data type, chunk grid): raises what zarr would.
-    (zarr directly, not store.layout.open_group: that one calls back here when an open fails.)"""
-    if meta.get("node_type") != "array" or not node:
-        return
-    store = (zarr.storage.FsspecStore.from_url(url, storage_options=storage_options or {}, read_only=True)
-             if "://" in url else zarr.storage.LocalStore(os.path.abspath(url), read_only=True))
-    zarr.open_array(store=store, path=node, mode="r", zarr_format=3)
+def zarr_store(url: str, storage_options: dict[str, Any] | None = None, read_only: bool = True):
+    """The zarr store of a local path or an fsspec URL. A local root is made absolute: zarr's LocalStore mis-joins
+    some keys of a relative one (nbytes_stored of nested arrays)."""
+    if "://" in url:
+        return zarr.storage.FsspecStore.from_url(url, storage_options=storage_options or {}, read_only=read_only)
+    return zarr.storage.LocalStore(os.path.abspath(url), read_only=read_only)
 
 
 def damaged_metadata(url: str, storage_options: dict[str, Any] | None = None) -> list[str]:
     """``"<url>/<node>/zarr.json: <what is wrong>"`` for every node whose metadata is unreadable."""
     fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
     root = root.rstrip("/")
+    store = zarr_store(url, storage_options)  # zarr itself parses each array's document (codecs, dtype, grid)
     found: list[str] = []
     pending = [""]
     while pending:
@@ -48,7 +47,8 @@ def damaged_metadata(url: str, storage_options: dict[str, Any] | None = None) ->
             meta = json.loads(fs.cat_file(doc))
             if not isinstance(meta, dict) or meta.get("node_type") not in ("group", "array"):
                 raise ValueError("not a Zarr v3 group or array document")
-            _open_node(url, node, meta, storage_options)
+            if meta["node_type"] == "array" and node:
+                zarr.open_array(store=store, path=node, mode="r", zarr_format=3)
         except FileNotFoundError:
             if not node:
                 found.append(f"{name}: {NOT_A_STORE}")
