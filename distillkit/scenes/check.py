@@ -163,13 +163,13 @@ def render_scenes(s: SceneStoreSummary) -> list:
     m = s.manifest
     net = m["network"]
     out.append(f"[bold]{s.url}[/]  {m['schema_version']}  status [bold]{m['status']}[/]  completion "
-                  f"{s.completion:.0f}% ({sum(x['done'] for x in s.scenes)}/{len(s.scenes)} scenes)  version "
-                  f"{m['version']}")
+               f"{s.completion:.0f}% ({sum(x['done'] for x in s.scenes)}/{len(s.scenes)} scenes)  version "
+               f"{m['version']}")
     out.append(f"source {m['source']} ({m['layout']}), loader size {m['image_size']}, graph {m['graph']}"
-                  f"{' symmetrised' if m['symmetrize'] else ''}, predictor {net['predictor']} ({net['arch']})")
+               f"{' symmetrised' if m['symmetrize'] else ''}, predictor {net['predictor']} ({net['arch']})")
     if net["checkpoint_sha256"].startswith("random-init:"):
         out.append(f"[bold red]WARNING: the pair outputs come from a RANDOMLY initialised network "
-                      f"({net['checkpoint_sha256']}); they are not real targets[/]")
+                   f"({net['checkpoint_sha256']}); they are not real targets[/]")
     elif net["predictor"] == "network":
         out.append(f"network {net['checkpoint']} sha256 {net['checkpoint_sha256'][:16]}")
     t = Table(title="scenes")

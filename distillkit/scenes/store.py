@@ -148,8 +148,9 @@ def read_intact(arr: zarr.Array, sel: Any = Ellipsis, check_objects: bool = True
     """arr[sel] of an aligned scene, refusing damage by name: a storage object that is gone (zarr reads it back as
     fill values) or that fails its checksum. `check_objects=False` skips the listing (a loop that checked once)."""
     try:
-        if check_objects and missing_objects(arr):
-            raise ValueError(f"{missing_objects(arr)} storage object(s) missing")
+        gone = missing_objects(arr) if check_objects else 0  # one listing
+        if gone:
+            raise ValueError(f"{gone} storage object(s) missing")
         return np.asarray(arr[sel])
     except ValueError as e:
         raise ValueError(f"{arr.path} is damaged ({' '.join(str(e).split())[:120]}); `distillkit validate --deep` "

@@ -136,14 +136,14 @@ def render_features(s: StoreSummary) -> list:
     out: list = []
     m = s.manifest
     out.append(f"[bold]{s.url}[/]  {m['schema_version']}  status [bold]{m['status']}[/]  "
-                  f"completion {s.completion:.0f}% ({s.shards_done}/{s.n_shards} shards)  version {m['version']}")
+               f"completion {s.completion:.0f}% ({s.shards_done}/{s.n_shards} shards)  version {m['version']}")
     out.append(f"samples {m['n_samples']} (valid {m['n_valid']}, rejected {m['n_rejected']}), shard size "
-                  f"{m['shard_size']}, student input {m['image_hw'][0]}x{m['image_hw'][1]} / patch "
-                  f"{m['student_patch']}, source {m['source']}")
+               f"{m['shard_size']}, student input {m['image_hw'][0]}x{m['image_hw'][1]} / patch "
+               f"{m['student_patch']}, source {m['source']}")
     for name, pv in s.provenance.items():
         if pv["checkpoint_sha256"].startswith("random-init:"):
             out.append(f"[bold red]WARNING: teacher {name} was cached from RANDOM weights "
-                          f"({pv['checkpoint_sha256']}); its features are not real targets[/]")
+                       f"({pv['checkpoint_sha256']}); its features are not real targets[/]")
     out.append(array_table(s.arrays))
     p = Table(title="teachers")
     for col in ("teacher", "arch", "weights", "sha256", "input", "grid", "dim", "dtype", "storage",
