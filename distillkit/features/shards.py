@@ -67,11 +67,19 @@ def cache_shards(cfg, prepared, shards: list[int] | None = None, on_shard=None, 
         if on_shard:
             on_shard(written["shards"], len(shards))
 
-    def rejected(job: ShardFinish) -> None:
+    unsaid: queue.SimpleQueue = queue.SimpleQueue()
+
+    def rejected(job: ShardFinish) -> None:  # on the finish thread
         for i in (i for i, v in enumerate(job.valid) if not v):
             r = job.rows[i]
             written["rejected"].append({"id": str(ids[r]), "uri": str(uris[r]), "reason": job.errors[i]})
-            log.warning("skipping %s: %s", uris[r], job.errors[i])
+            unsaid.put((uris[r], job.errors[i]))
+
+    def say_rejected() -> None:
+        """Log rejections from the calling (main) thread: a Prefect flow's log handler needs the run's context,
+        which the stage threads lack."""
+        while not unsaid.empty():
+            log.warning("skipping %s: %s", *unsaid.get())
 
     stop = threading.Event()
     decoded_q: queue.Queue = queue.Queue(maxsize=DECODED_DEPTH)
@@ -91,6 +99,7 @@ def cache_shards(cfg, prepared, shards: list[int] | None = None, on_shard=None, 
             job = ShardFinish(s, rows, decoded, teachers, buffers, tuple(m.image_hw))
             forward_shard(teachers, job, cfg.batch_size, clock, buffers, finisher.put)
             written["samples"] += len(rows)
+            say_rejected()
             bar.update(len(rows))
             bar.set_postfix(bottleneck=clock.bottleneck(), refresh=False)
         finisher.put(None)
@@ -102,6 +111,7 @@ def cache_shards(cfg, prepared, shards: list[int] | None = None, on_shard=None, 
         pool.shutdown(wait=True, cancel_futures=True)
         feeder.join()
         finisher.join()
+        say_rejected()
         bar.close()
         writer.close()
     written["wall_s"] = time.perf_counter() - t0
