@@ -17,6 +17,7 @@ from distillkit_schemas import Manifest, paths
 from distillkit_schemas.v1 import utcnow
 
 from distillkit.store import growth, layout, sample_index, stats
+from distillkit.store.writer import drop_inflight_dir
 
 if TYPE_CHECKING:
     from distillkit.config.cache import CacheConfig
@@ -39,6 +40,7 @@ def finalize_store(cfg: CacheConfig | str, storage_options: dict | None = None) 
         missing = np.flatnonzero(done == 0)
         log.info("store %s: %d/%d shards done; not finalizing yet", url, int(done.sum()), len(done))
         return {"status": "in_progress", "missing_shards": missing.tolist()}
+    drop_inflight_dir(group)  # every shard done: nothing is in flight
     if manifest.status == "complete":
         if manifest.sample_index is None:  # finalized before the index existed: add it (same version)
             manifest.sample_index = write_sample_index(group, manifest)

@@ -57,19 +57,20 @@ def write_shard(group: zarr.Group, r: ShardResult) -> None:
     """Write every array of one shard in single aligned calls, then the statistics, then the marker."""
     sl = slice(r.start, r.stop)
     ok = r.valid.astype(bool)
-    remove_debris(group, r.shard)
-    group = _GroupView(group)
+    marker = begin_shard(group, r.shard)
+    w = _GroupView(group)
     rows = {"samples/valid": r.valid, "samples/error": np.array(r.error, dtype=object).astype(str),
             "samples/source_hw": r.source_hw, "samples/view": r.view, "samples/image": r.image}
     for name, t in r.teachers.items():
         rows.update({paths.patch(name): t.patch, paths.cls(name): t.cls})
     for path, values in rows.items():
-        arr = group[path]
+        arr = w[path]
         if not write_rows(arr, sl.start, sl.stop, values):  # a layout the direct writer does not cover
             arr[sl] = values
     for name, t in r.teachers.items():
-        write_partials(group, paths.teacher(name), r.shard, ok, t)
-    group["progress/shard_done"][r.shard] = 1  # LAST: the shard counts as done only after all of the above
+        write_partials(w, paths.teacher(name), r.shard, ok, t)
+    w["progress/shard_done"][r.shard] = 1  # LAST: the shard counts as done only after all of the above
+    end_shard(group, marker)
 
 
 def write_partials(group, base: str, shard: int, ok: np.ndarray, t: TeacherShard) -> None:
@@ -89,17 +90,65 @@ def write_partials(group, base: str, shard: int, ok: np.ndarray, t: TeacherShard
     group[f"{base}/stats/shard_count"][shard] = int(ok.sum())
 
 
-def remove_debris(group: zarr.Group, shard: int) -> None:
-    """Delete temp files (`*.partial`) a killed writer left in this shard's chunk folders (local stores).
+INFLIGHT_SUFFIX = ".inflight"  # beside the store, like its lease: `<store>.inflight/<shard>`
+
+
+def inflight_dir(group: zarr.Group) -> Path | None:
+    """Where a local store's writers record the shards they are writing (None: not a local store)."""
+    if not isinstance(group.store, LocalStore):
+        return None
+    root = Path(group.store.root)
+    return root.with_name(root.name + INFLIGHT_SUFFIX)
+
+
+def begin_shard(group: zarr.Group, shard: int) -> Path | None:
+    """Before writing a shard: clean what a killed writer of this shard left, then record that it is in flight.
+
+    The record costs one stat and one create whatever the store's size: a shard's debris is searched for only
+    when its record says a writer died while writing it (listing the store's chunk folders for every shard made
+    caching O(N²))."""
+    folder = inflight_dir(group)
+    if folder is None:
+        return None
+    marker = folder / str(shard)
+    if marker.exists():
+        remove_debris(group, shard)
+    folder.mkdir(exist_ok=True)
+    marker.touch()
+    return marker
+
+
+def end_shard(group: zarr.Group, marker: Path | None) -> None:
+    """After the shard's completion mark: nothing of it is in flight any more."""
+    if marker is not None:
+        marker.unlink(missing_ok=True)
+
+
+def drop_inflight_dir(group: zarr.Group) -> None:
+    """Once every shard is done (finalize): the empty record folder goes (left if a record is still there)."""
+    folder = inflight_dir(group)
+    if folder is not None:
+        try:
+            folder.rmdir()
+        except OSError:
+            pass
+
+
+def remove_debris(group: zarr.Group, shard: int) -> int:
+    """Delete temp files (`*.partial`) a killed writer left in this shard's chunk paths (local stores); returns
+    how many. Only called for a shard recorded in flight (begin_shard): it lists every array's `c/` folder.
 
     LocalStore writes through temp file + rename, so a SIGKILL can leave one behind. Only this shard's own chunk
     paths are touched: a writer owns its shard, so no other process can be writing there.
     """
     if not isinstance(group.store, LocalStore):
-        return
+        return 0
+    removed = 0
     for array_dir in _chunk_dirs(Path(group.store.root)):
         for debris in list(array_dir.glob(f"{shard}.*.partial")) + list(array_dir.glob(f"{shard}/**/*.partial")):
             debris.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 def remove_metadata_debris(group: zarr.Group) -> int:
