@@ -84,3 +84,41 @@ def test_incomplete_store_is_refused(cached_store, tmp_path):
     zarr.consolidate_metadata(str(other))
     with pytest.raises(ValueError, match="not complete"):
         StoreSource(str(other))
+
+
+_UNWRAPPED_READ = StoreSource.read
+
+
+def _reads_of_an_eval(store, k: int, monkeypatch) -> tuple[list[tuple[str, int]], int]:
+    """(the (array, shard) reads of evaluating k held-out samples as training does, samples evaluated)."""
+    from types import SimpleNamespace
+
+    from distillkit.training.dune.data import Group, val_streams
+
+    reads = []
+    real = _UNWRAPPED_READ
+    monkeypatch.setattr(StoreSource, "read", lambda self, name, a, b: reads.append((name, a)) or real(self, name, a, b))
+    src = StoreSource(str(store))
+    cfg = SimpleNamespace(batch_size=4, max_eval_samples=k)
+    [(stream, _)] = val_streams(cfg, [Group("all", [src], None, None)])
+    samples = sum(len(b["ids"]) for b in make_loader(stream, 0))
+    return reads, samples
+
+
+def test_evaluation_reads_only_the_shards_of_the_samples_it_evaluates(cached_store, photos, tmp_path, monkeypatch):
+    from conftest import tiny_cache_config
+
+    from distillkit.cache import run_cache
+
+    # a store 3x larger whose first samples are the small store's (the copies' ids sort after them)
+    source = tmp_path / "src"
+    shutil.copytree(photos, source)
+    for copy in ("zz1", "zz2"):
+        shutil.copytree(photos, source / copy)
+    big = tmp_path / "big.zarr"
+    run_cache(tiny_cache_config(source, big), show_progress=False)
+    small_reads, n_small = _reads_of_an_eval(cached_store, 2, monkeypatch)
+    big_reads, n_big = _reads_of_an_eval(big, 2, monkeypatch)
+    assert n_small == n_big == 2
+    assert small_reads and sorted(big_reads) == sorted(small_reads)  # O(samples evaluated), not O(store)
+    assert len({a for _, a in big_reads}) < StoreSource(str(big)).manifest.n_samples // 4  # not every shard

@@ -208,36 +208,63 @@ class ShardStream(IterableDataset):
         self.with_image = with_image
         self.shard_size = sources[0].manifest.shard_size
         self.n_shards = math.ceil(len(self.ids) / self.shard_size)
+        # usable rows per shard: planning works on shards (O(N/S)); a shard without one is never read
+        self.shard_rows = np.add.reduceat(self.usable, np.arange(0, len(self.usable), self.shard_size)) \
+            if len(self.usable) else np.zeros(0, np.int64)
         self.epoch = 0
         self.start_batch = 0
         self.num_workers = 1  # set by make_loader; the plan depends on it
+        self._plans: dict[tuple, Any] = {}  # per-epoch planning, asked for several times before the first step
 
     # ---- planning (cheap, deterministic) -------------------------------------------------------------------
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.epoch, self.start_batch = epoch, start_batch
 
-    def _blocks(self, epoch: int) -> list[list[int]]:
-        rng = np.random.default_rng([self.seed, epoch])
-        shards = rng.permutation(self.n_shards) if self.shuffle else np.arange(self.n_shards)
-        mine = shards[self.rank::self.world].tolist()
-        k = self.shuffle_shards if self.shuffle else max(len(mine), 1)
-        return [mine[i:i + k] for i in range(0, len(mine), k)]
+    def _cached(self, key: tuple, make):
+        if key not in self._plans:
+            if len(self._plans) >= 8:  # a few epochs x worker counts; planning is cheap to redo beyond that
+                self._plans.pop(next(iter(self._plans)))
+            self._plans[key] = make()
+        return self._plans[key]
 
-    def _block_rows(self, epoch: int, block_id: int, shards: list[int]) -> np.ndarray:
+    def _blocks(self, epoch: int) -> list[np.ndarray]:
+        """This rank's shards with a usable row, cut into blocks of `shuffle_shards` (also in order: evaluation
+        then holds one block of shards at a time, never the whole store)."""
+        def make():
+            rng = np.random.default_rng([self.seed, epoch])
+            shards = rng.permutation(self.n_shards) if self.shuffle else np.arange(self.n_shards)
+            mine = shards[self.rank::self.world]
+            mine = mine[self.shard_rows[mine] > 0]
+            k = self.shuffle_shards
+            return [mine[i:i + k] for i in range(0, len(mine), k)]
+        return self._cached(("blocks", epoch), make)
+
+    def _block_rows(self, epoch: int, block_id: int, shards: np.ndarray) -> np.ndarray:
         rows = np.concatenate([np.arange(s * self.shard_size, min((s + 1) * self.shard_size, len(self.ids)))
-                               for s in shards]) if shards else np.zeros(0, np.int64)
+                               for s in shards.tolist()]) if len(shards) else np.zeros(0, np.int64)
         rows = rows[self.usable[rows]]
         if self.shuffle:
             rows = np.random.default_rng([self.seed, epoch, self.rank, block_id]).permutation(rows)
         return rows
 
     def worker_plan(self, epoch: int, worker: int, num_workers: int) -> list[tuple[list[int], np.ndarray]]:
-        blocks = self._blocks(epoch)
-        return [(blocks[b], self._block_rows(epoch, b, blocks[b])) for b in range(worker, len(blocks), num_workers)]
+        """(shards, rows) of each block of one worker: O(its rows), not O(the store)."""
+        def make():
+            blocks = self._blocks(epoch)
+            return [(blocks[b].tolist(), self._block_rows(epoch, b, blocks[b]))
+                    for b in range(worker, len(blocks), num_workers)]
+        return self._cached(("plan", epoch, worker, num_workers), make)
 
     def worker_batch_counts(self, epoch: int, num_workers: int) -> list[int]:
-        return [math.ceil(sum(len(r) for _, r in self.worker_plan(epoch, w, num_workers)) / self.batch_size)
-                for w in range(num_workers)]
+        """From per-shard row counts alone (no row lists are built)."""
+        def make():
+            blocks = self._blocks(epoch)
+            if not blocks:
+                return [0] * num_workers
+            starts = np.cumsum([0] + [len(b) for b in blocks[:-1]])
+            per_block = np.add.reduceat(self.shard_rows[np.concatenate(blocks)], starts).tolist()
+            return [math.ceil(sum(per_block[w::num_workers]) / self.batch_size) for w in range(num_workers)]
+        return list(self._cached(("counts", epoch, num_workers), make))
 
     def batches_per_epoch(self, epoch: int = 0) -> int:
         return sum(self.worker_batch_counts(epoch, self.num_workers))
@@ -253,10 +280,16 @@ class ShardStream(IterableDataset):
                     left[w] -= 1
         return order
 
+    def __getstate__(self) -> dict:
+        # workers plan their own share: never ship the main process's cached plans (O(N) rows) to them
+        return {**self.__dict__, "_plans": {}}
+
     # ---- iteration ------------------------------------------------------------------------------------------
-    def _load_block(self, shards: list[int]) -> dict[str, dict[int, np.ndarray]]:
-        """Whole shards of every array ({name: {shard: rows}}), one call per shard and array. Remote stores are
-        read 8 calls at a time (latency-bound); local ones 2 (more threads only contend for the GIL and page faults)."""
+    def _load_block(self, shards: list[int]) -> dict[str, dict[int, tuple[np.ndarray | None, np.ndarray]]]:
+        """Whole shards of every array ({name: {shard: (kept rows or None, data)}}), one call per shard and array.
+        Remote stores are read 8 calls at a time (latency-bound); local ones 2 (more threads only contend for the
+        GIL and page faults). A shard with few usable rows (held-out samples, `max_samples`) keeps only those, so
+        that what a block holds is bounded by the rows it serves, not by the shards they are spread over."""
         jobs = []
         for si, src in enumerate(self.sources):
             for name in src.array_names(self.with_image and si == 0):
@@ -266,13 +299,17 @@ class ShardStream(IterableDataset):
         with ThreadPoolExecutor(min(threads, max(len(jobs), 1))) as pool:
             parts = list(pool.map(lambda j: self.sources[j[0]].read(
                 j[1], j[2] * self.shard_size, min((j[2] + 1) * self.shard_size, len(self.ids))), jobs))
-        data: dict[str, dict[int, np.ndarray]] = {}
+        kept = {}
+        for s in shards:
+            keep = np.flatnonzero(self.usable[s * self.shard_size:(s + 1) * self.shard_size])
+            kept[s] = keep if 2 * len(keep) < min(self.shard_size, len(self.ids) - s * self.shard_size) else None
+        data: dict[str, dict[int, tuple[np.ndarray | None, np.ndarray]]] = {}
         for (_, name, s), arr in zip(jobs, parts):
-            data.setdefault(name, {})[s] = arr
+            keep = kept[s]
+            data.setdefault(name, {})[s] = (keep, arr if keep is None else np.take(arr, keep, axis=0))
         return data
 
-    def _batch(self, rows: np.ndarray, blocks: list[dict[str, dict[int, np.ndarray]]], worker: int,
-               index: int) -> dict[str, Any]:
+    def _batch(self, rows: np.ndarray, blocks: list[dict], worker: int, index: int) -> dict[str, Any]:
         # a batch is a set: in row order each shard's rows form one run, gathered straight into the output
         rows = np.sort(rows)
         out: dict[str, Any] = {"ids": [str(self.ids[r]) for r in rows], "rows": torch.from_numpy(rows),
@@ -281,12 +318,14 @@ class ShardStream(IterableDataset):
         cuts = [0, *(np.flatnonzero(np.diff(shard_of)) + 1).tolist(), len(rows)]
         for name in blocks[0]:
             by_shard = {s: a for block in blocks for s, a in block[name].items()}
-            like = by_shard[int(shard_of[0])]
+            like = by_shard[int(shard_of[0])][1]
             tensor = _batch_tensor((len(rows), *like.shape[1:]), like.dtype)
             res = tensor.numpy()
             for a, b in zip(cuts[:-1], cuts[1:]):
                 s = int(shard_of[a])
-                _gather(by_shard[s], rows[a:b] - s * self.shard_size, res[a:b])
+                keep, arr = by_shard[s]
+                local = rows[a:b] - s * self.shard_size
+                _gather(arr, local if keep is None else np.searchsorted(keep, local), res[a:b])
             out[name] = tensor
         return out
 
