@@ -122,3 +122,22 @@ def test_evaluation_reads_only_the_shards_of_the_samples_it_evaluates(cached_sto
     assert n_small == n_big == 2
     assert small_reads and sorted(big_reads) == sorted(small_reads)  # O(samples evaluated), not O(store)
     assert len({a for _, a in big_reads}) < StoreSource(str(big)).manifest.n_samples // 4  # not every shard
+
+
+def test_sample_ids_are_one_buffer_decoded_on_access():
+    import pickle
+
+    from distillkit.store.ids import SampleIds
+
+    values = ["a/img_0.png", "", "dé/ünï.jpg", "z" * 40, "b/img_1.png"]
+    ids = SampleIds.of(np.array(values, dtype=np.dtypes.StringDType()))
+    assert len(ids) == 5 and [ids[i] for i in range(5)] == values and ids[-1] == values[-1] and ids.tolist() == values
+    assert ids[np.array([True, False, True, False, True])].tolist() == values[::2]
+    assert ids[np.array([3, 0])].tolist() == [values[3], values[0]] and ids[1:3].tolist() == values[1:3]
+    assert ids.nbytes == sum(len(v.encode()) for v in values) + 8 * 6  # bytes + offsets: no object per id
+    assert len(pickle.dumps(ids, protocol=5)) < ids.nbytes + 400
+    other = SampleIds.of(values[:2] + ["x", *values[3:]])
+    assert ids.differs(ids).tolist() == [] and ids.differs(other).tolist() == [2]
+    assert ids.differs(SampleIds.of(values[:3])).tolist() == [3, 4]
+    with pytest.raises(IndexError, match="row 5 out of range"):
+        ids[5]

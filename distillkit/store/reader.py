@@ -34,6 +34,7 @@ from distillkit_schemas.validate import read_manifest, read_provenance
 from distillkit.store import sample_index
 from distillkit.store.codecs import Target, read_codec
 from distillkit.store.direct import direct_reader
+from distillkit.store.ids import SampleIds
 from distillkit.store.layout import open_group
 
 Split = Literal["train", "val", "all"]
@@ -75,7 +76,7 @@ class StoreSource:
         # a few objects, not 3 per shard; a store finalized without an index: the per-shard table
         table = sample_index.read(group, self.manifest) or sample_index.read_columns(group, "samples", n)
         ids, valid, split = table["id"], table["valid"], table["split"]
-        self.ids = np.array(ids.tolist(), dtype=object)
+        self.ids = SampleIds.of(ids)  # one buffer, not a Python str per sample in every process
         self.valid = valid.astype(bool)
         self.split = split
         self._lock = threading.Lock()
@@ -164,14 +165,14 @@ class MemmapSource(StoreSource):
         return np.array(self._open()[name][start:stop])
 
 
-def zip_sources(sources: list[StoreSource]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def zip_sources(sources: list[StoreSource]) -> tuple[SampleIds, np.ndarray, np.ndarray]:
     """Check that every store has the same sample table; return (ids, valid in all, split)."""
     first = sources[0]
     seen: dict[str, str] = {}
     for s in sources:
         if s.manifest.shard_size != first.manifest.shard_size or len(s.ids) != len(first.ids):
             raise ValueError(f"stores {first.url} and {s.url} have different sample tables or shard sizes")
-        mismatch = np.flatnonzero(s.ids != first.ids)
+        mismatch = s.ids.differs(first.ids) if s is not first else np.zeros(0, np.int64)
         if mismatch.size:
             i = int(mismatch[0])
             raise ValueError(f"stores {first.url} and {s.url} are not aligned: sample {i} is {first.ids[i]!r} in "
@@ -312,7 +313,7 @@ class ShardStream(IterableDataset):
     def _batch(self, rows: np.ndarray, blocks: list[dict], worker: int, index: int) -> dict[str, Any]:
         # a batch is a set: in row order each shard's rows form one run, gathered straight into the output
         rows = np.sort(rows)
-        out: dict[str, Any] = {"ids": [str(self.ids[r]) for r in rows], "rows": torch.from_numpy(rows),
+        out: dict[str, Any] = {"ids": [self.ids[r] for r in rows.tolist()], "rows": torch.from_numpy(rows),
                                "worker": worker, "index": index}
         shard_of = rows // self.shard_size
         cuts = [0, *(np.flatnonzero(np.diff(shard_of)) + 1).tolist(), len(rows)]
