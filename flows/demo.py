@@ -8,6 +8,7 @@ unless DISTILLKIT_DEMO_CHECKPOINT points at real DINOv2 ViT-S/14-reg weights.
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 import time
 import warnings
@@ -46,13 +47,20 @@ def main(out: str = "demo_out") -> int:
     print(f"  checkpoint    : {result['checkpoint']}")
     print(f"  metrics       : {result['metrics']}  (loss {result['first_loss']:.3f} -> {result['last_loss']:.3f})")
     print(f"  loss curve    : {result['loss_curve']}")
-    print("next:")
-    print(f"  .venv/bin/distillkit inspect {store}")
-    print(f"  .venv/bin/distillkit validate {store}")
-    print(f"  .venv/bin/distillkit bench loader --store {store}")
-    print(f"  .venv/bin/distillkit train --store {store} --out {out_dir / 'student'} --epochs 24   # resumes")
+    print("next (tests/test_first_hour.py runs these on a small store):")
+    for argv, why in next_commands(store, str(out_dir / "student")):
+        print(f"  .venv/bin/{shlex.join(argv)}   # {why}")
     print("=" * 78)
     return 0
+
+
+def next_commands(store: str, student: str) -> list[tuple[list[str], str]]:
+    """What the demo tells the user to run next, with why: look at the store, then train the student further."""
+    return [(["distillkit", "inspect", store], "arrays, codecs, bytes, provenance"),
+            (["distillkit", "validate", store], "schema, completeness, NaN/Inf"),
+            (["distillkit", "bench", "loader", "--store", store, "--epochs", "1"], "streaming read speed"),
+            (["distillkit", "train", "--store", store, "--out", student, "--epochs", "24"],
+             "resumes the demo's student with its own settings, for 24 epochs in all")]
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -42,3 +44,59 @@ def test_show_pca_cli(cached_store, tmp_path):
     img = np.asarray(Image.open(out))
     assert img.shape[0] > 200 and img.shape[1] > 300  # 3 rows x (image, teacher, student)
     assert img[..., :3].std() > 10  # not a blank canvas
+
+
+def _scalar_images(fig):
+    """(axes, image) of every colour-mapped panel of `fig` (RGB panels have no norm range to explain)."""
+    return [(ax, im) for ax in fig.axes for im in ax.images if im.get_array().ndim == 2]
+
+
+def test_scene_pictures_explain_themselves(oracle_scene_store, tmp_path, monkeypatch):
+    """Every panel of `show --scene` has a title; every colour-mapped one a colour bar naming its unit; the
+    pointmap's colours are keyed by the scene box in metres (the oracle scene is aligned to metric poses)."""
+    from distillkit.scenes import figures
+    from distillkit.scenes.export import show_scene
+
+    drawn = []
+    real_save = figures.save
+    monkeypatch.setattr(figures, "save", lambda fig, path, dpi=100: (drawn.append(fig), real_save(fig, path))[1])
+    res = show_scene(str(oracle_scene_store), tmp_path, "office_wide", n_frames=2)
+    assert len(drawn) == len(res["files"]) + 1 and all(Path(f).is_file() for f in res["files"])
+    for fig in drawn:
+        colorbars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+        panels = [ax for ax in fig.axes if ax not in colorbars]
+        assert panels and all(ax.get_title() for ax in panels)
+        scalar = _scalar_images(fig)
+        assert len(colorbars) == len([1 for ax, im in scalar if ax not in colorbars])
+        for bar in colorbars:
+            assert re.search(r"\((m|m, the dataset's|>= 1, unitless)\)", bar.get_ylabel()), bar.get_ylabel()
+        for ax in panels:
+            rgb = [im for im in ax.images if im.get_array().ndim == 3]
+            if rgb and "pointmap" in ax.get_title():
+                assert re.search(r"R: x .* G: y .* B: z .*\(m\)", ax.get_xlabel())
+    overview = drawn[-1]
+    assert "2 of" in overview._suptitle.get_text() and "in m" in overview._suptitle.get_text()
+
+
+def test_loss_curve_colours_match_the_legend_across_a_resume():
+    """One colour per teacher for its training line and all its held-out dots (a resume appends evals), and the
+    legend shows exactly what is drawn."""
+    from matplotlib.colors import to_hex
+
+    from distillkit.training.dune.plots import loss_curve_figure
+
+    teachers = ["dinov2", "mast3r"]
+    train = [{"step": s, "loss": 1.0 / s, **{f"loss/{t}": (i + 1.0) / s for i, t in enumerate(teachers)}}
+             for s in range(1, 21)]
+    evals = [{"step": s, **{t: {"loss": 0.5 / s} for t in teachers}} for s in (10, 20)]  # 10: first run, 20: resumed
+    ax = loss_curve_figure({"train": train, "eval": evals}).axes[0]
+    drawn = {line.get_label(): to_hex(line.get_color()) for line in ax.lines}
+    legend = {text.get_text(): to_hex(handle.get_color())
+              for text, handle in zip(ax.get_legend().get_texts(), ax.get_legend().legend_handles)}
+    assert legend == drawn and len(drawn) == 1 + 2 * len(teachers)
+    for t in teachers:
+        assert drawn[f"train, {t}"] == drawn[f"held-out, {t}"]
+        dots = next(line for line in ax.lines if line.get_label() == f"held-out, {t}")
+        assert list(dots.get_xdata()) == [10, 20]  # both evaluations, one handle, one colour
+    assert len(set(drawn.values())) == 1 + len(teachers)  # the mean (black) + one per teacher
+    assert ax.get_xlabel() == "step" and "loss" in ax.get_ylabel() and ax.get_title()

@@ -43,6 +43,9 @@ def cache_scenes(
     image_size: Optional[int] = typer.Option(None, help="DUSt3R loader size: 512 | 224 | multiple of 16"),
     graph: Optional[str] = typer.Option(None, help="complete | swin-K | logwin-K | oneref-R | overlap-K"),
     max_frames: Optional[int] = typer.Option(None, help="frames per scene (evenly spread) [24]"),
+    predictor: Optional[str] = typer.Option(None, help="network (DUSt3R, the default) | gt-depth: exact pairs from "
+                                                       "the dataset's depth and poses, no weights needed (synthetic "
+                                                       "scenes, tests, upper bounds)"),
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda[:N]"),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML with SceneCacheConfig fields"),
 ):
@@ -55,7 +58,8 @@ def cache_scenes(
     network = {"checkpoint": checkpoint} if checkpoint else None
     try:
         cfg = load_config(SceneCacheConfig, config, source=source, store=store, image_size=image_size,
-                          graph=graph, max_frames=max_frames, device=device, network=network)
+                          graph=graph, max_frames=max_frames, device=device, network=network,
+                          predictor=predictor)
         res = run_scenes(cfg)
     except (StoreMismatch, ValueError) as e:
         fail(str(e))

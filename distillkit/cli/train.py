@@ -40,15 +40,16 @@ def train(
     num_workers: Optional[int] = typer.Option(None, help="dune: DataLoader workers"),
     device: Optional[str] = typer.Option(None),
     seed: Optional[int] = typer.Option(None),
-    no_resume: bool = typer.Option(False, help="start fresh even if a checkpoint exists"),
+    no_resume: bool = typer.Option(False, "--no-resume", help="start a new run even if --out holds a checkpoint "
+                                                               "(by default a run resumes it, with its settings)"),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML file with TrainConfig fields (or "
                                                                        "PointmapJobConfig fields with task: pointmap)"),
 ):
     """Train a DUNE-style student by streaming cached teacher features, or (--task pointmap) scene-specific
     pointmap students on a DUSt3R scene store."""
     setup_logging()
-    from distillkit.config.common import read_config_file
-    from distillkit.training.tasks import get_task, load_train_config
+    from distillkit.config.common import merged_config_data, read_config_file, validate_config
+    from distillkit.training.tasks import get_task
 
     common = dict(out_dir=out, task=task, batch_size=batch_size, epochs=epochs, max_steps=max_steps, lr=lr,
                   device=device, seed=seed, resume=False if no_resume else None)
@@ -60,12 +61,20 @@ def train(
         wrong = [f"--{k.replace('_', '-')}" for k, v in given.items() if v is not None and k not in chosen.options]
         if wrong:
             raise ValueError(f"{', '.join(wrong)} do not apply to --task {chosen.name}")
-        cfg = load_train_config(config, **{**common, **chosen.overrides(store or [], given, common)})
+        data = merged_config_data(config, {**common, **chosen.overrides(store or [], given, common)})
+        cfg = validate_config(chosen.config, resumed_settings(chosen, data, config), config)
         with progress_bars() as unit:
             result = chosen.run(cfg, unit)
     except ValueError as e:
         fail(str(e))
     show_report(chosen.report(cfg, result))
+
+
+def resumed_settings(chosen, data: dict, config: Optional[Path]) -> dict:
+    """`data` completed from the checkpoint in --out when the run resumes one (see `distillkit.training.resume`)."""
+    from distillkit.training.resume import settings_for_resume
+
+    return settings_for_resume(chosen.name, set(chosen.config.model_fields), data, config)
 
 
 @contextmanager

@@ -7,11 +7,12 @@ import re
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from distillkit_schemas.scenes import read_alignment, read_scene_info, read_scene_manifest
 
+from distillkit.scenes import figures as fig
 from distillkit.scenes import store as st
+from distillkit.scenes.figures import box_label, pointmap_rgb, world_unit
 
 
 def _scene(group, scene: str | None) -> str:
@@ -78,24 +79,6 @@ def export_ply(url: str, out: str | Path, scene: str | None = None, conf_thr: fl
 
 
 # ---------------------------------------------------------------------------------------------- PNG views
-def colormap(x: np.ndarray, valid: np.ndarray, name: str, lo=None, hi=None) -> np.ndarray:
-    from matplotlib import colormaps
-
-    vals = x[valid & np.isfinite(x)]
-    lo = float(np.percentile(vals, 2)) if lo is None and vals.size else (lo or 0.0)
-    hi = float(np.percentile(vals, 98)) if hi is None and vals.size else (hi or 1.0)
-    t = np.clip((x - lo) / max(hi - lo, 1e-12), 0, 1)
-    rgb = (colormaps[name](np.nan_to_num(t))[..., :3] * 255).astype(np.uint8)
-    rgb[~valid] = 0
-    return rgb
-
-
-def pointmap_rgb(pts: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """XYZ -> RGB with a scene-wide box (same colour = same place in every frame)."""
-    t = np.clip((pts - lo) / np.maximum(hi - lo, 1e-12), 0, 1)
-    return (np.nan_to_num(t) * 255).astype(np.uint8)
-
-
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
@@ -122,24 +105,33 @@ def show_scene(url: str, out_dir: str | Path, scene: str | None = None, n_frames
     dvalid = np.isfinite(depth_all) & (depth_all > 0)
     dlo, dhi = np.percentile(depth_all[dvalid], [2, 98]) if dvalid.any() else (0.0, 1.0)
     gt = group[f"{base}/gt_depth"][:] if info.has_gt_depth else None
+    unit = world_unit(group, scene)
+    clo, chi = fig.value_range(conf_all)
+    finite_conf = conf_all[np.isfinite(conf_all)]
+    conf_note = " (constant: exact pairs)" if finite_conf.size and np.ptp(finite_conf) == 0 else ""
+    glo, ghi = (dlo, dhi) if unit == "m" or gt is None else fig.value_range(np.where(gt > 0, gt, np.nan))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    clo, chi = 1.0, float(np.percentile(conf_all, 98))
-    written, grid = [], []
+    written, rows_panels, names = [], [], []
     for k in rows:
         image = st.read_intact(group[f"{base}/image"], k, check_objects=False)
-        panels = {"depth": colormap(depth_all[k], dvalid[k], "turbo", dlo, dhi),
-                  "conf": colormap(conf_all[k], np.isfinite(conf_all[k]), "viridis", clo, chi),
-                  "pts3d": pointmap_rgb(pts_all[k], lo, hi)}
+        panels = {"image": fig.Panel("image", image, f"{image.shape[0]}x{image.shape[1]} px"),
+                  "depth": fig.Panel("depth (aligned)", np.where(dvalid[k], depth_all[k], np.nan), f"depth ({unit})",
+                                     "turbo", dlo, dhi),
+                  "conf": fig.Panel(f"confidence{conf_note}", conf_all[k], "DUSt3R confidence (>= 1, unitless)",
+                                    "viridis", clo, chi),
+                  "pts3d": fig.Panel("pointmap, world frame", pointmap_rgb(pts_all[k], lo, hi),
+                                     box_label(lo, hi, unit))}
         if gt is not None:
-            panels["gt_depth"] = colormap(gt[k], gt[k] > 0, "turbo", dlo, dhi)
+            panels["gt_depth"] = fig.Panel("depth (dataset)", np.where(gt[k] > 0, gt[k], np.nan),
+                                           "depth (m, the dataset's)", "turbo", glo, ghi)
         stem = _safe(str(ids[k]))
-        for kind, rgb in panels.items():
-            path = out / f"{stem}_{kind}.png"
-            Image.fromarray(rgb).save(path)
-            written.append(str(path))
-        grid.append(np.concatenate([image] + list(panels.values()), axis=1))
-    overview = out / "overview.png"
-    Image.fromarray(np.concatenate(grid, axis=0)).save(overview)
-    return {"overview": str(overview), "files": written, "scene": scene, "frames": [str(ids[k]) for k in rows],
-            "columns": ["image", *panels.keys()]}
+        for kind, p in list(panels.items())[1:]:
+            written.append(fig.save(fig.panel_figure(p, f"{scene} {ids[k]}: {p.title}"), out / f"{stem}_{kind}.png"))
+        rows_panels.append(list(panels.values()))
+        names.append(str(ids[k]))
+    overview = fig.save(fig.grid_figure(rows_panels, names, f"{scene}: {len(rows)} of {n} frames; depth and "
+                                        f"pointmap in {unit}; pointmap colours share one scene box"),
+                        out / "overview.png")
+    return {"overview": overview, "files": written, "scene": scene, "frames": names,
+            "columns": list(panels)}

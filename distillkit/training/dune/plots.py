@@ -14,29 +14,45 @@ from distillkit_schemas import paths  # noqa: E402
 
 
 def plot_loss_curve(metrics: dict, path: str | Path) -> Path:
+    """`loss_curve_figure` as a PNG at `path`."""
     path = Path(path)
-    train = metrics.get("train", [])
-    fig, ax = plt.subplots(figsize=(7, 4))
-    if train:
-        steps = [r["step"] for r in train]
-        ax.plot(steps, [r["loss"] for r in train], label="train (all teachers)", lw=1.5)
-        for key in sorted(k for k in train[0] if k.startswith("loss/")):
-            ax.plot(steps, [r[key] for r in train], label=f"train {key[5:]}", lw=0.8, alpha=0.7)
-    for rec in metrics.get("eval", []):
-        for t, v in rec.items():
-            if isinstance(v, dict) and "loss" in v:
-                ax.scatter([rec["step"]], [v["loss"]], marker="o", s=18, label=f"held-out {t}")
-    handles, labels = ax.get_legend_handles_labels()
-    uniq = dict(zip(labels, handles))
-    ax.legend(uniq.values(), uniq.keys(), fontsize=8)
-    ax.set_xlabel("step")
-    ax.set_ylabel("0.5(1-cos) + 0.5 smooth-L1")
-    ax.set_title("distillation loss")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
+    fig = loss_curve_figure(metrics)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def loss_curve_figure(metrics: dict):
+    """Training loss per step (all teachers, and each teacher in its own colour) and the held-out loss at each
+    evaluation as dots in that teacher's colour: one colour per teacher throughout, also across resumes."""
+    train = metrics.get("train", [])
+    evals = metrics.get("eval", [])
+    names = sorted({k[5:] for r in train for k in r if k.startswith("loss/")}
+                   | {t for e in evals for t, v in e.items() if isinstance(v, dict) and "loss" in v})
+    colour = {t: f"C{i % 10}" for i, t in enumerate(names)}
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if train and len(names) == 1:  # the mean is that teacher's loss: one line, in its colour
+        ax.plot([r["step"] for r in train], [r["loss"] for r in train], color=colour[names[0]], lw=1.2,
+                label=f"train, {names[0]}")
+    elif train:
+        ax.plot([r["step"] for r in train], [r["loss"] for r in train], color="black", lw=1.5,
+                label="train, mean over teachers")
+        for t in names:
+            pts = [(r["step"], r[f"loss/{t}"]) for r in train if f"loss/{t}" in r]
+            if pts:
+                ax.plot(*zip(*pts), color=colour[t], lw=0.8, alpha=0.7, label=f"train, {t}")
+    for t in names:
+        pts = [(e["step"], e[t]["loss"]) for e in evals if isinstance(e.get(t), dict) and "loss" in e[t]]
+        if pts:
+            ax.plot(*zip(*pts), "o", color=colour[t], ms=5, mec="white", label=f"held-out, {t}")
+    if ax.lines:
+        ax.legend(fontsize=8)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss: 0.5(1-cos) + 0.5 smooth-L1 (unitless)")
+    ax.set_title(f"distillation loss ({len(names)} teacher{'s' * (len(names) != 1)})")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
 
 
 def pca_rgb(features: "list[np.ndarray]") -> "list[np.ndarray]":
@@ -103,6 +119,8 @@ def pca_figure(store: str, out: str | Path, checkpoint: str | None = None, n_ima
         for ax in axes[i]:
             ax.set_xticks([])
             ax.set_yticks([])
+    fig.suptitle("patch features: top-3 principal components as RGB (fitted per column over these images; "
+                 "similar colour = similar feature)", fontsize=8)
     fig.tight_layout()
     out = Path(out)
     fig.savefig(out, dpi=100)

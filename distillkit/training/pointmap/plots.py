@@ -15,7 +15,8 @@ import numpy as np
 from PIL import Image
 
 from distillkit.scenes.data import SceneData
-from distillkit.scenes.export import colormap, pointmap_rgb
+from distillkit.scenes import store as scene_store
+from distillkit.scenes.figures import box_label, colormap, pointmap_rgb, world_unit
 from distillkit.training.pointmap.evaluate import load_pointmap_student, predict_frames
 from distillkit.training.pointmap.sampling import SceneTensors
 
@@ -72,6 +73,7 @@ def show_student(store: str, scene: str, checkpoint: str | Path, out_dir: str | 
         raise ValueError(f"{checkpoint} is a student of scene {spec['scene']!r}, not {scene!r} (scene-specific "
                          f"students only predict their own scene)")
     data = SceneData.from_store(store, scene, storage_options)
+    unit = world_unit(scene_store.open_store(store, "r", storage_options), scene)
     hw = tuple(spec["image_hw"])
     if frames == "test" and not len(data.test_idx):
         frames = "train"  # nothing held out: show training frames, and say so
@@ -105,12 +107,16 @@ def show_student(store: str, scene: str, checkpoint: str | Path, out_dir: str | 
             axes[r, c].imshow(rgb)
             axes[r, c].set_title(f"{ids[r]}: {title}" if c == 0 else title, fontsize=9)
         im = axes[r, 3].imshow(np.where(np.isfinite(e), e, np.nan), cmap="inferno", vmin=0, vmax=emax)
-        axes[r, 3].set_title(f"L2 error, mean {mean_l2:.3g}", fontsize=9)
-        fig.colorbar(im, ax=axes[r, 3], fraction=0.046, pad=0.02)
+        axes[r, 3].set_title(f"L2 error, mean {mean_l2:.3g} {unit.split(',')[0]}", fontsize=9)
+        bar = fig.colorbar(im, ax=axes[r, 3], fraction=0.046, pad=0.02)
+        bar.set_label(f"L2 error ({unit})", fontsize=7)
     for ax in axes.ravel():
-        ax.set_axis_off()
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for c in (1, 2):
+        axes[-1, c].set_xlabel(box_label(lo, hi, unit), fontsize=6)
     fig.suptitle(f"{scene}: {cfg.student.kind} student ({checkpoint}) vs teacher, {frames} frames at "
-                 f"{hw[0]}x{hw[1]}; xyz colours share one scene box", fontsize=9)
+                 f"{hw[0]}x{hw[1]} px; xyz colours share one scene box ({unit})", fontsize=9)
     fig.tight_layout()
     overview = out / "overview.png"
     fig.savefig(overview, dpi=90)
