@@ -68,3 +68,16 @@ def test_resume_takes_unchanged_flags_and_no_resume_starts_over(first_run, tmp_p
                 "--no-resume"])
     assert new.returncode == 0, new.stderr
     assert "--no-no-resume" not in _run(["distillkit", "train", "--help"]).stdout
+
+
+def test_long_commands_print_progress_lines_in_logs(tmp_path):
+    """Not a terminal (a log file, CI): plain progress lines, each with done/total; --quiet: none."""
+    argv = ["distillkit", "synth-scenes", str(tmp_path / "d"), "--frames", "5", "--color", "48x64", "--depth",
+            "24x32"]
+    proc = _run(argv)
+    assert proc.returncode == 0, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("synth-scenes: ")]
+    assert len(lines) >= 2 and lines[-1].startswith("synth-scenes: 5/5 frames (100%)")
+    assert "\r" not in proc.stderr  # no redrawn bar in a log
+    quiet = _run([*argv[:2], str(tmp_path / "q"), *argv[3:], "--quiet"])
+    assert quiet.returncode == 0 and "synth-scenes: " not in quiet.stderr

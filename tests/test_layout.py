@@ -22,7 +22,7 @@ MAX_LINES = 420
 # other installed packages; a new unit must be given a layer here.
 LAYERS = (
     {"distillkit_schemas"},
-    {"distillkit", "config", "devices", "demo_data", "geometry", "images", "store", "students"},
+    {"distillkit", "config", "devices", "demo_data", "geometry", "images", "progress", "store", "students"},
     {"sources", "teachers"},
     {"scenes"},
     {"features", "cache", "training"},

@@ -175,13 +175,17 @@ def synth_scenes(
     color: str = typer.Option("968x1296", help="colour size HxW"),
     depth: str = typer.Option("480x640", help="depth size HxW"),
     seed: int = typer.Option(0),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress"),
 ):
-    """Write synthetic scenes (textured room, exact depth and poses) in the 12-Scenes or 7-Scenes layout."""
+    """Write synthetic scenes (textured room, exact depth and poses) in the 12-Scenes or 7-Scenes layout (about
+    8 s per frame at the default 968x1296 on a laptop CPU core; --color 240x320 --depth 120x160 is ~0.2 s)."""
     from distillkit.config.common import parse_hw
+    from distillkit.progress import Progress
     from distillkit.scenes.synthetic import write_dataset
 
     if layout not in ("12scenes", "7scenes"):
         fail("layout must be 12scenes or 7scenes")
-    paths = write_dataset(out, scenes, layout, seed, n_frames=frames, color_hw=parse_hw(color),
-                          depth_hw=parse_hw(depth))
+    with Progress(scenes * frames, "synth-scenes", "frame", quiet) as bar:
+        paths = write_dataset(out, scenes, layout, seed, n_frames=frames, color_hw=parse_hw(color),
+                              depth_hw=parse_hw(depth), on_frame=bar.advance)
     console.print(f"wrote {len(paths)} {layout} scene(s) under {out}")

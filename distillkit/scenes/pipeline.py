@@ -30,6 +30,7 @@ from distillkit.config.scenes import SceneAlignSettings, SceneCacheConfig
 from distillkit.devices import resolve_device
 from distillkit.geometry import AlignConfig, AlignResult, align, make_pairs, pairs_by_overlap
 from distillkit.geometry.checks import check_graph, check_pair_values, check_sizes
+from distillkit.progress import Progress
 from distillkit.store.target import inspect_target
 from distillkit.scenes import store as st
 from distillkit.scenes.frames import crop_geometry, frame_problem, gt_intrinsics, image_hw, load_frame
@@ -291,15 +292,18 @@ def run_scene(cfg: SceneCacheConfig, scene: str, source: SceneSource | None = No
             model, _ = network(cfg)
             batches = infer_pairs(model, images, edges, cfg.batch_size, cfg.network.dtype)
         writer = st.PairWriter(group, scene)
-        for start, stop, batch in batches:
-            for e in range(start, stop):  # a bad pair is an error before its batch is written
-                check_pair_values(tuple(edges[e]), *(batch[k][e - start] for k in st.PAIR_KEYS), scene, ids, e)
-            writer.add(start, stop, batch)
+        with Progress(len(edges), f"scene {scene}: pairs", "pair") as bar:
+            for start, stop, batch in batches:
+                for e in range(start, stop):  # a bad pair is an error before its batch is written
+                    check_pair_values(tuple(edges[e]), *(batch[k][e - start] for k in st.PAIR_KEYS), scene, ids, e)
+                writer.add(start, stop, batch)
+                bar.advance(stop - start)
         writer.close()
         st.set_flag(group, "pairs_done", idx, 1)
         timings.update(load_s=t1 - t0, inference_s=time.perf_counter() - t1)
     else:
         log.info("scene %s: pair outputs already stored; aligning only", scene)
+    log.info("scene %s: aligning %d frames from %d pairs", scene, info.n_frames, info.n_edges)
     _, record = align_stored(group, manifest, scene, cfg.align, timings)
     timings = {k: record.timings[k] for k in ("load_s", "inference_s", "read_pairs_s", "align_s", "write_s",
                                               "total_s") if k in record.timings}

@@ -338,7 +338,8 @@ def _write_frame(stem: Path, room: Room, c2w: np.ndarray, color: tuple, depth: t
 
 def write_12scenes(out: str | Path, n_frames: int = 24, color_hw: tuple[int, int] = (968, 1296),
                    depth_hw: tuple[int, int] = (480, 640), seed: int = 0, n_test: int | None = None,
-                   n_inf: int = 2, n_holes: int = 2, jpeg_quality: int = 95, two_pass: bool = True) -> dict:
+                   n_inf: int = 2, n_holes: int = 2, jpeg_quality: int = 95, two_pass: bool = True,
+                   on_frame=None) -> dict:
     """A synthetic scene folder in the 12-Scenes layout; with `two_pass` the test frames (split.txt's sequence0)
     are a separate pass over the same part of the room, as in the real dataset, else the first frames of one
     arc (test poses outside the training poses). Returns the ground truth it was written from:
@@ -360,6 +361,8 @@ def write_12scenes(out: str | Path, n_frames: int = 24, color_hw: tuple[int, int
     for k in range(n_frames):
         _write_frame(out / "data" / f"frame-{k:06d}", room, c2w[k], (Kc, color_hw), (Kd, depth_hw), 65535,
                      0 if k in holes else None, rng, k not in inf, "jpg", quality=jpeg_quality)
+        if on_frame:
+            on_frame()
     eye = _matrix_line(np.eye(3))
     info = [("m_versionNumber", "4"), ("m_sensorName", "StructureSensor (distillkit synthetic)"),
             ("m_colorWidth", Wc), ("m_colorHeight", Hc), ("m_depthWidth", Wd), ("m_depthHeight", Hd),
@@ -376,7 +379,7 @@ def write_12scenes(out: str | Path, n_frames: int = 24, color_hw: tuple[int, int
 
 def write_7scenes(out: str | Path, n_frames: int = 16, color_hw: tuple[int, int] = SEVEN_SCENES_HW,
                   depth_hw: tuple[int, int] = SEVEN_SCENES_HW, seed: int = 0, test_every: int = 4,
-                  n_holes: int = 2) -> dict:
+                  n_holes: int = 2, on_frame=None) -> dict:
     """The same kind of scene in the 7-Scenes layout: frames on the path alternate between ``seq-01``
     (TrainSplit) and, every ``test_every``-th, ``seq-02`` (TestSplit); PNG colour; 65535 = invalid depth.
     Depth is rendered with the 7-Scenes depth intrinsics (f 585) so the reader's assumption holds exactly."""
@@ -396,6 +399,8 @@ def write_7scenes(out: str | Path, n_frames: int = 16, color_hw: tuple[int, int]
         counters[seq] += 1
         _write_frame(out / index[k], room, c2w[k], (Kc, color_hw), (Kd, depth_hw), 65534,
                      65535 if k in holes else None, rng)
+        if on_frame:
+            on_frame()
     (out / "TrainSplit.txt").write_text("sequence1\n")
     (out / "TestSplit.txt").write_text("sequence2\n")
     return {"room": room, "cam2world": c2w, "color_K": Kc, "depth_K": Kd, "holes": sorted(holes),
@@ -403,7 +408,8 @@ def write_7scenes(out: str | Path, n_frames: int = 16, color_hw: tuple[int, int]
 
 
 def write_dataset(out: str | Path, scenes: int = 2, layout: str = "12scenes", seed: int = 0, **kw) -> list[Path]:
-    """Several synthetic scenes side by side (``synth_office_0``, ...), like a dataset root."""
+    """Several synthetic scenes side by side (``synth_office_0``, ...), like a dataset root. `on_frame` (in `kw`)
+    is called after each frame is written."""
     writer = write_12scenes if layout == "12scenes" else write_7scenes
     paths = [Path(out) / f"synth_office_{s}" for s in range(scenes)]
     for s, p in enumerate(paths):

@@ -1,0 +1,52 @@
+"""Progress of long work outside training (writing scenes, benchmarks): a tqdm bar when stderr is a terminal, and
+otherwise a plain line every tenth of the work or every `every_s` seconds (a redrawn bar is noise in a log file or
+a CI transcript). `quiet` shows nothing. Training has its own lines with loss and ETA
+(`distillkit.training.progress`)."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+
+class Progress:
+    """``with Progress(total, "writing frames", "frame") as p: ... p.advance()``"""
+
+    def __init__(self, total: int, desc: str, unit: str = "it", quiet: bool = False, every_s: float = 30.0,
+                 stream=None):
+        self.total, self.desc, self.unit, self.every_s = max(int(total), 0), desc, unit, every_s
+        self.stream = stream or sys.stderr
+        self.done, self.t0 = 0, time.perf_counter()
+        self.last_t, self.next_part, self.lines = self.t0, 1, 0
+        self.bar = None
+        self.quiet = quiet
+        if not quiet and self.stream.isatty():
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=self.total, desc=desc, unit=unit, file=self.stream)
+
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+        if self.quiet:
+            return
+        if self.bar is not None:
+            self.bar.update(n)
+            return
+        now = time.perf_counter()
+        part_due = self.total and self.done * 10 >= self.next_part * self.total
+        if part_due or now - self.last_t >= self.every_s or self.done == self.total:
+            while self.total and self.next_part * self.total <= self.done * 10:
+                self.next_part += 1
+            self.last_t = now
+            self.lines += 1
+            rate = self.done / max(now - self.t0, 1e-9)
+            eta = f", ETA {(self.total - self.done) / rate:.0f} s" if self.total and self.done < self.total else ""
+            print(f"{self.desc}: {self.done}/{self.total} {self.unit}s ({100 * self.done // max(self.total, 1)}%), "
+                  f"{time.perf_counter() - self.t0:.0f} s{eta}", file=self.stream, flush=True)
+
+    def __enter__(self) -> "Progress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.close()
