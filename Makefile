@@ -15,10 +15,14 @@ export MALLOC_TRIM_THRESHOLD_ := 2147483648
 
 .PHONY: install demo test test-oldest-zarr test-fast deploy worker clean
 
+# setuptools' note on editable installs ("folders ... with the same name as your package") does not apply: flows/
+# and storage_schemas/ install as distillkit_flows and distillkit_schemas.
 $(STAMP): pyproject.toml setup.py
+	@echo "installing distillkit and its dependencies (torch, prefect, zarr, ...) into $(VENV) with $(PY):" \
+	     "first run only, about 3 min"
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[test,demo]"
+	PYTHONWARNINGS="ignore::UserWarning:setuptools.command.editable_wheel" $(BIN)/pip install -q -e ".[test,demo]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -58,8 +62,9 @@ deploy: $(STAMP)
 	$(BIN)/prefect work-pool inspect gpu >/dev/null 2>&1 || $(BIN)/prefect --no-prompt work-pool create gpu --type process
 	$(BIN)/prefect --no-prompt deploy --all --prefect-file deploy/prefect.yaml
 
+# Ctrl-C stops the worker; a stop by signal is the normal end here, not an error.
 worker: $(STAMP)
-	DISTILL_ROOT=$(CURDIR) $(BIN)/prefect worker start --pool gpu
+	DISTILL_ROOT=$(CURDIR) $(BIN)/prefect worker start --pool gpu || [ $$? -ge 128 ]
 
 clean:
 	rm -rf demo_out .pytest_cache

@@ -14,12 +14,16 @@ import time
 import warnings
 from pathlib import Path
 
-import distillkit_flows  # noqa: F401  (environment defaults before prefect)
-from distillkit.config.cache import CacheConfig
-from distillkit.demo_data import write_demo_images
-from distillkit.training.dune.config import TrainConfig
-from distillkit_flows.cache_teachers import cache_teachers
-from distillkit_flows.train_student import train_student
+# The demo's temporary Prefect server keeps its database beside the demo's output, not in the user's ~/.prefect
+# (before prefect is imported: it reads PREFECT_HOME once).
+if __name__ == "__main__":
+    os.environ.setdefault("PREFECT_HOME", str(Path((sys.argv[1:] or ["demo_out"])[0]).resolve() / ".prefect"))
+import distillkit_flows  # noqa: E402, F401  (environment defaults before prefect)
+from distillkit.config.cache import CacheConfig  # noqa: E402
+from distillkit.demo_data import write_demo_images  # noqa: E402
+from distillkit.training.dune.config import TrainConfig  # noqa: E402
+from distillkit_flows.cache_teachers import cache_teachers  # noqa: E402
+from distillkit_flows.train_student import train_student  # noqa: E402
 
 
 def main(out: str = "demo_out") -> int:

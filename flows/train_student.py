@@ -55,6 +55,8 @@ def train_student(config: dict | TaskConfig | None = None, config_file: str | No
         create_table_artifact(key=report.table_key, table=report.rows, description=report.title)
     create_markdown_artifact(key=report.result_key, markdown=f"{report.headline}\n\n" + "".join(
         f"* {label}: `{path}`\n" for label, path in report.files.items()))
+    # the last log line: what `prefect deployment run ... --watch` shows of the result
+    get_run_logger().info("%s; %s", report.headline, "; ".join(f"{k}: {v}" for k, v in report.files.items()))
     return result
 
 

@@ -37,16 +37,17 @@ def cache(
     teacher: Optional[list[str]] = typer.Option(None, help="teacher name (repeat for several); see `teachers`"),
     checkpoint: Optional[list[str]] = typer.Option(None, help="weights per teacher: path, fsspec URL or hf-hub:id"),
     seed: int = typer.Option(0, help="random-init seed when no checkpoint is given"),
-    student_patch: Optional[int] = typer.Option(None, help="student patch size [14]"),
-    image_size: Optional[str] = typer.Option(None, help="student input size, N or HxW [224]"),
-    shard_size: Optional[int] = typer.Option(None, help="samples per shard [64]"),
-    batch_size: Optional[int] = typer.Option(None, help="teacher batch size [32]"),
-    num_workers: Optional[int] = typer.Option(None, help="image decoding threads [4]"),
+    student_patch: Optional[int] = typer.Option(None, help="student patch size [default: 14]"),
+    image_size: Optional[str] = typer.Option(None, help="student input size, N or HxW [default: 224]"),
+    shard_size: Optional[int] = typer.Option(None, help="samples per shard [default: 64]"),
+    batch_size: Optional[int] = typer.Option(None, help="teacher batch size [default: 32]"),
+    num_workers: Optional[int] = typer.Option(None, help="image decoding threads [default: 4]"),
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda[:N]"),
-    val_fraction: Optional[float] = typer.Option(None, help="held-out fraction [0.05]"),
-    codec: Optional[str] = typer.Option(None, help="feature compressor: none | zstd | lz4 [none]"),
-    views: Optional[int] = typer.Option(None, help="K replayable views per image [1]"),
-    view_mode: Optional[str] = typer.Option(None, help="center | random (random resized crop + flip) [center]"),
+    val_fraction: Optional[float] = typer.Option(None, help="held-out fraction [default: 0.05]"),
+    codec: Optional[str] = typer.Option(None, help="feature compressor: none | zstd | lz4 [default: none]"),
+    views: Optional[int] = typer.Option(None, help="K replayable views per image [default: 1]"),
+    view_mode: Optional[str] = typer.Option(None, help="center | random (random resized crop + flip) "
+                                                       "[default: center]"),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML file with these fields"),
     storage: Optional[str] = typer.Option(None, help="patch tokens stored as fp16 | int8 | pca:K | pca:K+int8, for "
                                                      "every teacher (per teacher: `storage:` in the YAML) [fp16]"),
@@ -88,8 +89,10 @@ def cache(
     elif result["nothing_to_do"]:
         console.print(f"[green]store {cfg.store} is already complete: nothing to do[/]")
     else:
-        console.print(f"cached {result['samples']} samples in {result['shards']} shards "
-                      f"({result['wall_s']:.1f} s) -> {cfg.store}")
+        n_rejected = len(result["rejected"])  # `samples` counts every input read, the rejected ones too
+        console.print(f"cached {result['samples'] - n_rejected} samples in {result['shards']} shards "
+                      f"({result['wall_s']:.1f} s) -> {cfg.store}"
+                      + (f"; {n_rejected} input(s) rejected (listed below)" if n_rejected else ""))
     ch = result.get("changes")
     if ch and ch.get("changed"):
         console.print(f"source changed: {len(ch['changed'])} file(s) replaced since they were cached, cached "
@@ -105,8 +108,8 @@ def cache(
             console.print(f"[yellow]gone from the source[/] {i}")
     for r in result["rejected"]:
         console.print(f"[yellow]rejected[/] {r['uri']}: {r['reason']}")
-    console.print(f"status: {fin['status']}" + (f", {fin['n_valid']} valid, {fin['n_rejected']} rejected"
-                                                 if fin["status"] == "complete" else ""))
+    held = f"; the store holds {fin['n_valid']} valid samples, {fin['n_rejected']} rejected"
+    console.print(f"status: {fin['status']}" + (held if fin["status"] == "complete" else ""))
 
 
 @app.command()

@@ -42,7 +42,7 @@ def cache_scenes(
     checkpoint: Optional[str] = typer.Option(None, help="DUSt3R/MASt3R weights (path, URL, hf-hub:id)"),
     image_size: Optional[int] = typer.Option(None, help="DUSt3R loader size: 512 | 224 | multiple of 16"),
     graph: Optional[str] = typer.Option(None, help="complete | swin-K | logwin-K | oneref-R | overlap-K"),
-    max_frames: Optional[int] = typer.Option(None, help="frames per scene (evenly spread) [24]"),
+    max_frames: Optional[int] = typer.Option(None, help="frames per scene (evenly spread) [default: 24]"),
     predictor: Optional[str] = typer.Option(None, help="network (DUSt3R, the default) | gt-depth: exact pairs from "
                                                        "the dataset's depth and poses, no weights needed (synthetic "
                                                        "scenes, tests, upper bounds)"),
@@ -76,10 +76,11 @@ def align_cmd(
     store: str = typer.Argument(..., help="scene store"),
     scene: Optional[str] = typer.Option(None, help="one scene (default: every scene with stored pairs)"),
     known_poses: Optional[bool] = typer.Option(None, "--known-poses/--free-poses",
-                                               help="fix the cameras to the dataset's poses [store setting]"),
+                                               help="fix the cameras to the dataset's poses "
+                                                    "[default: the store's setting]"),
     known_intrinsics: Optional[bool] = typer.Option(None, "--known-intrinsics/--free-intrinsics",
-                                                    help="fix focal + principal point [store setting]"),
-    min_conf_thr: Optional[float] = typer.Option(None, help="mask threshold [store setting]"),
+                                                    help="fix focal + principal point [default: the store's setting]"),
+    min_conf_thr: Optional[float] = typer.Option(None, help="mask threshold [default: the store's setting]"),
     pose_pixels: Optional[int] = typer.Option(None, help="pixels per image in the pose stage"),
     add: Optional[list[str]] = typer.Option(None, "--add", help="add these frames to --scene (frame ids, image "
                                             "files or a folder of the scene's source; repeatable), then re-align "
@@ -152,7 +153,8 @@ def export_ply_cmd(
     store: str = typer.Argument(..., help="scene store"),
     scene: Optional[str] = typer.Option(None, help="scene name (optional if the store holds one)"),
     out: Path = typer.Option(..., help="output .ply"),
-    conf_thr: Optional[float] = typer.Option(None, help="keep points with confidence above [alignment's]"),
+    conf_thr: Optional[float] = typer.Option(None, help="keep points with confidence above "
+                                                        "[default: the alignment's threshold]"),
     stride: int = typer.Option(1, help="every k-th pixel in x and y"),
 ):
     """Write a coloured, confidence-thresholded binary PLY point cloud (MeshLab, Open3D, CloudCompare)."""
