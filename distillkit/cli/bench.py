@@ -9,7 +9,8 @@ import typer
 
 from distillkit.cli.common import app, fail, print_metrics, setup_logging
 
-bench_app = typer.Typer(no_args_is_help=True, help="Measure the reader and the caching pipeline.")
+bench_app = typer.Typer(no_args_is_help=True, help="Measure each part against its baseline or peer, side by side "
+                        "in one run: the reader, caching, alignment, storage options, training.")
 app.add_typer(bench_app, name="bench")
 
 
@@ -174,3 +175,69 @@ def bench_decouple_cmd(teacher: str = typer.Option("dinov2_vitb14", help="teache
     if not as_json:
         res = {k: v for k, v in res.items() if not isinstance(v, (dict, list))}
     print_metrics(res, as_json)
+
+
+@bench_app.command("train")
+def bench_train_cmd(task: str = typer.Option("dune", help="dune (ViT student on a feature store) | pointmap "
+                                             "(scene-specific student on a scene store)"),
+                    store: Optional[str] = typer.Option(None, help="store to train on (default: built on the fly: "
+                                                        "the demo photos with a tiny random teacher, or a synthetic "
+                                                        "scene)"),
+                    student: Optional[str] = typer.Option(None, help="dune: vit_tiny|vit_small|vit_base (default "
+                                                          "vit_small); pointmap: a student preset (small_cnn)"),
+                    image_size: int = typer.Option(224, help="dune: side of the store built on the fly"),
+                    batch_size: int = typer.Option(8),
+                    steps: Optional[int] = typer.Option(None, help="timed steps (default: dune 10, pointmap 40)"),
+                    warmup: int = typer.Option(3, help="untimed steps first (start-up, allocator, workers)"),
+                    num_workers: int = typer.Option(2, help="dune: reader workers"),
+                    device: str = typer.Option("auto"),
+                    threads: Optional[int] = typer.Option(None, help="torch threads (default: torch's; 1 is "
+                                                          "steadier on a shared machine)"),
+                    quiet: bool = typer.Option(False, help="no progress lines"),
+                    as_json: bool = typer.Option(False, "--json")):
+    """The real trainer's steady-state images/s beside the same model's step on batches already in device memory
+    (its compute bound), same run; trainer_vs_bound and where the gap goes (ms per step by phase)."""
+    import logging
+
+    setup_logging()
+    if quiet:
+        logging.getLogger("distillkit.progress").setLevel(logging.WARNING)
+    from distillkit.bench.train import bench_train
+
+    kw = dict(store=store, batch_size=batch_size, warmup=warmup, device=device, **({"steps": steps} if steps else {}))
+    if task == "dune":
+        kw.update(student=student or "vit_small", image_size=image_size, num_workers=num_workers)
+    elif student:
+        kw["student"] = student
+    try:
+        res = bench_train(task, threads, **kw)
+    except ValueError as e:
+        fail(str(e))
+    if not as_json:
+        res = {**{k: v for k, v in res.items() if not isinstance(v, (dict, list))},
+               **{f"ms/{k}": v for k, v in res["phases_ms_per_step"].items()}}
+    print_metrics(res, as_json)
+
+
+@bench_app.command("scale")
+def bench_scale_cmd(sizes: str = typer.Option("1000,10000,100000", help="store sizes N, comma-separated"),
+                    workdir: Optional[str] = typer.Option(None, help="where the stores go (default: a temp dir)"),
+                    shard_size: int = typer.Option(64), keep: bool = typer.Option(False, help="keep the stores"),
+                    as_json: bool = typer.Option(False, "--json")):
+    """How each store operation's cost grows with N (write per shard, no-op re-run, append of 64, inspect,
+    validate): seconds and object reads per N, the log-log exponent and the 20.7 M extrapolation."""
+    import sys
+
+    setup_logging()
+    from distillkit.bench.scale import bench_scale, table
+
+    try:
+        ns = [int(s.replace("_", "")) for s in sizes.split(",") if s.strip()]
+    except ValueError:
+        fail(f"--sizes {sizes!r}: expected comma-separated integers, e.g. 1000,10000")
+    res = bench_scale(ns, workdir=workdir, shard_size=shard_size, keep=keep,
+                      log=lambda line: print(line, file=sys.stderr))
+    if as_json:
+        print_metrics(res, True)
+        return
+    print(table(res))

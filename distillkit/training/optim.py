@@ -17,13 +17,27 @@ NO_DECAY_SUFFIXES = ("pos_embed", "cls_token", "reg_token")
 
 def adamw(model: torch.nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.99)) -> torch.optim.AdamW:
     """AdamW over the trainable parameters; biases, norms (every tensor of <= 1 dim) and position / class /
-    register tokens get no weight decay."""
+    register tokens get no weight decay. The fused kernel (one pass over all parameters) where torch has it for
+    the parameters' device, else the foreach one: the per-parameter loop costs a kernel launch per tensor."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
             (no_decay if p.ndim <= 1 or name.endswith(NO_DECAY_SUFFIXES) else decay).append(p)
+    kind = FUSED if fused_ok(decay + no_decay) else {"foreach": True}
     return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=betas)
+                              {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=betas, **kind)
+
+
+FUSED = {"fused": True}
+
+
+def fused_ok(params: list[torch.Tensor]) -> bool:
+    """Whether torch's fused AdamW takes these parameters (floating, on one device type it has the kernel for)."""
+    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+    kinds = {p.device.type for p in params}
+    return (len(kinds) == 1 and kinds <= set(_get_fused_kernels_supported_devices())
+            and all(p.is_floating_point() for p in params))
 
 
 def cosine(q: float, hi: float, lo: float) -> float:

@@ -18,21 +18,38 @@ from distillkit.training.dune.losses import cosine, teacher_loss
 from distillkit.training.dune.normalize import TargetNorm
 
 
-def batch_losses(model, batch: dict, norm: TargetNorm, device: torch.device, has_cls: dict[str, bool],
-                 jitter: float = 0.0):
-    """Per teacher: (per-image loss [B], student CLS, student patches), against normalised targets."""
-    x = images_to_input(batch["samples/image"], device, jitter)
+def to_device(batch: dict, device: torch.device) -> dict:
+    """The batch's images and target arrays on `device` (non-blocking: from pinned memory the copy overlaps)."""
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) and k != "rows" else v
+            for k, v in batch.items()}
+
+
+def targets(batch: dict, norm: TargetNorm, device: torch.device, has_cls: dict[str, bool]
+            ) -> dict[str, tuple[torch.Tensor | None, torch.Tensor]]:
+    """Per teacher in the batch: normalised (CLS or None, patch) targets, compact codes decoded on `device`."""
+    out = {}
+    for t in has_cls:
+        if paths.patch(t) in batch:
+            out[t] = (norm(t, "cls", batch[paths.cls(t)].to(device)) if has_cls[t] else None,
+                      norm(t, "patch", batch[paths.patch(t)].to(device)))
+    return out
+
+
+def student_losses(model, images: torch.Tensor, tgt: dict, device: torch.device, jitter: float = 0.0):
+    """Per teacher of `tgt`: (per-image loss [B], student CLS, student patches); bf16 autocast on a GPU through the
+    encoder and projectors (the loss itself is computed in float32)."""
+    x = images_to_input(images, device, jitter)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     with autocast:
         preds = model(x)
-    out = {}
-    for t, (cls_s, patch_s) in preds.items():
-        if paths.patch(t) not in batch:
-            continue
-        patch_t = norm(t, "patch", batch[paths.patch(t)].to(device))
-        cls_t = norm(t, "cls", batch[paths.cls(t)].to(device)) if has_cls[t] else None
-        out[t] = (teacher_loss(cls_s if has_cls[t] else None, patch_s, cls_t, patch_t), cls_s, patch_s)
-    return out
+    return {t: (teacher_loss(cls_s if tgt[t][0] is not None else None, patch_s, *tgt[t]), cls_s, patch_s)
+            for t, (cls_s, patch_s) in preds.items() if t in tgt}
+
+
+def batch_losses(model, batch: dict, norm: TargetNorm, device: torch.device, has_cls: dict[str, bool],
+                 jitter: float = 0.0):
+    """Per teacher: (per-image loss [B], student CLS, student patches), against normalised targets."""
+    return student_losses(model, batch["samples/image"], targets(batch, norm, device, has_cls), device, jitter)
 
 
 @torch.no_grad()

@@ -25,17 +25,19 @@ from distillkit.students.dune import build_student
 from distillkit.training.distributed import Distributed, local_device
 from distillkit.training.dune.config import TrainConfig
 from distillkit.training.dune.data import GroupBatches, Teachers, build_groups, teachers_of, val_streams
-from distillkit.training.dune.evaluate import batch_losses, evaluate
+from distillkit.training.dune.evaluate import evaluate, student_losses, targets, to_device
 from distillkit.training.dune.normalize import TargetNorm
 from distillkit.training.dune.objectives import combine, lowest_loss_drop, sharing_mask
 from distillkit.training.dune.plots import plot_loss_curve
 from distillkit.training.optim import adamw, step_schedule
+from distillkit.training.clock import StepClock, phase
 from distillkit.training.run import Run
 from distillkit.training.tasks import OnStep
 
 log = logging.getLogger("distillkit")
 
 DATA_POSITION_KEYS = ("seed", "batch_size", "num_workers", "shuffle_shards")
+LOG_EVERY = 10  # on a GPU, steps between reads of the losses (each read waits for the queued kernels)
 
 
 @dataclass
@@ -51,9 +53,10 @@ def batch_digest(ids: list[str]) -> str:
 
 
 def train(cfg: TrainConfig, on_step: OnStep | None = None,
-          on_batch: Callable[[int, list[str]], None] | None = None) -> dict:
+          on_batch: Callable[[int, list[str]], None] | None = None, clock: StepClock | None = None) -> dict:
     """Run (or resume) training, single process or under torchrun. Returns paths and final metrics. `on_step`
-    reports each step (on rank 0); `on_batch(step, ids)` sees each batch of this rank before it is used."""
+    reports each logged step (on rank 0); `on_batch(step, ids)` sees each batch of this rank before it is used;
+    `clock` (`distillkit bench train`) times each step's phases."""
     torch.manual_seed(cfg.seed)
     dist = Distributed(local_device(resolve_device(cfg.device)))
     device = dist.device
@@ -73,51 +76,64 @@ def train(cfg: TrainConfig, on_step: OnStep | None = None,
                                                                    "groups": [g.name for g in groups]}
     run = Run(cfg, "dune", {"data_spec": data_spec, "teachers": teachers.names},
               {"config": cfg.model_dump(mode="json") | {"storage_options": redact(cfg.storage_options)},
-               "world_size": dist.world}, on_step, dist)
+               "world_size": dist.world}, on_step, dist, log_every=LOG_EVERY if device.type == "cuda" else 1,
+              images_per_step=cfg.batch_size * dist.world)
     run.init_from(model)
     opt = adamw(model, cfg.lr, cfg.weight_decay)
     sched = step_schedule(opt, cfg.lr, cfg.min_lr, cfg.warmup_fraction, total)
     pos = Position(**run.start(model, opt, sched).get("position", {}))
     if run.resuming:
         log.info("resumed from %s at step %d (epoch %d, batch %d)", run.path, pos.step, pos.epoch, pos.batch_in_epoch)
+    run.start_step = pos.step
     student = {"student": cfg.student.model_dump(mode="json"), "projector": cfg.projector,
                "image_hw": list(m.image_hw), "patch_size": m.student_patch, "normalization": cfg.normalization,
                "teacher_dims": {t: [d, list(hw)] for t, (d, hw) in teachers.dims.items()}}
     batch_log = _BatchLog(run.out, dist.rank, pos.step) if cfg.log_batches else None
     model.train()
     t0 = time.perf_counter()
-    while pos.step < total:
-        epoch_rounds = rounds(pos.epoch)
-        batches = GroupBatches(groups, cfg.num_workers, pos.epoch, pos.batch_in_epoch, pos.groups,
-                               device.type == "cuda")
-        while pos.batch_in_epoch < epoch_rounds and pos.step < total:
-            batch = batches.next_round()  # None: this rank's data is done for the epoch; it still joins the step
-            opt.zero_grad(set_to_none=True)
-            per_teacher: dict[str, float] = {}
-            if batch is not None:
-                if on_batch:
-                    on_batch(pos.step, batch["ids"])
-                if batch_log:
-                    batch_log.write(pos, batch["ids"])
-                per_teacher = backward(model, batch, norm, device, teachers, cfg, pos.step + 1)
-            dist.average_gradients(model, len(batch["ids"]) if batch is not None else 0)
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            sched.step()
-            pos.step, pos.batch_in_epoch, pos.groups = pos.step + 1, pos.batch_in_epoch + 1, batches.state()
-            run.log({"step": pos.step, "epoch": pos.epoch, "lr": sched.get_last_lr()[0],
-                     "loss": sum(per_teacher.values()) / len(per_teacher) if per_teacher else float("nan"),
-                     **{f"loss/{t}": v for t, v in per_teacher.items()},
-                     "batch": batch_digest(batch["ids"]) if batch is not None else None}, total)
-            if pos.step >= total or (cfg.eval_every and pos.step % cfg.eval_every == 0):
-                run.metrics["eval"].append({"step": pos.step, **(evaluate(model, val, norm, device, teachers.has_cls)
-                                                                  if dist.rank == 0 else {})})
-            if pos.step >= total or run.due(pos.step, total):
-                run.save(position=pos.__dict__, **student)
-        if pos.batch_in_epoch >= epoch_rounds:
-            pos.epoch, pos.batch_in_epoch = pos.epoch + 1, 0
-    return run.finish(plot_loss_curve, steps=pos.step, wall_s=time.perf_counter() - t0,
+    try:
+        while pos.step < total:
+            epoch_rounds = rounds(pos.epoch)
+            batches = GroupBatches(groups, cfg.num_workers, pos.epoch, pos.batch_in_epoch, pos.groups,
+                                   device.type == "cuda")
+            while pos.batch_in_epoch < epoch_rounds and pos.step < total:
+                with phase(clock, "reader"):
+                    batch = batches.next_round()  # None: this rank's data is done for the epoch; it joins the step
+                opt.zero_grad(set_to_none=True)
+                per_teacher: dict[str, torch.Tensor] = {}
+                if batch is not None:
+                    if on_batch:
+                        on_batch(pos.step, batch["ids"])
+                    if batch_log:
+                        batch_log.write(pos, batch["ids"])
+                    per_teacher = backward(model, batch, norm, device, teachers, cfg, pos.step + 1, clock)
+                with phase(clock, "optimizer"):
+                    dist.average_gradients(model, len(batch["ids"]) if batch is not None else 0)
+                    if cfg.grad_clip > 0:
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip, foreach=True)
+                    opt.step()
+                    sched.step()
+                pos.step, pos.batch_in_epoch, pos.groups = pos.step + 1, pos.batch_in_epoch + 1, batches.state()
+                with phase(clock, "log"):
+                    run.log({"step": pos.step, "epoch": pos.epoch, "lr": sched.get_last_lr()[0],
+                             "loss": torch.stack(list(per_teacher.values())).mean() if per_teacher
+                             else float("nan"), **{f"loss/{t}": v for t, v in per_teacher.items()},
+                             "batch": batch_digest(batch["ids"]) if batch is not None else None}, total)
+                if pos.step >= total or (cfg.eval_every and pos.step % cfg.eval_every == 0):
+                    with phase(clock, "eval"):
+                        run.metrics["eval"].append({"step": pos.step, **(evaluate(model, val, norm, device,
+                                                                                  teachers.has_cls)
+                                                                         if dist.rank == 0 else {})})
+                if pos.step >= total or run.due(pos.step, total):
+                    with phase(clock, "checkpoint"):
+                        run.save(position=pos.__dict__, **student)
+                if clock is not None:
+                    clock.end_step()
+            if pos.batch_in_epoch >= epoch_rounds:
+                pos.epoch, pos.batch_in_epoch = pos.epoch + 1, 0
+    finally:
+        run.close()
+    return run.finish(plot_loss_curve, **run.steps_done(pos.step), wall_s=time.perf_counter() - t0,
                       final_eval=run.metrics["eval"][-1] if run.metrics["eval"] else {}, rank=dist.rank,
                       world_size=dist.world)
 
@@ -132,20 +148,30 @@ def total_steps(cfg: TrainConfig, rounds: Callable[[int], int]) -> int:
 
 
 def backward(model, batch: dict, norm: TargetNorm, device: torch.device, teachers: Teachers, cfg: TrainConfig,
-             step: int) -> dict[str, float]:
+             step: int, clock: StepClock | None = None) -> dict[str, torch.Tensor]:
     """The batch's combined loss (data sharing, teacher drop) backpropagated; returns each teacher's mean loss over
-    the samples it trains on. A non-finite loss stops here, before any weight changes."""
-    res = batch_losses(model, batch, norm, device, teachers.has_cls, cfg.color_jitter)
-    names = [t for t in teachers.names if t in res]
-    losses = torch.stack([res[t][0] for t in names])  # [T, B]
-    coef = sharing_mask(names, batch["groups"], teachers.own, batch["available"], cfg.data_sharing,
-                        cfg.generic_group).to(losses.device)
-    require_finite(losses, names, batch["ids"], step, coef)
-    if cfg.teacher_drop == "lowest_loss":
-        coef = lowest_loss_drop(losses, coef, cfg.teacher_drop_p)
-    combine(losses, coef).sum().backward()
-    return {t: float((losses[j].detach() * (coef[j] > 0)).sum() / (coef[j] > 0).sum().clamp_min(1))
-            for j, t in enumerate(names)}
+    the samples it trains on, as 0-d tensors on the device (read at logging time: no host sync per step). A
+    non-finite loss stops here, before any weight changes (the check reads one flag: a sync on a GPU)."""
+    with phase(clock, "h2d"):
+        moved = to_device(batch, device)
+    with phase(clock, "decode"):
+        tgt = targets(moved, norm, device, teachers.has_cls)
+    with phase(clock, "forward_loss"):
+        res = student_losses(model, moved["samples/image"], tgt, device, cfg.color_jitter)
+        names = [t for t in teachers.names if t in res]
+        losses = torch.stack([res[t][0] for t in names])  # [T, B]
+        coef = sharing_mask(names, batch["groups"], teachers.own, batch["available"], cfg.data_sharing,
+                            cfg.generic_group).to(losses.device)
+    with phase(clock, "sync"):
+        require_finite(losses, names, batch["ids"], step, coef)
+    with phase(clock, "backward"):
+        if cfg.teacher_drop == "lowest_loss":
+            coef = lowest_loss_drop(losses, coef, cfg.teacher_drop_p)
+        combine(losses, coef).sum().backward()
+        with torch.no_grad():
+            active = (coef > 0).to(losses.dtype)
+            means = (losses.detach() * active).sum(1) / active.sum(1).clamp_min(1)
+    return dict(zip(names, means.unbind()))
 
 
 class NonFiniteLoss(FloatingPointError):

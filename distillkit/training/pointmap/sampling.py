@@ -30,6 +30,7 @@ import torch
 
 from distillkit.images import color_jitter, normalise
 from distillkit.scenes.data import SceneData
+from distillkit.training.clock import StepClock, phase
 from distillkit.training.pointmap.augment import View, apply_view, full_view, sample_view
 from distillkit.training.pointmap.config import PointmapTrainConfig
 from distillkit.training.pointmap.losses import pixel_weights, pointmap_loss
@@ -69,17 +70,34 @@ def _jittered(x: torch.Tensor, cfg: PointmapTrainConfig, gen: torch.Generator) -
     return color_jitter(x, cfg.color_jitter, gen, saturation=False) if cfg.color_jitter else x
 
 
-def image_step_loss(model, scene: SceneTensors, cfg: PointmapTrainConfig, step: int, steps_per_epoch: int,
-                    gen: torch.Generator, device: torch.device) -> torch.Tensor:
-    """Image sampler: batch `step` of its epoch's permutation of the training frames, whole augmented frames."""
+def image_batch(scene: SceneTensors, cfg: PointmapTrainConfig, step: int, steps_per_epoch: int,
+                gen: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]:
+    """Image sampler's batch `step` (of its epoch's permutation of the training frames): augmented frames, targets
+    and per-pixel weights, on `device`."""
     train_idx = scene.data.train_idx
     epoch, b = divmod(step, steps_per_epoch)
     perm = train_idx[torch.randperm(len(train_idx), generator=seeded_generator(cfg.seed, -1, epoch)).numpy()]
     ids = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
     batch = scene.batch(ids, scene.random_views(len(ids), cfg, gen))
-    pred = model(normalise(_jittered(batch["image"], cfg, gen).to(device))).permute(0, 2, 3, 1)
-    w = pixel_weights(batch["mask"], batch["conf"], cfg.conf_weight, cfg.min_conf).to(device)
-    return pointmap_loss(pred, batch["pts"].to(device), w, cfg.loss, cfg.target_scale)
+    w = pixel_weights(batch["mask"], batch["conf"], cfg.conf_weight, cfg.min_conf)
+    return {"image": batch["image"].to(device, non_blocking=True), "pts": batch["pts"].to(device, non_blocking=True),
+            "weight": w.to(device, non_blocking=True)}
+
+
+def image_loss(model, batch: dict[str, torch.Tensor], cfg: PointmapTrainConfig, gen: torch.Generator
+               ) -> torch.Tensor:
+    """The student's loss on an `image_batch` (jittered on its device; CNNs take channels-last input)."""
+    x = normalise(_jittered(batch["image"], cfg, gen))
+    if getattr(model, "channels_last", False):
+        x = x.contiguous(memory_format=torch.channels_last)
+    pred = model(x).permute(0, 2, 3, 1)
+    return pointmap_loss(pred, batch["pts"], batch["weight"], cfg.loss, cfg.target_scale)
+
+
+def image_step_loss(model, scene: SceneTensors, cfg: PointmapTrainConfig, step: int, steps_per_epoch: int,
+                    gen: torch.Generator, device: torch.device) -> torch.Tensor:
+    """Image sampler: `image_loss` of `image_batch` `step`."""
+    return image_loss(model, image_batch(scene, cfg, step, steps_per_epoch, gen, device), cfg, gen)
 
 
 def _sample_pixels(weight: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
@@ -184,12 +202,20 @@ def epoch_steps(data: SceneData, cfg: PointmapTrainConfig) -> int:
 
 
 def step_losses(model, scene: SceneTensors, train_idx, cfg: PointmapTrainConfig, device: torch.device,
-                steps_per_epoch: int, fill_buffer: bool = True) -> Callable[[int, torch.Generator], torch.Tensor]:
-    """The configured sampler as ``loss(step, generator)``. The pixel sampler with a frozen encoder fills its
+                steps_per_epoch: int, fill_buffer: bool = True) -> Callable[..., torch.Tensor]:
+    """The configured sampler as ``loss(step, generator, clock=None)`` (the image sampler times its ``data`` and
+    ``forward_loss`` phases on a `StepClock`). The pixel sampler with a frozen encoder fills its
     feature buffer here (unless not `fill_buffer`: a finished run takes no step)."""
     if cfg.sampler == "pixel" and not model.encoder_trainable():
         buffer = feature_buffer(model, scene, cfg, device) if fill_buffer else None
-        return lambda step, gen: buffer_step_loss(model, buffer, cfg, gen, device)
+        return lambda step, gen, clock=None: buffer_step_loss(model, buffer, cfg, gen, device)
     if cfg.sampler == "pixel":
-        return lambda step, gen: pixel_step_loss(model, scene, train_idx, cfg, gen, device)
-    return lambda step, gen: image_step_loss(model, scene, cfg, step, steps_per_epoch, gen, device)
+        return lambda step, gen, clock=None: pixel_step_loss(model, scene, train_idx, cfg, gen, device)
+
+    def image(step: int, gen: torch.Generator, clock: StepClock | None = None) -> torch.Tensor:
+        with phase(clock, "data"):
+            batch = image_batch(scene, cfg, step, steps_per_epoch, gen, device)
+        with phase(clock, "forward_loss"):
+            return image_loss(model, batch, cfg, gen)
+
+    return image

@@ -25,13 +25,21 @@ from distillkit.training.pointmap.config import PointmapTrainConfig
 from distillkit.training.pointmap.evaluate import evaluate_scene
 from distillkit.training.pointmap.plots import plot_pointmap_curve
 from distillkit.training.pointmap.sampling import SceneTensors, epoch_steps, seeded_generator, step_losses
+from distillkit.training.clock import StepClock, phase
 from distillkit.training.run import Run
 from distillkit.training.tasks import OnStep
 
 log = logging.getLogger("distillkit")
+LOG_EVERY = 10  # on a GPU, steps between reads of the loss (each read waits for the queued kernels)
 
 
-def train_pointmap_student(cfg: PointmapTrainConfig, data: SceneData, on_step: OnStep | None = None) -> dict:
+def images_per_step(cfg: PointmapTrainConfig) -> int:
+    """Frames a step trains on: the batch (image sampler) or the frames its pixels come from (pixel sampler)."""
+    return cfg.frames_per_step if cfg.sampler == "pixel" else cfg.batch_size
+
+
+def train_pointmap_student(cfg: PointmapTrainConfig, data: SceneData, on_step: OnStep | None = None,
+                           clock: StepClock | None = None) -> dict:
     """Train (or resume) a scene-specific student on `data`'s training frames; evaluate on its test frames.
 
     Writes ``out_dir/checkpoint-last.pt`` (model, optimiser, scheduler, step/epoch, metrics, RNG, config),
@@ -48,7 +56,8 @@ def train_pointmap_student(cfg: PointmapTrainConfig, data: SceneData, on_step: O
     model = build_pointmap_student(cfg.student, out_hw)
     spec = {"student": cfg.student.relevant(), "image_hw": list(out_hw), "scene": data.name, "sampler": cfg.sampler}
     run = Run(cfg, "pointmap", {"spec": spec}, {"config": cfg.model_dump(mode="json"), "data": data.summary(),
-                                                "model": describe(model), "spec": spec}, on_step)
+                                                "model": describe(model), "spec": spec}, on_step,
+              log_every=LOG_EVERY if device.type == "cuda" else 1, images_per_step=images_per_step(cfg))
     centre, scale = data.target_stats()
     model.set_scene(centre, scale)
     if run.init_from(model):
@@ -63,6 +72,7 @@ def train_pointmap_student(cfg: PointmapTrainConfig, data: SceneData, on_step: O
     step, train_s = ck.get("step", 0), ck.get("train_s", 0.0)
     if run.resuming:
         log.info("resumed %s at step %d", run.path, step)
+    run.start_step = step
 
     def save() -> None:
         run.save(step=step, epoch=step / per_epoch, train_s=train_s, config=cfg.model_dump(mode="json"),
@@ -71,40 +81,51 @@ def train_pointmap_student(cfg: PointmapTrainConfig, data: SceneData, on_step: O
     cpu0, t0 = time.process_time(), time.perf_counter()
     step_loss = step_losses(model, scene, data.train_idx, cfg, device, per_epoch, fill_buffer=step < total)
     train_s += time.perf_counter() - t0
-    clock, eval_s, stop = EvalClock(cfg, per_epoch, run.metrics["eval"]), 0.0, False
+    evals, eval_s, stop = EvalClock(cfg, per_epoch, run.metrics["eval"]), 0.0, False
     model.train()
-    while step < total and not stop:
-        t0 = time.perf_counter()
-        loss = step_loss(step, seeded_generator(cfg.seed, step))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.grad_clip)
-        opt.step()
-        step += 1
-        train_s += time.perf_counter() - t0
-        lr = sched.update(max(step / total, train_s / budget_s if budget_s else 0.0))
-        run.log({"step": step, "epoch": round(step / per_epoch, 4), "loss": float(loss.detach()), "lr": lr,
-                 "train_s": round(train_s, 3)}, total)
-        stop = bool(budget_s and train_s >= budget_s)
-        if clock.due(step, train_s) and step < total and not stop:
-            t1 = time.perf_counter()
-            run.metrics["eval"].append(eval_row(step, per_epoch, train_s, evaluate_scene(model, scene, cfg, device,
-                                                                                         pose=False)))
-            eval_s += time.perf_counter() - t1
-        if run.due(step, total) and not stop:
-            save()
+    try:
+        while step < total and not stop:
+            t0 = time.perf_counter()
+            loss = step_loss(step, seeded_generator(cfg.seed, step), clock)
+            opt.zero_grad(set_to_none=True)
+            with phase(clock, "backward"):
+                loss.backward()
+            with phase(clock, "optimizer"):
+                if cfg.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.grad_clip,
+                                                   foreach=True)
+                opt.step()
+            step += 1
+            train_s += time.perf_counter() - t0
+            lr = sched.update(max(step / total, train_s / budget_s if budget_s else 0.0))
+            with phase(clock, "log"):
+                run.log({"step": step, "epoch": round(step / per_epoch, 4), "loss": loss.detach(), "lr": lr,
+                         "train_s": round(train_s, 3)}, total)
+            stop = bool(budget_s and train_s >= budget_s)
+            if evals.due(step, train_s) and step < total and not stop:
+                t1 = time.perf_counter()
+                with phase(clock, "eval"):
+                    run.metrics["eval"].append(eval_row(step, per_epoch, train_s, evaluate_scene(
+                        model, scene, cfg, device, pose=False)))
+                eval_s += time.perf_counter() - t1
+            if run.due(step, total) and not stop:
+                with phase(clock, "checkpoint"):
+                    save()
+            if clock is not None:
+                clock.end_step()
+    finally:
+        run.close()
     t1 = time.perf_counter()
     final = evaluate_scene(model, scene, cfg, device, pose=True)
     eval_s += time.perf_counter() - t1
     summary = held_out(final)
     if not run.metrics["eval"] or run.metrics["eval"][-1]["step"] != step:
         run.metrics["eval"].append(eval_row(step, per_epoch, train_s, final))
-    run.metrics.update(final=final, train_s=train_s, steps=step,
+    run.metrics.update(final=final, train_s=train_s, steps=step, steps_this_run=step - run.start_step,
                        process_cpu_s=time.process_time() - cpu0)  # this call's CPU time (all threads), eval included
     save()
     title = f"{data.name}: {cfg.student.kind} ({cfg.sampler} sampler)"
-    return run.finish(lambda metrics, png: plot_pointmap_curve(metrics, png, title), steps=step,
+    return run.finish(lambda metrics, png: plot_pointmap_curve(metrics, png, title), **run.steps_done(step),
                       epochs=round(step / per_epoch, 3), train_s=train_s, eval_s=eval_s,
                       process_cpu_s=run.metrics["process_cpu_s"], model=run.metrics["model"], scene=data.name,
                       extent=data.extent(), final_eval=summary, device=str(device))
