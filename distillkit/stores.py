@@ -47,11 +47,15 @@ def _open(url: str, storage_options: dict | None) -> zarr.Group:
     return open_group(url, "r", storage_options, consolidated=False)  # what is there, not a consolidated snapshot
 
 
-def summarize(url: str, storage_options: dict | None = None):
-    """The summary of a feature store or a scene store (`.kind` says which)."""
+def summarize(url: str, storage_options: dict | None = None, exact: bool = False):
+    """The summary of a feature store or a scene store (`.kind` says which). `exact`: a feature store's sizes by
+    listing every object, not from the summary its finalize wrote (scene summaries always list)."""
     try:
         group = _open(url, storage_options)  # opened once: the kind and the summary read the same metadata
-        return KINDS[store_kind(group)].summarize(group, url)
+        kind = store_kind(group)
+        if exact and kind == FEATURES:
+            return summarize_features(group, url, exact=True)
+        return KINDS[kind].summarize(group, url)
     except Exception as e:
         raise_if_damaged(url, storage_options, e)
         raise

@@ -14,7 +14,8 @@ import zarr
 from distillkit_schemas import paths
 from distillkit_schemas.validate import read_manifest
 
-from distillkit.store import layout
+from distillkit.store import layout, summary
+from distillkit.store.inspect import summarize_features
 from distillkit.store.writer import ShardResult, TeacherShard, inflight_dir, write_shard
 
 
@@ -116,3 +117,98 @@ def test_without_a_record_no_debris_search(cached_store, tmp_path):
     group = layout.open_group(str(store), "r+")
     write_shard(group, _shard_result(group, 0))
     assert not list(inflight_dir(group).iterdir())
+
+
+class _ReadCounter:
+    """Counts the objects a local zarr store reads (LocalStore.get), by key."""
+
+    def __init__(self, monkeypatch):
+        from zarr.storage import LocalStore
+
+        self.keys: list[str] = []
+        get = LocalStore.get
+
+        async def counted(store, key, *a, **k):
+            self.keys.append(key)
+            return await get(store, key, *a, **k)
+
+        monkeypatch.setattr(LocalStore, "get", counted)
+
+    def data(self) -> list[str]:
+        """Chunk reads (metadata documents are a constant few whatever the size)."""
+        return sorted(k for k in self.keys if not k.endswith("zarr.json"))
+
+
+def _manifest(path: Path, photos: Path, n: int) -> Path:
+    """n unique ids over the few real photos (the samples differ by id, not by picture)."""
+    files = sorted(photos.iterdir())
+    path.write_text("".join(f'{{"id": "img_{k:06d}", "uri": "{files[k % len(files)]}"}}\n' for k in range(n)))
+    return path
+
+
+def _reads(monkeypatch, fn) -> list[str]:
+    counter = _ReadCounter(monkeypatch)
+    try:
+        fn()
+    finally:
+        monkeypatch.undo()
+    return counter.data()
+
+
+def test_rerun_and_append_read_what_changed_only(photos, tmp_path, monkeypatch):
+    """A no-op re-run and an append of one shard read the same objects from a store of 4 shards as from one of
+    16: the served version's marks, rows and statistics partials are not read again."""
+    from conftest import tiny_cache_config
+
+    from distillkit.cache import run_cache
+
+    seen = {}
+    for n in (8, 32):
+        src = _manifest(tmp_path / f"m{n}.jsonl", photos, n)
+        cfg = tiny_cache_config(src, tmp_path / f"s{n}.zarr", shard_size=2, batch_size=2, num_workers=1)
+        run_cache(cfg, show_progress=False)
+        noop = _reads(monkeypatch, lambda: run_cache(cfg, show_progress=False))
+        _manifest(src, photos, n + 2)  # one more shard
+        append = _reads(monkeypatch, lambda: run_cache(cfg, show_progress=False))
+        g = layout.open_group(str(cfg.store), "r")
+        assert read_manifest(g).n_samples == n + 2
+        quick = _reads(monkeypatch, lambda: summarize_features(g, "s"))
+        seen[n] = (len(noop), len(append), len(quick))
+        _summary_matches_listing(g)
+    assert seen[8] == seen[32], f"(no-op, append, inspect) chunk reads at 8 vs 32 samples: {seen}"
+
+
+def _summary_matches_listing(g: zarr.Group) -> None:
+    """inspect's sizes and rejected inputs from finalize's summary (kept up by the append) are the listing's; a
+    store without a summary (an older one) still inspects, by listing, and says so."""
+    quick, exact = summarize_features(g, "s"), summarize_features(g, "s", exact=True)
+    assert quick.source == "summary" and exact.source == "listing"
+    assert {a["path"]: a["stored_bytes"] for a in quick.arrays} == {a["path"]: a["stored_bytes"]
+                                                                     for a in exact.arrays}
+    assert quick.rejected == exact.rejected and quick.shards_done == exact.shards_done
+    (Path(g.store.root) / summary.KEY).unlink()
+    older = summarize_features(g, "s")
+    assert older.source.startswith("listing (no summary") and older.arrays == exact.arrays
+
+
+def test_incremental_statistics_equal_a_full_merge(photos, tmp_path):
+    """Stored totals + the new shards' partials give the same bits as merging every shard again."""
+    from conftest import tiny_cache_config
+
+    from distillkit.cache import run_cache
+    from distillkit.store.finalize import merge_statistics
+
+    src = _manifest(tmp_path / "m.jsonl", photos, 6)
+    cfg = tiny_cache_config(src, tmp_path / "s.zarr", shard_size=2, batch_size=2, num_workers=1)
+    run_cache(cfg, show_progress=False)
+    _manifest(src, photos, 9)
+    run_cache(cfg, show_progress=False)
+    g = layout.open_group(str(cfg.store), "r+")
+    m = read_manifest(g)
+    t = m.teachers[0]
+    names = ["patch_mean", "patch_std", "cls_mean", "cls_std", "count"]
+    incremental = {k: g[paths.stats(t, k)][...].copy() for k in names}
+    merge_statistics(g, m)  # every shard
+    for k in names:
+        assert np.array_equal(incremental[k], g[paths.stats(t, k)][...]), f"{k}: incremental merge differs"
+

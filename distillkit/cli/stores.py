@@ -14,13 +14,15 @@ from distillkit.cli.scenes import show_scene
 
 @app.command()
 def inspect(store: str = typer.Argument(..., help="store path or URL"),
-            as_json: bool = typer.Option(False, "--json", help="machine-readable output")):
+            as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+            exact: bool = typer.Option(False, "--exact", help="list every object for the sizes and rejected "
+                                                              "inputs, not the summary the last finalize wrote")):
     """Print a store's arrays, layout, sizes, completion, teacher provenance and rejected inputs."""
     setup_logging()
     from distillkit.stores import render, summarize
 
     try:
-        s = summarize(store)
+        s = summarize(store, exact=exact)
     except Exception as e:
         fail(f"cannot inspect {store}: {describe_error(e)}")
     if as_json:

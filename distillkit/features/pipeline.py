@@ -27,7 +27,7 @@ from distillkit.sources import SampleRef, content_signatures, list_source, sourc
 from distillkit.sources.images import split_of
 from distillkit.store import growth, layout
 from distillkit.store.codecs import Codec, read_codec
-from distillkit.store.finalize import finalize_store
+from distillkit.store.finalize import REPAIR_ATTR, finalize_store
 from distillkit.store.lease import Lease
 from distillkit.store.target import inspect_target
 from distillkit.store.writer import StoreFull, remove_metadata_debris
@@ -115,15 +115,25 @@ def prepare_store(cfg: CacheConfig, teachers: dict[str, Teacher] | None = None) 
                                     plan.splits, cfg.codec, cfg.storage_options, view_seeds=plan.seeds,
                                     codec_arrays=extra, signatures=[r.signature for r in plan.refs])
         manifest = want
-    done = group["progress/shard_done"][:]
     wanted = range(manifest.n_shards) if cfg.shards is None else cfg.shards
     bad = [s for s in wanted if not 0 <= s < manifest.n_shards]
     if bad:
         raise ValueError(f"shards {bad} out of range: the store has {manifest.n_shards} shards")
-    pending = [s for s in wanted if not done[s]]
+    first = _done_before(group)
+    done = group["progress/shard_done"][first:]  # a complete version's shards are done: not read again
+    pending = [s for s in wanted if s >= first and not done[s - first]]
     codecs = {n: read_codec(group, n, t.provenance.storage) for n, t in teachers.items()}
     return Prepared(group=group, manifest=manifest, pending=pending, teachers=teachers, changes=changes,
                     codecs=codecs)
+
+
+def _done_before(group: zarr.Group) -> int:
+    """The shards known done without reading their marks: those of the served version when it is complete (an
+    append only adds shards after them; a repair in progress resets some: then none)."""
+    served = Manifest.model_validate(group.attrs[layout.MANIFEST_ATTR])
+    if served.status != "complete" or group.attrs.get(REPAIR_ATTR):
+        return 0
+    return served.n_shards
 
 
 def _plan_decoder(cfg: CacheConfig, plan: Plan, teachers: dict[str, Teacher]) -> Callable[[int], "DecodedSample"]:
@@ -137,11 +147,13 @@ def _grow(group: zarr.Group, have: Manifest, provs: dict, plan: Plan, cfg: Cache
     if growth.pending_intent(group) is None and have.source_fingerprint == plan.fingerprint:
         return have, None
     n0 = have.n_samples
-    ids = group["samples/id"][:n0]
-    live = ~growth.is_padding(ids) & ~growth.is_retired(group["samples/error"][:n0])
-    changes = growth.diff(ids, group["samples/uri"][:n0], [r.id for r in plan.refs], [r.uri for r in plan.refs],
-                          group["samples/signature"][:n0] if have.signatures else None,
-                          [r.signature for r in plan.refs], live)
+    new_ids, new_uris, new_sigs = ([getattr(r, k) for r in plan.refs] for k in ("id", "uri", "signature"))
+    changes = growth.diff_from_index(group, have, new_ids, new_uris, new_sigs)
+    if changes is None:  # a store without index digests: every row's id, uri and signature
+        ids = group["samples/id"][:n0]
+        live = ~growth.is_padding(ids) & ~growth.is_retired(group["samples/error"][:n0])
+        changes = growth.diff(ids, group["samples/uri"][:n0], new_ids, new_uris,
+                              group["samples/signature"][:n0] if have.signatures else None, new_sigs, live)
     if changes.changed:
         log.warning("store %s: %d file(s) changed since they were cached, e.g. %s: caching them again (their old "
                     "rows are retired)", cfg.store, len(changes.changed), changes.changed[0])

@@ -13,7 +13,8 @@ from distillkit_schemas import FEATURES, Manifest
 from distillkit.config.cache import CacheConfig
 from distillkit.features.pipeline import Plan, cache_shards, plan_samples, prepare_store
 from distillkit.store import layout
-from distillkit.store.finalize import finalize_store, merge_statistics, write_sample_index
+from distillkit.store.finalize import (REPAIR_ATTR, finalize_store, merge_statistics, rewrite_summary,
+                                       write_sample_index)
 from distillkit.store.integrity import deep_check, delete_shard_object
 from distillkit.store.lease import Lease
 from distillkit.store.target import NotAStore, inspect_target
@@ -41,6 +42,7 @@ def _repair(cfg: CacheConfig, show_progress: bool) -> dict:
                 delete_shard_object(group[d.array], d.shard)
         manifest = Manifest.model_validate(group.attrs[layout.MANIFEST_ATTR])
         _rewrite_sample_table(group, plan_samples(cfg), shards, manifest)
+        group.attrs[REPAIR_ATTR] = shards  # a complete store with shards not done: re-runs read every mark
         group["progress/shard_done"][shards] = 0
     prepared = prepare_store(cfg)
     if shards:
@@ -53,6 +55,10 @@ def _repair(cfg: CacheConfig, show_progress: bool) -> dict:
         merge_statistics(prepared.group, prepared.manifest)
         if prepared.manifest.sample_index is not None:  # the same version's index, rewritten from samples/
             write_sample_index(prepared.group, prepared.manifest)
+    if damage:
+        rewrite_summary(prepared.group, prepared.manifest)
+    if shards:
+        group.attrs[REPAIR_ATTR] = None  # recomputed, merged and indexed: the marks are all set again
     result.update(repaired_shards=shards, damaged_arrays=sorted({d.array for d in damage}),
                   nothing_to_do=not damage, finalize=finalize_store(cfg), store=cfg.store,
                   wall_s=time.perf_counter() - t0)

@@ -39,7 +39,10 @@ def cache_shards(cfg, prepared, shards: list[int] | None = None, on_shard=None, 
     shards = prepared.pending if shards is None else shards
     m, teachers, group = prepared.manifest, prepared.teachers, prepared.group
     teacher_hws = {tuple(t.input_hw) for t in teachers.values()}
-    uris, ids, seeds = group["samples/uri"][:], group["samples/id"][:], group["samples/view_seed"][:]
+    # only the rows of the shards to cache (an append: the new ones), not the whole table
+    lo = min(shards, default=0) * m.shard_size
+    hi = min((max(shards, default=-1) + 1) * m.shard_size, m.n_samples)
+    uris, ids, seeds = (_Rows(group[p][lo:hi], lo) for p in ("samples/uri", "samples/id", "samples/view_seed"))
     written = {"shards": 0, "samples": 0, "rejected": []}
     t0 = time.perf_counter()
     clock = StageClock()
@@ -182,6 +185,16 @@ def background() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
     except (AttributeError, OSError):  # not Linux, or not allowed: same results, only less polite
         pass
+
+
+class _Rows:
+    """Rows [lo, lo + len) of a column, indexed by row number."""
+
+    def __init__(self, values, lo: int):
+        self._values, self._lo = values, lo
+
+    def __getitem__(self, r: int):
+        return self._values[r - self._lo]
 
 
 def _feed(pool, decode, shards, rows_of, out: queue.Queue, stop: threading.Event, cfg) -> None:

@@ -17,14 +17,15 @@ def codec_name(arr: zarr.Array) -> str:
     return "+".join(comps) or "none"
 
 
-def array_row(group: zarr.Group, spec) -> dict:
-    """The array at `spec.path` as a table row ({"path", "missing": True} when it is absent)."""
+def array_row(group: zarr.Group, spec, stored: int | None = None) -> dict:
+    """The array at `spec.path` as a table row ({"path", "missing": True} when it is absent). `stored`: its
+    stored bytes as the store's summary has them (else every object of the array is listed)."""
     try:
         arr = group[spec.path]
     except KeyError:
         return {"path": spec.path, "missing": True}
     raw = int(np.prod(arr.shape, dtype=np.int64)) * (arr.dtype.itemsize if arr.dtype.kind != "T" else 0)
-    stored = int(arr.nbytes_stored())
+    stored = int(arr.nbytes_stored()) if stored is None else stored
     return {"path": spec.path, "shape": list(arr.shape), "dtype": str(arr.dtype), "chunks": list(arr.chunks),
             "shards": list(arr.shards) if arr.shards else None, "codec": codec_name(arr), "stored_bytes": stored,
             "raw_bytes": raw, "ratio": (raw / stored) if stored and raw else None}

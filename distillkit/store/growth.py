@@ -73,6 +73,61 @@ def diff(old_ids: np.ndarray, old_uris: np.ndarray, new_ids: list[str], new_uris
     return ch
 
 
+def diff_from_index(group: zarr.Group, have: Manifest, new_ids: list[str], new_uris: list[str],
+                    new_signatures: list[str]) -> Changes | None:
+    """`diff` against the served version's sample index: its ids and per-row digests (a few large objects, not
+    one object per shard and column). Only rows whose digest differs from the listing's (a moved or replaced
+    file) are read from samples/. None: no index with digests (an older store): diff the full columns."""
+    from distillkit.store import sample_index
+
+    if have.sample_index is None:
+        return None
+    try:
+        index = sample_index.read_columns(group, have.sample_index, have.n_samples, digests=True)
+    except (KeyError, ValueError):
+        return None
+    if sample_index.DIGEST not in index:
+        return None
+    old_digest = index[sample_index.DIGEST]
+    last_row = {i: r for r, i in enumerate(index["id"].tolist()) if i}  # a replaced id: its latest row
+    sigs = new_signatures if have.signatures else [""] * len(new_ids)
+    new_digest = sample_index.entry_digests(new_ids, new_uris, sigs)
+    ch = Changes(added=[k for k, i in enumerate(new_ids) if i not in last_row])
+    now = set(new_ids)
+    ch.removed = sorted(i for i in last_row if i not in now)
+    suspects = [(k, last_row[i]) for k, i in enumerate(new_ids) if i in last_row and old_digest[last_row[i]]
+                != new_digest[k]]
+    old = _rows(group, [r for _, r in suspects], ["uri", "error"] + (["signature"] if have.signatures else []))
+    for k, r in suspects:
+        if old["uri"][r] != new_uris[k]:
+            ch.moved += 1
+        if have.signatures and new_signatures[k] and old["signature"][r] and old["signature"][r] != new_signatures[k] \
+                and not str(old["error"][r]).startswith(RETIRED):
+            ch.added.append(k)
+            ch.changed.append(new_ids[k])
+            ch.replaced_rows.append(r)
+    ch.added.sort()
+    return ch
+
+
+def _rows(group: zarr.Group, rows: list[int], columns: list[str]) -> dict[str, dict[int, str]]:
+    """Single rows of samples/ columns, one read per (column, run of consecutive rows)."""
+    out: dict[str, dict[int, str]] = {c: {} for c in columns}
+    rows = sorted(set(rows))
+    runs: list[list[int]] = []
+    for r in rows:
+        if runs and r == runs[-1][-1] + 1:
+            runs[-1].append(r)
+        else:
+            runs.append([r])
+    for c in columns:
+        arr = group[f"samples/{c}"]
+        for run in runs:
+            for r, v in zip(run, arr[run[0]:run[-1] + 1].tolist()):
+                out[c][r] = str(v)
+    return out
+
+
 def padded_start(manifest: Manifest) -> int:
     """Where the next appended sample goes: the first row of the first shard after the store's last one."""
     return manifest.n_shards * manifest.shard_size

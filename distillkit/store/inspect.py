@@ -17,6 +17,7 @@ from distillkit.store.arrays import array_row, array_table
 from distillkit.store.compact import storage_summary
 from distillkit.store import sample_index
 from distillkit.store.growth import is_padding, is_retired
+from distillkit.store.summary import REJECTED_KEPT, read_summary
 from distillkit.store.integrity import damage_problems, deep_check, missing_shards
 
 
@@ -31,6 +32,7 @@ class StoreSummary:
     rejected: list[dict] = field(default_factory=list)
     kind: str = FEATURES
     storage: dict[str, dict] = field(default_factory=dict)  # per teacher: bytes per sample, PCA variance
+    source: str = "listing"  # where the sizes and rejected inputs come from: "summary" (finalize's) or a listing
 
     @property
     def completion(self) -> float:
@@ -39,13 +41,22 @@ class StoreSummary:
     def as_dict(self) -> dict[str, Any]:
         return {"url": self.url, "kind": self.kind, "manifest": self.manifest, "provenance": self.provenance, "arrays": self.arrays,
                 "shards_done": self.shards_done, "n_shards": self.n_shards, "completion_pct": self.completion,
-                "rejected": self.rejected, "storage": self.storage}
+                "rejected": self.rejected, "storage": self.storage, "source": self.source}
 
 
-def summarize_features(group, url: str) -> StoreSummary:
-    """The summary of an open feature store (`url` names it in the summary)."""
+def summarize_features(group, url: str, exact: bool = False) -> StoreSummary:
+    """The summary of an open feature store (`url` names it in the summary): from the summary finalize wrote for
+    the served version (a few reads whatever the size), else, or with `exact`, by listing every object."""
     manifest = read_manifest(group)
     provs = {t: read_provenance(group, t) for t in manifest.teachers}
+    stored = None if exact else read_summary(group)
+    if stored is not None and stored.get("version") == manifest.version and manifest.status == "complete":
+        sizes = stored["stored_bytes"]
+        arrays = [array_row(group, spec, sizes.get(spec.path)) for spec in expected_arrays(manifest, provs)]
+        return StoreSummary(url=url, manifest=manifest.model_dump(mode="json"),
+                            provenance={t: p.model_dump(mode="json") for t, p in provs.items()}, arrays=arrays,
+                            shards_done=manifest.n_shards, n_shards=manifest.n_shards, rejected=stored["rejected"],
+                            storage={t: storage_summary(group, t, p) for t, p in provs.items()}, source="summary")
     arrays = [array_row(group, spec) for spec in expected_arrays(manifest, provs)]
     done = group["progress/shard_done"][:]
     valid = group["samples/valid"][:]
@@ -60,7 +71,9 @@ def summarize_features(group, url: str) -> StoreSummary:
     return StoreSummary(url=url, manifest=manifest.model_dump(mode="json"),
                         provenance={t: p.model_dump(mode="json") for t, p in provs.items()}, arrays=arrays,
                         shards_done=int(done.sum()), n_shards=len(done), rejected=rejected,
-                        storage={t: storage_summary(group, t, p) for t, p in provs.items()})
+                        storage={t: storage_summary(group, t, p) for t, p in provs.items()},
+                        source="listing" if exact else "listing (no summary of this version: an older store, or "
+                                                       "one not complete)")
 
 
 def validate_features(group, progress: Callable[[int, int], None] | None = None) -> list[Problem]:
@@ -145,6 +158,9 @@ def render_features(s: StoreSummary) -> list:
             out.append(f"[bold red]WARNING: teacher {name} was cached from RANDOM weights "
                        f"({pv['checkpoint_sha256']}); its features are not real targets[/]")
     out.append(array_table(s.arrays))
+    out.append(f"sizes and rejected inputs from: {s.source}" + ("" if s.source != "summary" else
+               f" (rejected inputs: the first {REJECTED_KEPT}; `inspect --exact` lists the store)"
+               if len(s.rejected) >= REJECTED_KEPT else " (`inspect --exact` lists the store)"))
     p = Table(title="teachers")
     for col in ("teacher", "arch", "weights", "sha256", "input", "grid", "dim", "dtype", "storage",
                 "bytes/sample", "vs fp16", "PCA variance"):

@@ -9,6 +9,7 @@ are deleted.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
@@ -38,7 +39,33 @@ def write(group: zarr.Group, manifest: Manifest, columns: dict[str, np.ndarray])
                                  compressors=[ZstdCodec(level=3), Crc32cCodec()], dimension_names=spec.dims,
                                  overwrite=True, config={"write_empty_chunks": True})
         arr[:] = _as_str(values) if spec.dtype == "str" else np.asarray(values, spec.dtype)
+    if "digest" in columns:  # beside the schema's columns: what the next re-run diffs its listing against
+        arr = group.create_array(f"{path}/{DIGEST}", shape=(n,), dtype="uint64", chunks=(min(max(n, 1), INDEX_ROWS),),
+                                 fill_value=0, compressors=[ZstdCodec(level=3), Crc32cCodec()],
+                                 dimension_names=("sample",), overwrite=True, config={"write_empty_chunks": True})
+        arr[:] = np.asarray(columns["digest"], np.uint64)
     return path
+
+
+DIGEST = "digest"  # per row: 64 bits of blake2b over (id, uri, signature); equal digests = the same listed file
+
+
+def entry_digests(ids, uris, signatures) -> np.ndarray:
+    """The digest of each listed sample (the signature "" where the store keeps none)."""
+    out = np.empty(len(ids), np.uint64)
+    for k, (i, u, s) in enumerate(zip(ids, uris, signatures)):
+        out[k] = int.from_bytes(hashlib.blake2b(f"{i}\0{u}\0{s}".encode(), digest_size=8).digest(), "little")
+    return out
+
+
+def digests_of(group: zarr.Group, prefix: str, start: int, stop: int, signatures: bool, ids) -> np.ndarray:
+    """The digests of rows [start, stop) of samples/ (padding rows, id "", get 0: never a listed sample's)."""
+    uris = group[f"{prefix}/uri"][start:stop].tolist()
+    sigs = group[f"{prefix}/signature"][start:stop].tolist() if signatures else [""] * len(uris)
+    ids = np.asarray(ids).tolist()
+    out = entry_digests(ids, uris, sigs)
+    out[[k for k, i in enumerate(ids) if not i]] = 0
+    return out
 
 
 def _as_str(values) -> np.ndarray:
@@ -58,12 +85,16 @@ def drop_old(group: zarr.Group, version: int) -> list[str]:
     return dropped
 
 
-def read_columns(group: zarr.Group, prefix: str, n: int) -> dict[str, np.ndarray]:
-    """id, valid and split under `prefix` (`samples` or an index group), rows [0, n), fetched concurrently: one
-    round trip on a remote store, not three (KeyError: missing; ValueError: damaged, e.g. a checksum)."""
+def read_columns(group: zarr.Group, prefix: str, n: int, start: int = 0, digests: bool = False
+                 ) -> dict[str, np.ndarray]:
+    """id, valid and split under `prefix` (`samples` or an index group), rows [start, n), fetched concurrently:
+    one round trip on a remote store, not three (KeyError: missing; ValueError: damaged, e.g. a checksum).
+    `digests`: an index's digest column too, where it has one."""
     arrays = {k: group[f"{prefix}/{k}"] for k in INDEX_ARRAYS}
+    if digests and f"{prefix}/{DIGEST}" in group:
+        arrays[DIGEST] = group[f"{prefix}/{DIGEST}"]
     with ThreadPoolExecutor(len(arrays)) as pool:
-        return dict(zip(arrays, pool.map(lambda a: a[:n], arrays.values())))
+        return dict(zip(arrays, pool.map(lambda a: a[start:n], arrays.values())))
 
 
 def read(group: zarr.Group, manifest: Manifest) -> dict[str, np.ndarray] | None:
@@ -96,4 +127,4 @@ def check(group: zarr.Group, manifest: Manifest) -> list[Problem]:
             out.append(Problem(f"{manifest.sample_index}/{k}", f"differs from samples/{k} at rows {rows[:5].tolist()}"))
     return out
 
-__all__ = ["INDEX_ROWS", "check", "drop_old", "read", "read_columns", "write"]
+__all__ = ["DIGEST", "INDEX_ROWS", "check", "digests_of", "entry_digests", "drop_old", "read", "read_columns", "write"]
