@@ -212,3 +212,23 @@ def test_incremental_statistics_equal_a_full_merge(photos, tmp_path):
     for k in names:
         assert np.array_equal(incremental[k], g[paths.stats(t, k)][...]), f"{k}: incremental merge differs"
 
+
+def test_bench_scale_json(tmp_path):
+    """`bench scale` on two tiny sizes: every operation timed and counted per size, with its fitted exponent."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from distillkit.cli import app
+
+    res = CliRunner().invoke(app, ["bench", "scale", "--sizes", "32,64", "--shard-size", "16", "--workdir",
+                                   str(tmp_path), "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout[res.stdout.index("{"):])
+    assert out["sizes"] == [32, 64]
+    for name in ("write_per_shard", "noop_rerun", "append_64", "inspect", "inspect_exact", "validate"):
+        op = out["operations"][name]
+        assert set(op["seconds"]) == {"32", "64"} and all(s > 0 for s in op["seconds"].values()), name
+        assert isinstance(op["exponent"], float) and op["at_20_7M_s"] > 0, name
+    assert out["operations"]["inspect"]["reads"]["32"] == out["operations"]["inspect"]["reads"]["64"]
+    assert out["stores"]["64"]["files"] > out["stores"]["32"]["files"]
