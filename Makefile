@@ -45,7 +45,7 @@ $(ZSTAMP): pyproject.toml Makefile
 
 test: $(STAMP)
 	$(BIN)/python -c "import sys, zarr; print('suite: Python', sys.version.split()[0], '+ zarr', zarr.__version__)"
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 	@if [ -n "$(PY_OLDEST)" ]; then $(MAKE) --no-print-directory test-oldest-zarr; \
 	else echo "note: no Python 3.11 here (set PY_OLDEST=<python>): the oldest-zarr run is skipped"; fi
 
