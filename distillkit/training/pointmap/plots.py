@@ -16,7 +16,7 @@ from PIL import Image
 
 from distillkit.scenes.data import SceneData
 from distillkit.scenes import store as scene_store
-from distillkit.scenes.figures import box_label, colormap, pointmap_rgb, world_unit
+from distillkit.scenes.figures import Panel, box_label, panel_figure, pointmap_rgb, save, world_unit
 from distillkit.training.pointmap.evaluate import load_pointmap_student, predict_frames
 from distillkit.training.pointmap.sampling import SceneTensors
 
@@ -95,13 +95,13 @@ def show_student(store: str, scene: str, checkpoint: str | Path, out_dir: str | 
         teacher = pointmap_rgb(np.where(pred["mask"][r][..., None], pred["target"][r], np.nan), lo, hi)
         student = pointmap_rgb(pred["pred"][r], lo, hi)
         e = err[r]
-        error_rgb = colormap(e, np.isfinite(e), "inferno", 0.0, emax)
         mean_l2 = float(np.nanmean(e)) if np.isfinite(e).any() else float("nan")
         per_frame.append({"frame": int(k), "mean_l2": mean_l2})
-        for kind, rgb in (("student", student), ("error", error_rgb)):
-            path = out / f"{ids[r]}_{kind}.png"
-            Image.fromarray(rgb).save(path)
-            files.append(str(path))
+        for kind, panel in (("student", Panel(f"student ({cfg.student.kind}) pointmap", student,
+                                              box_label(lo, hi, unit))),
+                            ("error", Panel(f"L2 error, mean {mean_l2:.3g} {unit.split(',')[0]}", e, f"L2 error ({unit})", "inferno",
+                                            0.0, emax))):
+            files.append(save(panel_figure(panel, f"{scene} {ids[r]}: {panel.title}"), out / f"{ids[r]}_{kind}.png"))
         for c, (title, rgb) in enumerate((("image", image), ("teacher (aligned DUSt3R)", teacher),
                                            (f"student ({cfg.student.kind})", student))):
             axes[r, c].imshow(rgb)
