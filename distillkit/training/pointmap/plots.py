@@ -99,8 +99,8 @@ def show_student(store: str, scene: str, checkpoint: str | Path, out_dir: str | 
         per_frame.append({"frame": int(k), "mean_l2": mean_l2})
         for kind, panel in (("student", Panel(f"student ({cfg.student.kind}) pointmap", student,
                                               box_label(lo, hi, unit))),
-                            ("error", Panel(f"L2 error, mean {mean_l2:.3g} {unit.split(',')[0]}", e, f"L2 error ({unit})", "inferno",
-                                            0.0, emax))):
+                            ("error", Panel(f"L2 error, mean {mean_l2:.3g} {unit.split(',')[0]}", e,
+                                            f"L2 error ({unit})", "inferno", 0.0, emax))):
             files.append(save(panel_figure(panel, f"{scene} {ids[r]}: {panel.title}"), out / f"{ids[r]}_{kind}.png"))
         for c, (title, rgb) in enumerate((("image", image), ("teacher (aligned DUSt3R)", teacher),
                                            (f"student ({cfg.student.kind})", student))):
