@@ -44,7 +44,7 @@ def loss_curve_figure(metrics: dict):
     for t in names:
         pts = [(e["step"], e[t]["loss"]) for e in evals if isinstance(e.get(t), dict) and "loss" in e[t]]
         if pts:
-            ax.plot(*zip(*pts), "o", color=colour[t], ms=5, mec="white", label=f"held-out, {t}")
+            ax.plot(*zip(*pts), "o", color=colour[t], ms=6, label=f"held-out, {t}")
     if ax.lines:
         ax.legend(fontsize=8)
     ax.set_xlabel("step")
@@ -119,7 +119,7 @@ def pca_figure(store: str, out: str | Path, checkpoint: str | None = None, n_ima
         for ax in axes[i]:
             ax.set_xticks([])
             ax.set_yticks([])
-    fig.suptitle("patch features: top-3 principal components as RGB (fitted per column over these images; "
+    fig.suptitle("patch features: top-3 principal components as RGB\n(fitted per column over these images; "
                  "similar colour = similar feature)", fontsize=8)
     fig.tight_layout()
     out = Path(out)
