@@ -14,7 +14,8 @@ import zarr
 from distillkit_schemas import FEATURES, SCENES, Problem, store_kind
 
 from distillkit.scenes.check import deep_validate_scenes, render_scenes, summarize_scenes, validate_scenes
-from distillkit.store.inspect import deep_validate_features, render_features, summarize_features, validate_features
+from distillkit.store.inspect import render_features, summarize_features
+from distillkit.store.validation import Selection, deep_validate_features, validate_features
 from distillkit.store.layout import open_group
 from distillkit.store.metadata import damaged_metadata, raise_if_damaged
 
@@ -63,12 +64,13 @@ def summarize(url: str, storage_options: dict | None = None, exact: bool = False
 
 def validate_store(url: str, storage_options: dict | None = None,
                    progress: Callable[[int, int], None] | None = None, deep: bool = False,
-                   notes: list[Problem] | None = None) -> list[Problem]:
+                   notes: list[Problem] | None = None, select: Selection | None = None) -> list[Problem]:
     """Schema, completeness and content checks of either kind: every problem found (empty list = valid).
 
     `deep`: also read every byte of every per-sample and per-shard array, so that each checksum is verified, and
     name the array, shard (or object) and samples of any mismatch or missing object. Remarks that are no problem (e.g. a store
-    written before checksums) are appended to `notes`."""
+    written before checksums, which shards a `select`ion checked) are appended to `notes`. `select`: some of a
+    feature store's shards (a range, a seeded sample); ValueError for a scene store."""
     damaged = damaged_metadata(url, storage_options)
     if damaged:  # nothing below could be trusted (or even opened)
         return [Problem(d.split(": ", 1)[0], d.split(": ", 1)[1]) for d in damaged]
@@ -77,9 +79,23 @@ def validate_store(url: str, storage_options: dict | None = None,
     except Exception as e:
         return [Problem(url, f"cannot open as a Zarr v3 group: {e}")]
     kind = KINDS[store_kind(group)]
+    if kind is KINDS[FEATURES]:
+        return _validate_features(group, progress, deep, notes, select)
+    if select is not None:
+        raise ValueError(f"{url} is a scene store: --sample and --shards select shards of feature stores")
     if not deep:
         return kind.validate(group, progress)
     problems, found = kind.deep_validate(group, progress)
+    if notes is not None:
+        notes.extend(found)
+    return problems
+
+
+def _validate_features(group: zarr.Group, progress: Progress, deep: bool, notes: list[Problem] | None,
+                       select: Selection | None) -> list[Problem]:
+    if not deep:
+        return validate_features(group, progress, select, notes)
+    problems, found = deep_validate_features(group, progress, select)
     if notes is not None:
         notes.extend(found)
     return problems

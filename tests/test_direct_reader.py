@@ -198,4 +198,23 @@ def test_chunk_reader_leaves_other_layouts_to_zarr(tmp_path):
     assert direct.direct_reader(g.create_array("b", shape=(8, 2), dtype="f4", chunks=(4, 2),
                                                compressors=[BloscCodec(cname="lz4")])) is None
     assert direct.direct_reader(g.create_array("cols", shape=(8, 4), dtype="f4", chunks=(4, 2))) is None
-    assert direct.direct_reader(g.create_array("s", shape=(4,), dtype=str, chunks=(2,))) is None
+    assert direct.direct_reader(g.create_array("s2", shape=(4, 2), dtype=str, chunks=(2, 2))) is None
+
+
+@pytest.mark.parametrize("compressors", [[], [ZstdCodec(level=3), Crc32cCodec()], [Crc32cCodec()]])
+def test_string_columns_are_read_directly_as_zarr_reads_them(tmp_path, compressors):
+    g = zarr.open_group(str(tmp_path / "o.zarr"), mode="w")
+    values = np.array(["a/img_0.png", "", "dé/ünï.jpg", "z" * 300, "b"], dtype=np.dtypes.StringDType())
+    arr = g.create_array("s", shape=(5,), dtype=str, chunks=(2,), compressors=compressors, fill_value="")
+    arr[:] = values
+    reader = direct.direct_reader(arr)
+    assert isinstance(reader, direct.DirectChunkReader)
+    got = np.concatenate([reader.read_shard(s) for s in range(3)])  # the last chunk is short
+    assert got.dtype == values.dtype and got.tolist() == values.tolist()
+    if compressors == [Crc32cCodec()]:  # a flipped byte: the checksum says so
+        path = tmp_path / "o.zarr" / "s" / "c" / "1"
+        raw = bytearray(path.read_bytes())
+        raw[6] ^= 1
+        path.write_bytes(bytes(raw))
+        with pytest.raises(ChecksumError, match="chunk 1"):
+            reader.read_shard(1)

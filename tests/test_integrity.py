@@ -114,3 +114,65 @@ def test_repair_recomputes_only_the_damaged_shards(pristine, tmp_path):
             assert p.read_bytes() == data, rel
     res = runner.invoke(app, ["cache", "--config", str(cfg_file), "--repair", "--quiet"])
     assert "nothing to repair" in res.output
+
+
+def _fetched(monkeypatch) -> list[str]:
+    """The storage keys every direct (one-request) read of a shard or chunk fetches."""
+    from distillkit.store import direct
+
+    keys: list[str] = []
+    real = direct._fetch
+    monkeypatch.setattr(direct, "_fetch", lambda store, key, *a: keys.append(key) or real(store, key, *a))
+    return keys
+
+
+def _shard_of(key: str) -> int:
+    return int(key.split("/c/")[1].split("/")[0])
+
+
+def test_a_shard_range_reads_only_its_shards_and_says_what_it_checked(pristine, tmp_path, monkeypatch):
+    store, _ = _damaged_copy(pristine, tmp_path)  # shards 0 and 1 of the patch tokens are damaged
+    keys = _fetched(monkeypatch)
+    res = runner.invoke(app, ["validate", str(store), "--deep", "--shards", "2:"])
+    assert res.exit_code == 0, res.output
+    assert "checked 1 of 3 shards (shards 2:)" in " ".join(res.output.split())
+    assert keys and {_shard_of(k) for k in keys} == {2}  # not one object of another shard
+    every = len(keys)
+    keys.clear()
+    res = runner.invoke(app, ["validate", str(store), "--deep"])
+    assert res.exit_code == 1 and "2 problem(s)" in " ".join(res.output.split())
+    assert {_shard_of(k) for k in keys} == {0, 1, 2} and len(keys) >= 3 * every - 3
+
+
+def _findings(said: str) -> str:
+    return said[said.index("note"):]  # past the progress bar (its rates vary)
+
+
+def test_a_seeded_sample_of_shards(pristine, tmp_path):
+    store, _ = _damaged_copy(pristine, tmp_path)
+    runs = [" ".join(runner.invoke(app, ["validate", str(store), "--sample", "1", "--seed", str(seed)]).output.split())
+            for seed in range(6)]
+    assert all("checked 1 of 3 shards (sample 1, seed" in r for r in runs)
+    caught = [f"teachers/{TEACHER}/patch" in r for r in runs]
+    assert any(caught) and not all(caught)  # the damaged shards 0-1 are found when the sample holds them
+    again = " ".join(runner.invoke(app, ["validate", str(store), "--sample", "1", "--seed", "3"]).output.split())
+    assert _findings(again) == _findings(runs[3])  # seeded: the same shards again
+    assert "checked 3 of 3 shards" in " ".join(runner.invoke(app, ["validate", str(store), "--sample", "100%"])
+                                               .output.split())
+    for bad, said in (("--sample=150%", "--sample '150%'"), ("--shards=a:b", "--shards 'a:b'")):
+        res = runner.invoke(app, ["validate", str(store), bad])
+        assert res.exit_code == 2 and said in res.output, res.output
+
+
+def test_arrays_are_opened_once_not_once_per_shard(pristine, monkeypatch):
+    import zarr
+
+    opened: list[str] = []
+    real = zarr.Group.__getitem__
+    monkeypatch.setattr(zarr.Group, "__getitem__", lambda self, k: opened.append(k) or real(self, k))
+    counts = []
+    for shards in ("0:1", "0:2"):
+        opened.clear()
+        assert runner.invoke(app, ["validate", str(pristine[0]), "--deep", "--shards", shards]).exit_code == 0
+        counts.append(len(opened))
+    assert counts[0] == counts[1], counts  # 1 shard or 2: the same opens

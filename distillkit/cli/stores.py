@@ -35,12 +35,24 @@ def inspect(store: str = typer.Argument(..., help="store path or URL"),
 @app.command()
 def validate(store: str = typer.Argument(..., help="store path or URL"),
              deep: bool = typer.Option(False, "--deep", help="read every byte and verify every checksum; name the "
-                                                             "array, shard and samples of any mismatch")):
-    """Check a store against storage_schemas, completeness and NaN/Inf; exit 1 on any problem."""
+                                                             "array, shard and samples of any mismatch"),
+             sample: Optional[str] = typer.Option(None, "--sample", help="check a seeded random sample of the shards: "
+                                                                        "a percentage (1%), a fraction or a count"),
+             shards: Optional[str] = typer.Option(None, "--shards", help="check shards FIRST:LAST only (Python "
+                                                                        "slice bounds, e.g. 0:1000 or 5000:)"),
+             seed: int = typer.Option(0, "--seed", help="seed of --sample")):
+    """Check a store against storage_schemas, completeness and NaN/Inf; exit 1 on any problem. Shards are checked
+    in parallel; --sample / --shards check some of them (said in the output)."""
     setup_logging()
     from tqdm import tqdm
 
+    from distillkit.store.validation import Selection
     from distillkit.stores import validate_store
+
+    try:
+        select = Selection(shards, sample, seed) if sample is not None or shards is not None else None
+    except ValueError as e:
+        fail(str(e))
 
     bar = tqdm(desc="verifying every byte" if deep else "validating shards", unit="shard", file=sys.stderr)
 
@@ -50,7 +62,11 @@ def validate(store: str = typer.Argument(..., help="store path or URL"),
         bar.refresh()
 
     notes: list = []
-    problems = validate_store(store, progress=progress, deep=deep, notes=notes)
+    try:
+        problems = validate_store(store, progress=progress, deep=deep, notes=notes, select=select)
+    except ValueError as e:  # a selection of a scene store's shards; an unreadable progress table
+        bar.close()
+        fail(str(e))
     bar.close()
     for n in notes:
         console.print(f"[yellow]note[/] {n}")

@@ -74,6 +74,7 @@ def _note(reason: str, path: str) -> None:
 
 class DirectShardReader:
     missing_ok = True  # an absent object reads as fill values (zarr's rule); readers of valid rows turn it off
+    mapped = True  # local objects memory-mapped (one copy, into the batch); False: read (see _fetch)
 
     def __init__(self, arr: zarr.Array, verify: bool = True):
         meta = arr.metadata.to_dict()
@@ -190,7 +191,7 @@ def _fetch_object(reader: "DirectShardReader | DirectChunkReader", s: int, rows:
     """(the stored object of shard s, None) to parse; or (None, its rows) when there is nothing to parse: fill
     values for an absent object, zarr's own read when the fetch fails in a way a newer zarr may cause."""
     try:
-        data = _fetch(reader._store, reader._key(s))
+        data = _fetch(reader._store, reader._key(s), reader.mapped)
     except (OSError, ValueError):
         raise
     except Exception as e:  # noqa: BLE001 - zarr's sync bridge changed (a newer zarr): zarr reads the shard
@@ -204,8 +205,18 @@ def _fetch_object(reader: "DirectShardReader | DirectChunkReader", s: int, rows:
     return data, None
 
 
-def _fetch(store: Any, key: str) -> np.ndarray | None:
-    """One object of the store as a uint8 array (None if absent)."""
+def _fetch(store: Any, key: str, mapped: bool = True) -> np.ndarray | None:
+    """One object of the store as a uint8 array (None if absent). `mapped=False`: read into memory instead: the
+    read releases the GIL while the disk works, where a page fault inside a checksum call would hold it (a scan of
+    every byte on threads then overlaps its disk reads with its checks)."""
+    if isinstance(store, LocalStore) and not mapped:
+        try:
+            with open(os.path.join(str(store.root), key), "rb", buffering=0) as f:
+                buf = np.empty(os.fstat(f.fileno()).st_size, np.uint8)
+                got = f.readinto(memoryview(buf)) if len(buf) else 0
+                return buf[:got]
+        except FileNotFoundError:
+            return None
     if isinstance(store, LocalStore):
         # mapped, not read: rows are then copied once, from the page cache straight into the batch. Safe because
         # every object is replaced by rename (zarr's atomic writes): a mapping keeps the version it opened
@@ -213,8 +224,12 @@ def _fetch(store: Any, key: str) -> np.ndarray | None:
         try:
             with open(path, "rb") as f:
                 size = os.fstat(f.fileno()).st_size
-                return np.empty(0, np.uint8) if size == 0 else np.frombuffer(
-                    mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ), np.uint8)
+                if size == 0:
+                    return np.empty(0, np.uint8)
+                mapped = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ)
+                if hasattr(mapped, "madvise"):  # every byte will be read: one readahead, not a fault per page
+                    mapped.madvise(mmap.MADV_WILLNEED)
+                return np.frombuffer(mapped, np.uint8)
         except FileNotFoundError:
             return None
     # a ranged read ("bytes=0-"): s3fs asks for the size first (one more round trip) before a whole-object GET
@@ -224,17 +239,20 @@ def _fetch(store: Any, key: str) -> np.ndarray | None:
 
 class DirectChunkReader:
     """The same one-request reads for an unsharded array whose chunks are whole shards of rows (the CLS tokens:
-    [N, C] in chunks of [shard_size, C]), codecs `bytes` (+ zstd) (+ crc32c over the chunk)."""
+    [N, C] in chunks of [shard_size, C]), codecs `bytes` (+ zstd) (+ crc32c over the chunk); also the string
+    columns (`vlen-utf8` instead of `bytes`), which zarr decodes ~50x slower through its codec pipeline."""
 
     missing_ok = True  # an absent object reads as fill values (zarr's rule); readers of valid rows turn it off
+    mapped = True  # local objects memory-mapped (one copy, into the batch); False: read (see _fetch)
 
     def __init__(self, arr: zarr.Array, verify: bool = True):
         meta = arr.metadata.to_dict()
         self.path = arr.path
         codecs = meta["codecs"]
         names = _names(codecs)
-        if meta.get("zarr_format") != 3 or names not in (["bytes"], ["bytes", "zstd"], ["bytes", "crc32c"],
-                                                          ["bytes", "zstd", "crc32c"]):
+        self.vlen = names[:1] == ["vlen-utf8"]
+        if meta.get("zarr_format") != 3 or names[1:] not in ([], ["zstd"], ["crc32c"], ["zstd", "crc32c"]) \
+                or names[0] not in ("bytes", "vlen-utf8"):
             raise ValueError(f"codecs {names} not supported")
         grid = meta["chunk_grid"]
         shape = tuple(meta["shape"])
@@ -242,10 +260,10 @@ class DirectChunkReader:
         if not shape or not chunk or chunk[1:] != shape[1:]:
             raise ValueError("only chunks split along the first axis are supported")
         self.out_dtype = np.dtype(arr.dtype)
-        if self.out_dtype.kind not in "biufc":
-            raise ValueError(f"dtype {self.out_dtype} not supported")
+        if self.out_dtype.kind not in ("T" if self.vlen else "biufc") or (self.vlen and len(shape) != 1):
+            raise ValueError(f"dtype {self.out_dtype} with codec {names[0]} not supported")
         endian = (codecs[0].get("configuration") or {}).get("endian", "little")
-        self.dtype = self.out_dtype.newbyteorder("<" if endian == "little" else ">")
+        self.dtype = self.out_dtype if self.vlen else self.out_dtype.newbyteorder("<" if endian == "little" else ">")
         self.zstd, self.crc, self.verify = "zstd" in names, names[-1] == "crc32c", verify
         self.rows_per_shard, self.row_shape, self.n = chunk[0], shape[1:], shape[0]
         self.fill = arr.fill_value
@@ -269,8 +287,25 @@ class DirectChunkReader:
             data = data[:-4]
         full = (self.rows_per_shard, *self.row_shape)
         raw = _ZSTD.decode(data) if self.zstd else data
+        if self.vlen:
+            return _vlen_utf8(self.path, s, bytes(raw))[:rows]
         out = np.frombuffer(raw, self.dtype).reshape(full)[:rows].astype(self.out_dtype, copy=False)
         return out if out.flags.writeable else out.copy()
+
+
+def _vlen_utf8(path: str, s: int, buf: bytes) -> np.ndarray:
+    """The `vlen-utf8` codec's layout (numcodecs'): item count, then each item's length and bytes (uint32 LE)."""
+    n, pos, out = int.from_bytes(buf[:4], "little"), 4, []
+    try:
+        for _ in range(n):
+            size = int.from_bytes(buf[pos:pos + 4], "little")
+            out.append(buf[pos + 4:pos + 4 + size].decode())
+            pos += 4 + size
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: chunk {s}: malformed vlen-utf8 ({e})") from None
+    if pos != len(buf):
+        raise ValueError(f"{path}: chunk {s}: malformed vlen-utf8 ({n} items do not fill {len(buf)} bytes)")
+    return np.array(out, dtype=np.dtypes.StringDType())
 
 
 def direct_reader(arr: zarr.Array, verify: bool = True, missing_ok: bool = True

@@ -1,24 +1,21 @@
-"""Summary (`distillkit inspect`) and content validation (`distillkit validate`) of a feature store.
+"""Summary (`distillkit inspect`) of a feature store (its validation: `distillkit.store.validation`).
 
 Scene stores have theirs in `distillkit.scenes.check`; `distillkit.stores` picks one by the store's kind."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from rich.table import Table
 
-from distillkit_schemas import FEATURES, Problem, expected_arrays, paths, validate_feature_structure
+from distillkit_schemas import FEATURES, expected_arrays
 from distillkit_schemas.validate import read_manifest, read_provenance
 
 from distillkit.store.arrays import array_row, array_table
 from distillkit.store.compact import storage_summary
-from distillkit.store import sample_index
-from distillkit.store.growth import is_padding, is_retired
 from distillkit.store.summary import REJECTED_KEPT, read_summary
-from distillkit.store.integrity import damage_problems, deep_check, missing_shards
 
 
 @dataclass
@@ -76,74 +73,6 @@ def summarize_features(group, url: str, exact: bool = False) -> StoreSummary:
                                                        "one not complete)")
 
 
-def validate_features(group, progress: Callable[[int, int], None] | None = None) -> list[Problem]:
-    """Schema, completeness and content checks of an open feature store: every problem found (empty = valid)."""
-    manifest, provs, problems = validate_feature_structure(group)
-    if manifest is None or problems:
-        return problems
-    done = group["progress/shard_done"][:]
-    for s in np.flatnonzero(done == 0):
-        problems.append(Problem(f"progress/shard_done[{s}]", "shard not written (run `distillkit cache` again)"))
-    if manifest.status != "complete":
-        problems.append(Problem("/", f"manifest status is {manifest.status!r}, not 'complete'"))
-    ids = group["samples/id"][:]
-    valid = group["samples/valid"][:]
-    errors = group["samples/error"][:]
-    padding = is_padding(ids)  # rows between the last old shard's end and an append's first shard
-    named = ids[~padding & ~is_retired(errors)].tolist()  # a replaced file's id has a retired row and a live one
-    if len(set(named)) != len(named):
-        problems.append(Problem("samples/id", "sample ids are not unique"))
-    for r in np.flatnonzero(padding & (valid != 0)):
-        problems.append(Problem(f"samples/id[{r}]", "empty sample id on a valid sample"))
-    n = manifest.n_samples
-    done_shards = np.flatnonzero(done)
-    gone = missing_shards(group, manifest, provs)
-    problems += [d.problem(ids) for d in gone]
-    gone_shards = {d.shard for d in gone}
-    for k, s in enumerate(done_shards):
-        if s in gone_shards:  # its rows read back as fill values: said once above, not once per sample
-            if progress:
-                progress(k + 1, len(done_shards))
-            continue
-        sl = slice(s * manifest.shard_size, min((s + 1) * manifest.shard_size, n))
-        ok = valid[sl].astype(bool)
-        for r in np.flatnonzero(~ok) + sl.start:
-            if not str(errors[r]) and not padding[r]:
-                problems.append(Problem(f"samples/error[{r}]", "sample marked invalid without a reason"))
-        for t in manifest.teachers:
-            for kind in ("patch", "cls"):
-                path = paths.target(t, kind)
-                try:
-                    data = group[path][sl]
-                except ValueError as e:  # a crc32c mismatch: `validate --deep` names the samples
-                    problems.append(Problem(path, f"shard {s}: unreadable ({str(e).split('.')[0]})"))
-                    continue
-                flat = data.reshape(data.shape[0], -1)
-                finite = np.isfinite(flat).all(axis=1)
-                for r in np.flatnonzero(ok & ~finite) + sl.start:
-                    problems.append(Problem(f"{path}[{r}]", f"NaN/Inf in a valid sample ({ids[r]})"))
-                kept = is_retired(errors[sl])
-                for r in np.flatnonzero(~ok & ~kept & ~np.isnan(flat).all(axis=1)) + sl.start:
-                    problems.append(Problem(f"{path}[{r}]", "rejected sample holds data (expected NaN)"))
-        if progress:
-            progress(k + 1, len(done_shards))
-    if manifest.status == "complete":
-        for t in manifest.teachers:
-            for name in ("patch_mean", "patch_std", "cls_mean", "cls_std"):
-                path = paths.stats(t, name)
-                try:
-                    if not np.isfinite(group[path][:]).all():
-                        problems.append(Problem(path, "statistics are not finite"))
-                except ValueError as e:  # a checksum mismatch
-                    problems.append(Problem(path, f"unreadable ({str(e).split('.')[0]}); `distillkit cache "
-                                                  "--repair` recomputes the merged statistics"))
-        problems += sample_index.check(group, manifest)
-        if manifest.n_valid is not None and manifest.n_valid != int(valid.sum()):
-            problems.append(Problem("/", f"manifest n_valid={manifest.n_valid} but samples/valid has "
-                                         f"{int(valid.sum())}"))
-    return problems
-
-
 def render_features(s: StoreSummary) -> list:
     """What `distillkit inspect` prints for a feature store: rich renderables, in order."""
     out: list = []
@@ -183,17 +112,3 @@ def render_features(s: StoreSummary) -> list:
             r.add_row(row["id"], row["reason"])
         out.append(r)
     return out
-
-
-def deep_validate_features(group, progress: Callable[[int, int], None] | None = None
-                           ) -> tuple[list[Problem], list[Problem]]:
-    """(problems, notes): every checksum verified (naming array, shard and samples), then the usual checks, each
-    problem said once."""
-    damage, notes = deep_check(group, progress)
-    damaged = {(d.array, d.shard) for d in damage}
-    usual = [p for p in validate_features(group, None)
-             if not (p.what.startswith("shard ") and "unreadable" in p.what
-                     and (p.where, int(p.what.split()[1].rstrip(":"))) in damaged)]
-    found = damage_problems(group, damage)
-    said = {(p.where, p.what) for p in found}
-    return found + [p for p in usual if (p.where, p.what) not in said], notes
