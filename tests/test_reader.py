@@ -141,3 +141,20 @@ def test_sample_ids_are_one_buffer_decoded_on_access():
     assert ids.differs(SampleIds.of(values[:3])).tolist() == [3, 4]
     with pytest.raises(IndexError, match="row 5 out of range"):
         ids[5]
+
+
+def test_epoch_planning_is_done_once_and_not_shipped_to_workers(cached_store, monkeypatch):
+    import pickle
+
+    built = []
+    real = ShardStream._block_rows
+    monkeypatch.setattr(ShardStream, "_block_rows", lambda self, *a: built.append(a[:2]) or real(self, *a))
+    stream = ShardStream([StoreSource(str(cached_store))], 2, "all", seed=1, shuffle_shards=1)
+    for _ in range(4):  # what the trainer asks before its first step: counts and order come from per-shard counts
+        stream.batches_per_epoch(0)
+        stream.worker_order(0, 2)
+    assert built == []
+    for _ in range(3):
+        plan = stream.worker_plan(0, 1, 2)
+    assert len(built) == len(plan) == 1  # worker 1 of 2 owns 1 of the 3 one-shard blocks, planned once
+    assert pickle.loads(pickle.dumps(stream))._plans == {}  # a worker plans its own share
