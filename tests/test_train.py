@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 
 import numpy as np
@@ -59,6 +60,9 @@ def test_resume_after_crash_replays_exact_order_and_weights(cached_store, tmp_pa
     res = train(_cfg(cached_store, tmp_path / "run", max_steps=steps, num_workers=workers),
                 on_batch=lambda s, ids: seen_after.append(s))
     assert seen_after[0] == 3  # resumed from the step-3 checkpoint, not from scratch
+    assert (res["steps"], res["steps_this_run"], res["resumed_from"]) == (steps, steps - 3, 3)
+    from distillkit.training.dune.task import report
+    assert report(None, res).headline.startswith(f"trained {steps - 3} steps ({steps} in all, resumed at step 3)")
     got = json.loads(open(res["metrics"]).read())
     assert [r["batch"] for r in got["train"]] == [r["batch"] for r in ref_metrics["train"]]
     a = load_checkpoint(ref["checkpoint"])["model"]
@@ -83,7 +87,9 @@ def test_cli_train(cached_store, tmp_path):
                            "--max-steps", "12", "--batch-size", "3", "--lr", "0.002", "--num-workers", "2"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert "trained 12 steps" in proc.stdout and "held-out metrics per teacher" in proc.stdout
+    assert "trained 12 steps in" in proc.stdout and "held-out metrics per teacher" in proc.stdout
+    progress = re.findall(r"step (\d+)/12 \(\d+%\), loss [\d.e+-]+, [\d.]+ img/s, ETA", proc.stderr)
+    assert len(progress) >= 2 and progress[-1] == "12", proc.stderr  # periodic lines, readable when not a TTY
     assert "dinov2_vits14_reg" in proc.stdout  # the teacher's row of the table
     assert (tmp_path / "cli" / "checkpoint-last.pt").exists()
     bad = subprocess.run([str(exe), "train", "--store", str(tmp_path / "nope.zarr"), "--out", str(tmp_path / "x")],
@@ -98,3 +104,31 @@ def test_config_errors_load_no_torch():
             "[task.plugs() for task in t.TASKS.values()]\n"
             "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith(('torch', 'timm')))")
     subprocess.run([str(BIN / "python"), "-c", code], check=True, timeout=120)
+
+
+def test_deferred_finite_check_skips_the_bad_update_then_stops():
+    """The GPU path's check (forced here on the CPU's fused AdamW): a NaN step leaves the weights as they were, a
+    good step still trains, and the held flags stop the run naming the bad step."""
+    from distillkit.training.dune.trainer import FiniteGuard, NonFiniteLoss
+    from distillkit.training.optim import adamw
+
+    model = torch.nn.Linear(4, 2)
+    opt = adamw(model, 1e-2, 0.0)
+    guard = FiniteGuard(opt, torch.device("cpu"), world=1, deferred=True)
+    assert guard.deferred and FiniteGuard(opt, torch.device("cpu"), world=1).deferred is False
+
+    def step(scale: float, k: int) -> None:
+        opt.zero_grad(set_to_none=True)
+        losses = model(torch.ones(3, 4)).sum(1)[None] * scale  # [T=1, B=3]
+        guard.hold(losses, ["t"], ["a", "b", "c"], k, torch.ones(1, 3))
+        losses.sum().backward()
+        opt.step()
+        guard.step_done()
+
+    before = [p.detach().clone() for p in model.parameters()]
+    step(float("nan"), 1)
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
+    step(1.0, 2)
+    assert not torch.equal(model.weight, before[0]) and torch.isfinite(model.weight).all()
+    with pytest.raises(NonFiniteLoss, match="step 1: the loss is not finite"):
+        guard.settle()

@@ -13,6 +13,7 @@ alternate, so drift on a shared machine hits both alike; there `ratio_paired` (m
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import statistics
 import tempfile
@@ -24,6 +25,9 @@ import torch.nn.functional as F
 
 from distillkit_schemas import paths
 
+from distillkit.training.progress import ProgressLine
+
+log = logging.getLogger("distillkit")
 DUNE_RESOLUTION = 448  # DUNE distils at 336 then 448 (paper, Tab. 8 of the supplementary)
 
 
@@ -200,6 +204,7 @@ def bench_decouple(teacher: str = "dinov2_vitb14", student: str = "vit_small", s
                           image_size=image_size, student_patch=student_patch, batch_size=batch_size,
                           shard_size=max(batch_size, 16), val_fraction=0.0, device=str(dev))
         t = load_teachers(cfg)[teacher]  # loaded before the clock starts; run_cache reuses this instance
+        log.info("decouple: caching %s with %s (the store the cached arm trains from)", source, teacher)
         t0 = time.perf_counter()
         result = run_cache(cfg, show_progress=False)
         cache_s = time.perf_counter() - t0
@@ -224,6 +229,7 @@ def bench_decouple(teacher: str = "dinov2_vitb14", student: str = "vit_small", s
         losses: dict[str, list[float]] = {"cached": [], "online": []}
         teacher_s: list[float] = []
         check = None
+        progress = ProgressLine("decouple (both arms)", 2 * batch_size, every_s=15.0)
         for i in range(total):
             for arm in (("cached", "online") if i % 2 == 0 else ("online", "cached")):
                 _sync(dev)
@@ -245,6 +251,7 @@ def bench_decouple(teacher: str = "dinov2_vitb14", student: str = "vit_small", s
                 losses[arm].append(loss)
                 if arm == "online" and check is None:
                     check = _target_check(src, teacher, batch, cls, patch)
+            progress(i + 1, total, {"loss": loss})
         n_images = int(src.valid.sum())
         rejected = len(result["rejected"])
         input_hw, grid_hw = list(t.input_hw), list(prov.grid_hw)

@@ -3,8 +3,9 @@
 The trainer arm is `distillkit train` itself (the DUNE trainer on a feature store: reader and workers, target
 decode, loss, AdamW, logging, a checkpoint inside the timed window; the pointmap trainer on a scene store) with a
 `StepClock` that times each step's phases. Warm-up steps are excluded, and so is the last step (its final evaluation
-and checkpoint are not steady state). The bound arm is the same model's step (same functions, same optimiser) on
-batches already in device memory, timed before and after the trainer (drift on a shared machine hits both), so
+and checkpoint are not steady state). The bound arm is the same model's step (same functions, same optimiser, its own copy of the model) on
+batches already in device memory, one step beside each trainer step (`Paired`: drift on a shared machine hits both
+alike), so
 ``trainer_vs_bound`` = trainer images/s / bound images/s says what the rest of the trainer costs, and
 ``phases_ms_per_step`` says where: ``reader`` (waiting for the next batch), ``h2d``, ``decode`` (targets), ``data``
 (pointmap: views and weights), ``forward_loss``, ``backward``, ``optimizer``, ``sync`` (the finite-loss check),
@@ -29,19 +30,24 @@ from distillkit.training.clock import StepClock
 TINY_TEACHER = {"name": "dinov2_vits14_reg", "overrides": {"depth": 2}}
 
 
-def _timed(step: Callable[[int], None], n: int, warmup: int, device: torch.device) -> tuple[list[float], list[float]]:
-    """(wall seconds, process CPU seconds) of each of `n` calls of `step(i)` after `warmup` untimed ones."""
-    for i in range(warmup):
-        step(i)
-    wall, cpu = [], []
-    for i in range(n):
-        _sync(device)
+class Paired:
+    """The bound arm, run one step at a time from inside the trainer (each trainer step calls `__call__` once, from
+    a hook outside its phases), so both arms see the same load on a shared machine; the trainer's step times are
+    taken net of it. Per step: wall and process CPU seconds."""
+
+    def __init__(self, step: Callable[[int], None], device: torch.device):
+        self.step, self.device, self.i = step, device, 0
+        self.wall: list[float] = []
+        self.cpu: list[float] = []
+
+    def __call__(self, *_) -> None:
+        _sync(self.device)
         t0, c0 = time.perf_counter(), time.process_time()
-        step(warmup + i)
-        _sync(device)
-        wall.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)
-    return wall, cpu
+        self.step(self.i)
+        _sync(self.device)
+        self.wall.append(time.perf_counter() - t0)
+        self.cpu.append(time.process_time() - c0)
+        self.i += 1
 
 
 def _sync(device: torch.device) -> None:
@@ -49,36 +55,35 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def summary(clock: StepClock, warmup: int, steps: int, images_per_step: int,
-            bound: list[tuple[list[float], list[float]]]) -> dict:
-    """The trainer's window (steps warmup+1 .. warmup+steps) against the bound's step times (two runs). Medians
-    per step: a shared machine's bursts hit a few steps, not the typical one. ``trainer_vs_bound_cpu`` compares
-    this process's CPU seconds per step instead (steadier when other work shares the cores; it leaves out the
-    reader workers' own processes and any waiting)."""
-    bound_s = [t for wall, _ in bound for t in wall]
-    bound_cpu = statistics.median([t for _, cpu in bound for t in cpu])
-    ends = clock.step_end
-    if len(ends) < warmup + steps or warmup < 1:
+def summary(clock: StepClock, warmup: int, steps: int, images_per_step: int, bound: Paired) -> dict:
+    """The trainer's window (steps warmup+1 .. warmup+steps) against the bound steps run beside them. Medians per
+    step (a shared machine's bursts hit a few steps, not the typical one) and the median of the per-step ratios.
+    ``trainer_vs_bound_cpu`` compares this process's CPU seconds per step instead (steadier when other work shares
+    the cores; it leaves out the reader workers' own processes and any waiting)."""
+    ends, cpus = clock.step_end, clock.step_cpu
+    if len(ends) < warmup + steps or warmup < 1 or len(bound.wall) < warmup + steps:
         raise ValueError(f"the trainer ran {len(ends)} steps, fewer than warm-up {warmup} (>= 1) + {steps}")
-    per_step = [b - a for a, b in zip(ends[warmup - 1:warmup + steps - 1], ends[warmup:warmup + steps])]
-    trainer_s, bound = statistics.median(per_step), statistics.median(bound_s)
-    cpus = clock.step_cpu
-    trainer_cpu = statistics.median(b - a for a, b in zip(cpus[warmup - 1:warmup + steps - 1],
-                                                          cpus[warmup:warmup + steps]))
+    win = range(warmup, warmup + steps)
+    per_step = [ends[i] - ends[i - 1] - bound.wall[i] for i in win]
+    per_cpu = [cpus[i] - cpus[i - 1] - bound.cpu[i] for i in win]
+    b_wall, b_cpu = [bound.wall[i] for i in win], [bound.cpu[i] for i in win]
+    trainer_s, bound_s = statistics.median(per_step), statistics.median(b_wall)
     phases: dict[str, float] = {}
-    for p in clock.phases[warmup:warmup + steps]:
-        for k, v in p.items():
+    for i in win:
+        for k, v in clock.phases[i].items():
             phases[k] = phases.get(k, 0.0) + v / steps
     mean_s = sum(per_step) / steps
-    return {"trainer_images_per_s": images_per_step / trainer_s, "bound_images_per_s": images_per_step / bound,
-            "trainer_vs_bound": bound / trainer_s, "trainer_ms_per_step": 1e3 * trainer_s,
-            "bound_ms_per_step": 1e3 * bound, "gap_ms_per_step": 1e3 * (trainer_s - bound),
-            "trainer_vs_bound_means": (sum(bound_s) / len(bound_s)) / mean_s,
-            "trainer_vs_bound_cpu": bound_cpu / trainer_cpu, "trainer_cpu_ms_per_step": 1e3 * trainer_cpu,
-            "bound_cpu_ms_per_step": 1e3 * bound_cpu,
+    return {"trainer_images_per_s": images_per_step / trainer_s, "bound_images_per_s": images_per_step / bound_s,
+            "trainer_vs_bound": bound_s / trainer_s,
+            "trainer_vs_bound_paired": statistics.median(b / t for b, t in zip(b_wall, per_step)),
+            "trainer_vs_bound_cpu": statistics.median(b_cpu) / statistics.median(per_cpu),
+            "trainer_ms_per_step": 1e3 * trainer_s, "bound_ms_per_step": 1e3 * bound_s,
+            "gap_ms_per_step": 1e3 * (trainer_s - bound_s),
+            "trainer_cpu_ms_per_step": 1e3 * statistics.median(per_cpu),
+            "bound_cpu_ms_per_step": 1e3 * statistics.median(b_cpu),
             "phases_ms_per_step": {k: round(1e3 * v, 2) for k, v in sorted(phases.items(), key=lambda kv: -kv[1])},
             "other_ms_per_step": round(1e3 * (mean_s - sum(phases.values())), 2),
-            "trainer_ms_all": [round(1e3 * t, 2) for t in per_step], "bound_ms_all": [round(1e3 * t, 2) for t in bound_s]}
+            "trainer_ms_all": [round(1e3 * t, 2) for t in per_step], "bound_ms_all": [round(1e3 * t, 2) for t in b_wall]}
 
 
 # ---- DUNE ----------------------------------------------------------------------------------------------------------
@@ -143,10 +148,8 @@ def bench_dune(store: str | None = None, student: str = "vit_small", projector: 
             opt.step()
             sched.step()
 
-        bound = [_timed(bound_step, steps, warmup, dev)]
-        clock = StepClock(dev)
-        result = train(cfg, clock=clock)
-        bound.append(_timed(bound_step, steps, warmup, dev))
+        bound, clock = Paired(bound_step, dev), StepClock(dev)
+        result = train(cfg, on_batch=bound, clock=clock)  # on_batch: after the reader, before the step's phases
     return {"bench": "train", "task": "dune", "student": student, "projector": projector, "device": str(dev),
             "torch_threads": torch.get_num_threads(), "image_hw": list(m.image_hw), "batch_size": batch_size,
             "steps": steps, "warmup_steps": warmup, "num_workers": num_workers, "steps_per_epoch": per_epoch,
@@ -177,6 +180,7 @@ def bench_pointmap(store: str | None = None, student: str = "small_cnn", batch_s
     from distillkit.devices import resolve_device
     from distillkit.scenes.data import SceneData
     from distillkit.students.pointmap import build_pointmap_student
+    from distillkit.students.pointmap.base import channels_last
     from distillkit.training.optim import ProgressSchedule, adamw
     from distillkit.training.pointmap.config import PointmapJobConfig
     from distillkit.training.pointmap.job import job_scenes
@@ -201,7 +205,7 @@ def bench_pointmap(store: str | None = None, student: str = "small_cnn", batch_s
         torch.manual_seed(cfg.seed)
         model = build_pointmap_student(cfg.student, tensors.out_hw)
         model.set_scene(*data.target_stats())
-        model.to(dev).train()
+        channels_last(model.to(dev)).train()
         opt = adamw(model, cfg.lr, cfg.weight_decay)
         sched = ProgressSchedule(opt, cfg.lr, cfg.min_lr, cfg.warmup_fraction)
 
@@ -213,10 +217,8 @@ def bench_pointmap(store: str | None = None, student: str = "small_cnn", batch_s
             opt.step()
             sched.update(i / total)
 
-        bound = [_timed(bound_step, steps, warmup, dev)]
-        clock = StepClock(dev)
-        result = train_pointmap_student(cfg, data, clock=clock)
-        bound.append(_timed(bound_step, steps, warmup, dev))
+        bound, clock = Paired(bound_step, dev), StepClock(dev)
+        result = train_pointmap_student(cfg, data, clock=clock, on_batch=bound)
     return {"bench": "train", "task": "pointmap", "student": student, "device": str(dev),
             "torch_threads": torch.get_num_threads(), "image_hw": list(tensors.out_hw), "batch_size": batch_size,
             "steps": steps, "warmup_steps": warmup, "train_frames": len(data.train_idx), "ckpt_every": cfg.ckpt_every,

@@ -151,11 +151,14 @@ def bench_decouple_cmd(teacher: str = typer.Option("dinov2_vitb14", help="teache
                        num_workers: int = typer.Option(0, help="reader workers (0: reading counts in the step)"),
                        students: str = typer.Option("1,2,4,8,16", help="N for the amortised cost"),
                        epochs: float = typer.Option(1.0, help="epochs per student for the amortised cost"),
-                       device: str = typer.Option("auto"), as_json: bool = typer.Option(False, "--json")):
+                       device: str = typer.Option("auto"),
+                       quiet: bool = typer.Option(False, help="no progress lines"),
+                       as_json: bool = typer.Option(False, "--json")):
     """Same student trained from the store vs with the teacher online per batch (DUNE/UNIC), same run."""
     import json
 
     setup_logging()
+    quiet_progress(quiet)
     from distillkit.bench.decouple import bench_decouple
 
     if student not in ("vit_tiny", "vit_small", "vit_base"):
@@ -197,11 +200,8 @@ def bench_train_cmd(task: str = typer.Option("dune", help="dune (ViT student on 
                     as_json: bool = typer.Option(False, "--json")):
     """The real trainer's steady-state images/s beside the same model's step on batches already in device memory
     (its compute bound), same run; trainer_vs_bound and where the gap goes (ms per step by phase)."""
-    import logging
-
     setup_logging()
-    if quiet:
-        logging.getLogger("distillkit.progress").setLevel(logging.WARNING)
+    quiet_progress(quiet)
     from distillkit.bench.train import bench_train
 
     kw = dict(store=store, batch_size=batch_size, warmup=warmup, device=device, **({"steps": steps} if steps else {}))
@@ -241,3 +241,11 @@ def bench_scale_cmd(sizes: str = typer.Option("1000,10000,100000", help="store s
         print_metrics(res, True)
         return
     print(table(res))
+
+
+def quiet_progress(quiet: bool) -> None:
+    """--quiet: the periodic progress lines (logger ``distillkit.progress``) are not shown."""
+    import logging
+
+    if quiet:
+        logging.getLogger("distillkit.progress").setLevel(logging.WARNING)

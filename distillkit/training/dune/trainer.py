@@ -81,6 +81,7 @@ def train(cfg: TrainConfig, on_step: OnStep | None = None,
     run.init_from(model)
     opt = adamw(model, cfg.lr, cfg.weight_decay)
     sched = step_schedule(opt, cfg.lr, cfg.min_lr, cfg.warmup_fraction, total)
+    guard = FiniteGuard(opt, device, dist.world)
     pos = Position(**run.start(model, opt, sched).get("position", {}))
     if run.resuming:
         log.info("resumed from %s at step %d (epoch %d, batch %d)", run.path, pos.step, pos.epoch, pos.batch_in_epoch)
@@ -106,14 +107,18 @@ def train(cfg: TrainConfig, on_step: OnStep | None = None,
                         on_batch(pos.step, batch["ids"])
                     if batch_log:
                         batch_log.write(pos, batch["ids"])
-                    per_teacher = backward(model, batch, norm, device, teachers, cfg, pos.step + 1, clock)
+                    per_teacher = backward(model, batch, norm, device, teachers, cfg, pos.step + 1, clock, guard)
                 with phase(clock, "optimizer"):
                     dist.average_gradients(model, len(batch["ids"]) if batch is not None else 0)
                     if cfg.grad_clip > 0:
                         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip, foreach=True)
                     opt.step()
                     sched.step()
+                    guard.step_done()
                 pos.step, pos.batch_in_epoch, pos.groups = pos.step + 1, pos.batch_in_epoch + 1, batches.state()
+                if pos.step % run.log_every == 0 or pos.step >= total or run.due(pos.step, total):
+                    with phase(clock, "sync"):
+                        guard.settle()
                 with phase(clock, "log"):
                     run.log({"step": pos.step, "epoch": pos.epoch, "lr": sched.get_last_lr()[0],
                              "loss": torch.stack(list(per_teacher.values())).mean() if per_teacher
@@ -148,10 +153,11 @@ def total_steps(cfg: TrainConfig, rounds: Callable[[int], int]) -> int:
 
 
 def backward(model, batch: dict, norm: TargetNorm, device: torch.device, teachers: Teachers, cfg: TrainConfig,
-             step: int, clock: StepClock | None = None) -> dict[str, torch.Tensor]:
+             step: int, clock: StepClock | None = None, guard: FiniteGuard | None = None) -> dict[str, torch.Tensor]:
     """The batch's combined loss (data sharing, teacher drop) backpropagated; returns each teacher's mean loss over
     the samples it trains on, as 0-d tensors on the device (read at logging time: no host sync per step). A
-    non-finite loss stops here, before any weight changes (the check reads one flag: a sync on a GPU)."""
+    non-finite loss never reaches the weights: it stops here, or with a deferring `guard` the step's update is
+    skipped on the device and the run stops at the next logging interval."""
     with phase(clock, "h2d"):
         moved = to_device(batch, device)
     with phase(clock, "decode"):
@@ -163,7 +169,10 @@ def backward(model, batch: dict, norm: TargetNorm, device: torch.device, teacher
         coef = sharing_mask(names, batch["groups"], teachers.own, batch["available"], cfg.data_sharing,
                             cfg.generic_group).to(losses.device)
     with phase(clock, "sync"):
-        require_finite(losses, names, batch["ids"], step, coef)
+        if guard is not None and guard.deferred:
+            guard.hold(losses, names, batch["ids"], step, coef)
+        else:
+            require_finite(losses, names, batch["ids"], step, coef)
     with phase(clock, "backward"):
         if cfg.teacher_drop == "lowest_loss":
             coef = lowest_loss_drop(losses, coef, cfg.teacher_drop_p)
@@ -191,6 +200,35 @@ def require_finite(losses: torch.Tensor, teachers: list[str], ids: list[str], st
     raise NonFiniteLoss(f"step {step}: the loss is not finite ({shown}); stopped before updating the weights, the "
                         "last checkpoint is intact. A NaN target usually means a damaged store: run `distillkit "
                         "validate --deep` on it (and `distillkit cache --repair`)")
+
+
+class FiniteGuard:
+    """The finite-loss check without a host sync per step, where that is safe: one process on a GPU with fused
+    AdamW. There a bad step's update is skipped on the device (the optimiser's ``found_inf``, as torch's GradScaler
+    uses it) and the held flags are read at the logging interval (`settle`), raising `NonFiniteLoss` for the first
+    bad step; the weights never take a non-finite update and no checkpoint is written after it. Elsewhere (CPU,
+    where reading the flag costs nothing; torchrun, where every rank must stop together) each step checks at once."""
+
+    def __init__(self, opt: torch.optim.Optimizer, device: torch.device, world: int, deferred: bool | None = None):
+        fused = all(g.get("fused") for g in opt.param_groups)
+        self.opt = opt
+        self.deferred = (device.type == "cuda" and world == 1 and fused) if deferred is None else deferred and fused
+        self.held: list[tuple] = []
+
+    def hold(self, losses: torch.Tensor, teachers: list[str], ids: list[str], step: int, coef: torch.Tensor) -> None:
+        bad = (~torch.isfinite(losses.detach()) & (coef > 0)).any()
+        self.opt.found_inf = bad.float()  # read by the fused step: 1 skips this update on the device
+        self.held.append((bad, losses.detach(), teachers, ids, step, coef))
+
+    def step_done(self) -> None:
+        self.opt.found_inf = None
+
+    def settle(self) -> None:
+        """Read the held flags (one sync); `NonFiniteLoss` naming the first bad step."""
+        held, self.held = self.held, []
+        if held and any(torch.stack([h[0] for h in held]).tolist()):
+            for _, *args in held:
+                require_finite(*args)
 
 
 class _BatchLog:

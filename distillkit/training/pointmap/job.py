@@ -20,7 +20,8 @@ from distillkit.training.tasks import OnStep, Unit, in_process
 
 log = logging.getLogger("distillkit")
 
-SUMMARY_COLUMNS = ("scene", "kind", "size_mb", "frames_train", "frames_test", "steps", "epochs", "train_s",
+SUMMARY_COLUMNS = ("scene", "kind", "size_mb", "frames_train", "frames_test", "steps", "steps_this_run", "epochs",
+                   "train_s",
                    "extent", "mean_l2", "mean_l2_over_extent", "pct_5cm_5deg", "pct_10cm_10deg", "median_t_cm",
                    "median_r_deg", "pose_reference", "checkpoint")
 
@@ -42,6 +43,7 @@ def summary_row(result: dict, data: SceneData, kind: str) -> dict:
     ev = result["final_eval"]
     row = {"scene": result["scene"], "kind": kind, "size_mb": result["model"].get("size_mb"),
            "frames_train": len(data.train_idx), "frames_test": len(data.test_idx), "steps": result["steps"],
+           "steps_this_run": result.get("steps_this_run", result["steps"]),
            "epochs": result["epochs"], "train_s": round(result["train_s"], 1), "extent": round(result["extent"], 4),
            "pose_reference": ev.get("pose_reference", "none"), "checkpoint": result["checkpoint"]}
     row.update({k: ev.get(k) for k in SUMMARY_COLUMNS if k in ev})

@@ -41,7 +41,9 @@ def run(job: PointmapJobConfig, unit: Unit) -> dict:
 
 def report(job: PointmapJobConfig, result: dict) -> Report:
     rows = result["rows"]
-    return Report(f"{len(rows)} scene(s), student {job.student.kind}",
+    this, total = sum(r.get("steps_this_run") or 0 for r in rows), sum(r.get("steps") or 0 for r in rows)
+    resumed = f" ({total} in all: resumed)" if this != total else ""
+    return Report(f"{len(rows)} scene(s), student {job.student.kind}; trained {this} steps{resumed}",
                   f"{job.student.kind} students on {job.store}: held-out mean L2 (world units, / extent) and PnP pose "
                   f"accuracy", [{k: v for k, v in r.items() if k != "checkpoint"} for r in rows], COLUMNS,
                   {"summary": result["summary_json"], "summary csv": result["summary_csv"],

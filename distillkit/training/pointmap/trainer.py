@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -19,7 +19,7 @@ import torch
 from distillkit.devices import resolve_device
 from distillkit.scenes.data import SceneData
 from distillkit.students.pointmap import build_pointmap_student
-from distillkit.students.pointmap.base import describe
+from distillkit.students.pointmap.base import channels_last, describe
 from distillkit.training.optim import ProgressSchedule, adamw
 from distillkit.training.pointmap.config import PointmapTrainConfig
 from distillkit.training.pointmap.evaluate import evaluate_scene
@@ -39,13 +39,13 @@ def images_per_step(cfg: PointmapTrainConfig) -> int:
 
 
 def train_pointmap_student(cfg: PointmapTrainConfig, data: SceneData, on_step: OnStep | None = None,
-                           clock: StepClock | None = None) -> dict:
+                           clock: StepClock | None = None, on_batch: Callable[[int], None] | None = None) -> dict:
     """Train (or resume) a scene-specific student on `data`'s training frames; evaluate on its test frames.
 
     Writes ``out_dir/checkpoint-last.pt`` (model, optimiser, scheduler, step/epoch, metrics, RNG, config),
     ``metrics.json`` and ``loss_curve.png``. Returns paths, timings, model size and the final held-out metrics
     (mean L2 in world units and / extent; with reference poses, % of frames within 5 cm/5 deg and 10 cm/10 deg and
-    median errors)."""
+    median errors). `on_batch(step)` runs before each step (outside its timing); `clock` times the steps' phases."""
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
     out_hw = tuple(cfg.image_size or data.hw)
@@ -62,7 +62,7 @@ def train_pointmap_student(cfg: PointmapTrainConfig, data: SceneData, on_step: O
     model.set_scene(centre, scale)
     if run.init_from(model):
         centre, scale = model.centre.numpy().astype(np.float64), float(model.scale)  # the head was trained on these
-    model.to(device)
+    channels_last(model.to(device))
     per_epoch = epoch_steps(data, cfg)
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * per_epoch))
     budget_s = cfg.max_minutes * 60 if cfg.max_minutes else None
@@ -85,6 +85,8 @@ def train_pointmap_student(cfg: PointmapTrainConfig, data: SceneData, on_step: O
     model.train()
     try:
         while step < total and not stop:
+            if on_batch:
+                on_batch(step)
             t0 = time.perf_counter()
             loss = step_loss(step, seeded_generator(cfg.seed, step), clock)
             opt.zero_grad(set_to_none=True)
