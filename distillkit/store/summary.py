@@ -60,11 +60,12 @@ def write_summary(group: zarr.Group, manifest: Manifest, table: dict[str, np.nda
         added = None if old is None else _added_bytes(arr, spec.dims[0] if spec.dims else "", manifest, since)
         arrays[spec.path] = (old - previous["metadata_bytes"].get(spec.path, 0) + meta[spec.path] + added
                              if added is not None else int(arr.nbytes_stored()))
-    rejected = (previous["rejected"] if previous else []) + rejected_rows(group, table["valid"][since:],
-                                                                          table["id"][since:], since)
+    rejected = previous["rejected"] if previous else []
+    rejected = rejected + rejected_rows(group, table["valid"][since:], table["id"][since:], since,
+                                        REJECTED_KEPT - len(rejected))
     summary = {"version": manifest.version, "n_samples": manifest.n_samples, "n_shards": manifest.n_shards,
                "n_valid": manifest.n_valid, "n_rejected": manifest.n_rejected, "stored_bytes": arrays,
-               "total_stored_bytes": int(sum(arrays.values())), "metadata_bytes": meta, "rejected": rejected[:REJECTED_KEPT]}
+               "total_stored_bytes": int(sum(arrays.values())), "metadata_bytes": meta, "rejected": rejected}
     data = json.dumps(summary, separators=(",", ":")).encode()
     if ARRAY not in group:
         group.create_array(ARRAY, shape=(), dtype="uint8", fill_value=0)
@@ -72,10 +73,12 @@ def write_summary(group: zarr.Group, manifest: Manifest, table: dict[str, np.nda
     return summary
 
 
-def rejected_rows(group: zarr.Group, valid: np.ndarray, ids: np.ndarray, start: int) -> list[dict]:
-    """The rejected inputs among rows [start, start + len(valid)) (padding rows are none): their uri and reason
-    read row by row, the first REJECTED_KEPT only."""
-    rows = [r for r in np.flatnonzero(np.asarray(valid) == 0).tolist() if str(ids[r])][:REJECTED_KEPT]
+def rejected_rows(group: zarr.Group, valid: np.ndarray, ids: np.ndarray, start: int, limit: int) -> list[dict]:
+    """The first `limit` rejected inputs among rows [start, start + len(valid)) (padding rows are none): their uri
+    and reason read row by row."""
+    if limit <= 0:
+        return []
+    rows = [r for r in np.flatnonzero(np.asarray(valid) == 0).tolist() if str(ids[r])][:limit]
     uris, errors = group["samples/uri"], group["samples/error"]
     return [{"id": str(ids[r]), "uri": str(uris[start + r]), "reason": str(errors[start + r])} for r in rows]
 
