@@ -19,8 +19,8 @@ TaskConfig = Union[tuple(t.config for t in TASKS.values())]  # the flow's parame
 
 
 def _progress_reporter(description: str) -> OnStep:
-    """An on_step callback that moves a progress artifact and logs about 20 times per run."""
-    log = get_run_logger()
+    """An on_step callback that moves a progress artifact about 20 times per run (the trainer's own progress lines,
+    with loss, images/s and ETA, reach the run's log through the distillkit logger)."""
     progress_id = create_progress_artifact(0.0, description=description)
     every = {"n": 0}
 
@@ -28,7 +28,6 @@ def _progress_reporter(description: str) -> OnStep:
         if step == total or step - every["n"] >= max(total // 20, 1):
             every["n"] = step
             update_progress_artifact(progress_id, progress=100.0 * step / total)
-            log.info("step %d/%d loss %.4f%s", step, total, rec["loss"], f" lr {rec['lr']:.2e}" if "lr" in rec else "")
 
     return on_step
 

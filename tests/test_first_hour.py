@@ -60,9 +60,10 @@ def test_resume_refuses_contradicting_flags_by_name(first_run, flags, named):
 
 def test_resume_takes_unchanged_flags(first_run):
     store, out = first_run
-    same = _run(["distillkit", "train", "--store", str(store), "--out", str(out), "--max-steps", "5",
-                 "--depth", "2", "--batch-size", "3"])  # given and equal to the checkpoint's: fine
+    same = _run(["distillkit", "train", "--store", str(store), "--out", str(out), "--max-steps", "80",
+                 "--depth", "2", "--batch-size", "3", "--quiet"])  # given and equal to the checkpoint's: fine
     assert same.returncode == 0, same.stderr
+    assert "trained" in same.stdout and f"{out.name}: step" not in same.stderr  # --quiet: the result, no progress
     assert "--no-no-resume" not in _run(["distillkit", "train", "--help"]).stdout
 
 

@@ -3,6 +3,7 @@ config, trains and reports; all of it comes from its entry in `distillkit.traini
 
 from __future__ import annotations
 
+import logging
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, Optional
@@ -44,10 +45,13 @@ def train(
                                                                "(by default a run resumes it, with its settings)"),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML file with TrainConfig fields (or "
                                                                        "PointmapJobConfig fields with task: pointmap)"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bar or progress lines (the result still prints)"),
 ):
     """Train a DUNE-style student by streaming cached teacher features, or (--task pointmap) scene-specific
     pointmap students on a DUSt3R scene store."""
     setup_logging()
+    if quiet:
+        logging.getLogger("distillkit.progress").setLevel(logging.WARNING)
     from distillkit.config.common import merged_config_data, read_config_file, validate_config
     from distillkit.training.tasks import get_task
 
@@ -63,7 +67,7 @@ def train(
             raise ValueError(f"{', '.join(wrong)} do not apply to --task {chosen.name}")
         data = merged_config_data(config, {**common, **chosen.overrides(store or [], given, common)})
         cfg = validate_config(chosen.config, resumed_settings(chosen, data, config), config)
-        with progress_bars() as unit:
+        with progress_bars(quiet) as unit:
             result = chosen.run(cfg, unit)
     except ValueError as e:
         fail(str(e))
@@ -78,13 +82,13 @@ def resumed_settings(chosen, data: dict, config: Optional[Path]) -> dict:
 
 
 @contextmanager
-def progress_bars() -> Iterator[Unit]:
+def progress_bars(quiet: bool = False) -> Iterator[Unit]:
     """A `Unit` that draws a progress bar per student (on a terminal)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), console=console,
-                  disable=not console.is_terminal) as progress:
+                  disable=quiet or not console.is_terminal) as progress:
         def unit(name: str, train: Callable[[Optional[OnStep]], dict]) -> dict:
             bar = None  # made at the first report (under torchrun only rank 0 reports)
 
