@@ -171,3 +171,18 @@ def test_opening_a_1000_shard_store_takes_a_bounded_number_of_requests(s3_bucket
         before = sum(report[f"{kind}, live metadata"].values())
         after = sum(report[f"{kind}, consolidated"].values())
         assert before >= n_arrays[kind] - 1 and after <= 3, (kind, before, after)
+
+
+def test_validate_on_s3_reads_only_the_selected_shards(cached_store, s3_bucket):
+    from distillkit.store.validation import Selection
+
+    fs = s3fs.S3FileSystem()
+    fs.put(str(cached_store) + "/", f"{s3_bucket}/v.zarr/", recursive=True)
+    url = f"s3://{s3_bucket}/v.zarr"
+    found: dict[str, list] = {}
+    full = _calls(lambda: found.setdefault("all", validate_store(url, deep=True)))
+    one = _calls(lambda: found.setdefault("one", validate_store(url, deep=True, select=Selection(shards="2:"))))
+    assert found == {"all": [], "one": []}
+    # the 2 shards left out are ~16 objects each (one GET per object, no listing per shard)
+    assert sum(full.values()) - sum(one.values()) >= 2 * 12, (full, one)
+    assert validate_store(url) == []
