@@ -330,3 +330,13 @@ def test_train_student_flow_selects_pointmap_students(harness, oracle_scene_stor
                             student=TINY["vit"], image_size=(48, 64), max_steps=6, batch_size=4, pnp_iterations=30)
     again = train_student(config=job)
     assert again["rows"][0]["steps"] == 6 and again["rows"][0]["mean_l2"] == pytest.approx(row["mean_l2"])
+
+
+def test_bench_train_pointmap_on_a_scene_store(oracle_scene_store):
+    """`bench train --task pointmap` on a given scene store: the image sampler's data phase is timed apart."""
+    from distillkit.bench.train import bench_train
+
+    r = bench_train("pointmap", store=str(oracle_scene_store), batch_size=4, steps=3, warmup=1, threads=1)
+    assert r["task"] == "pointmap" and len(r["trainer_ms_all"]) == 3
+    assert {"data", "forward_loss", "backward", "optimizer", "log"} <= set(r["phases_ms_per_step"])
+    assert 0 < r["trainer_vs_bound"] and r["bound_images_per_s"] > 0

@@ -132,3 +132,19 @@ def test_deferred_finite_check_skips_the_bad_update_then_stops():
     assert not torch.equal(model.weight, before[0]) and torch.isfinite(model.weight).all()
     with pytest.raises(NonFiniteLoss, match="step 1: the loss is not finite"):
         guard.settle()
+
+
+def test_bench_train_times_every_phase_beside_the_bound(cached_store):
+    """`distillkit bench train` on a given store: each trainer step beside a bound step, every phase timed."""
+    from distillkit.bench.train import bench_train
+
+    r = bench_train("dune", store=str(cached_store), student="vit_tiny", batch_size=3, steps=3, warmup=1,
+                    num_workers=0, threads=1)
+    assert r["task"] == "dune" and len(r["trainer_ms_all"]) == len(r["bound_ms_all"]) == 3
+    phases = set(r["phases_ms_per_step"])
+    assert {"reader", "h2d", "decode", "forward_loss", "backward", "optimizer", "sync", "log", "checkpoint"} <= phases
+    assert r["trainer_vs_bound"] > 0 and r["trainer_vs_bound_cpu"] > 0
+    assert r["trainer_images_per_s"] == pytest.approx(3e3 / r["trainer_ms_per_step"])
+    assert abs(r["other_ms_per_step"]) < 0.25 * r["trainer_ms_per_step"]  # the phases account for the step
+    with pytest.raises(ValueError, match="dune or pointmap"):
+        bench_train("segmentation")
