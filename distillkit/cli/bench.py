@@ -152,6 +152,8 @@ def bench_decouple_cmd(teacher: str = typer.Option("dinov2_vitb14", help="teache
                        students: str = typer.Option("1,2,4,8,16", help="N for the amortised cost"),
                        epochs: float = typer.Option(1.0, help="epochs per student for the amortised cost"),
                        device: str = typer.Option("auto"),
+                       threads: Optional[int] = typer.Option(None, help="torch threads (default: torch's; 1 is "
+                                                             "steadier on a shared machine)"),
                        quiet: bool = typer.Option(False, help="no progress lines"),
                        as_json: bool = typer.Option(False, "--json")):
     """Same student trained from the store vs with the teacher online per batch (DUNE/UNIC), same run."""
@@ -159,6 +161,10 @@ def bench_decouple_cmd(teacher: str = typer.Option("dinov2_vitb14", help="teache
 
     setup_logging()
     quiet_progress(quiet)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     from distillkit.bench.decouple import bench_decouple
 
     if student not in ("vit_tiny", "vit_small", "vit_base"):
