@@ -8,15 +8,17 @@ width).
 from __future__ import annotations
 
 import hashlib
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
 
 from distillkit_schemas.storage import Storage
 
 from distillkit.store.codecs.stage import Array, Stage, as_dtype
 from distillkit.store.writer import TeacherShard
+
+if TYPE_CHECKING:
+    import torch
 
 Token = Literal["patch", "cls"]
 Target = Literal["full", "coeffs"]

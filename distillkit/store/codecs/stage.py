@@ -8,20 +8,24 @@ reading and tensors after `to(device)`, so one method decodes in the reader and 
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, fields, replace
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar, Union
 
 import numpy as np
-import torch
 
 from distillkit_schemas.storage import Kind
 
-Array = np.ndarray | torch.Tensor
+if TYPE_CHECKING:  # torch is imported where tensors are made: `validate` and `inspect` start without it
+    import torch
+
+Array = Union[np.ndarray, "torch.Tensor"]
 
 
 def as_dtype(x: Array, dtype: str, copy: bool = False) -> Array:
     """x as `dtype` ("float32", "int8", ...); x itself when it already is one, unless `copy`."""
-    if isinstance(x, torch.Tensor):
+    torch = sys.modules.get("torch")  # a tensor exists only once torch is imported
+    if torch is not None and isinstance(x, torch.Tensor):
         return x.to(getattr(torch, dtype), copy=copy)
     return x.astype(dtype, copy=copy)
 
@@ -48,6 +52,8 @@ class Stage:
         return {f.name: getattr(self, f.name) for f in fields(self)[1:]}
 
     def to(self, device: torch.device | str) -> Stage:
+        import torch
+
         return replace(self, **{k: torch.as_tensor(v, device=device) for k, v in self.arrays().items()})
 
     def encode(self, x: Array) -> Array:
