@@ -26,11 +26,18 @@ class Progress:
             self.bar = tqdm(total=self.total, desc=desc, unit=unit, file=self.stream)
 
     def advance(self, n: int = 1) -> None:
-        self.done += n
+        self.update(self.done + n)
+
+    def update(self, done: int, total: int | None = None) -> None:
+        """`done` of `total` (a total known only once the work starts may come with the first update)."""
+        self.done = done
+        if total is not None:
+            self.total = total
         if self.quiet:
             return
         if self.bar is not None:
-            self.bar.update(n)
+            self.bar.total, self.bar.n = self.total, done
+            self.bar.refresh()
             return
         now = time.perf_counter()
         part_due = self.total and self.done * 10 >= self.next_part * self.total

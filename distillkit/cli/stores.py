@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -40,12 +39,12 @@ def validate(store: str = typer.Argument(..., help="store path or URL"),
                                                                         "a percentage (1%), a fraction or a count"),
              shards: Optional[str] = typer.Option(None, "--shards", help="check shards FIRST:LAST only (Python "
                                                                         "slice bounds, e.g. 0:1000 or 5000:)"),
-             seed: int = typer.Option(0, "--seed", help="seed of --sample")):
+             seed: int = typer.Option(0, "--seed", help="seed of --sample"),
+             quiet: bool = typer.Option(False, "--quiet", help="no progress")):
     """Check a store against storage_schemas, completeness and NaN/Inf; exit 1 on any problem. Shards are checked
     in parallel; --sample / --shards check some of them (said in the output)."""
     setup_logging()
-    from tqdm import tqdm
-
+    from distillkit.progress import Progress
     from distillkit.store.validation import Selection
     from distillkit.stores import validate_store
 
@@ -54,20 +53,12 @@ def validate(store: str = typer.Argument(..., help="store path or URL"),
     except ValueError as e:
         fail(str(e))
 
-    bar = tqdm(desc="verifying every byte" if deep else "validating shards", unit="shard", file=sys.stderr)
-
-    def progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.n = done
-        bar.refresh()
-
     notes: list = []
-    try:
-        problems = validate_store(store, progress=progress, deep=deep, notes=notes, select=select)
-    except ValueError as e:  # a selection of a scene store's shards; an unreadable progress table
-        bar.close()
-        fail(str(e))
-    bar.close()
+    with Progress(0, "verifying every byte" if deep else "validating", "shard", quiet) as bar:
+        try:
+            problems = validate_store(store, progress=bar.update, deep=deep, notes=notes, select=select)
+        except ValueError as e:  # a selection of a scene store's shards; an unreadable progress table
+            fail(str(e))
     for n in notes:
         console.print(f"[yellow]note[/] {n}")
     if problems:
