@@ -231,3 +231,28 @@ def test_bench_scale_json(tmp_path):
         assert isinstance(op["exponent"], float) and op["at_20_7M_s"] > 0, name
     assert out["operations"]["inspect"]["reads"]["32"] == out["operations"]["inspect"]["reads"]["64"]
     assert out["stores"]["64"]["files"] > out["stores"]["32"]["files"]
+
+
+def test_a_killed_repair_is_finished_by_the_next_run(cached_store, tmp_path):
+    """A repair resets the marks of a complete store's damaged shards (and flags the store): a run killed there is
+    finished by the next `cache`, which reads every mark because of the flag, recomputes the shard, merges the
+    statistics and rewrites the summary."""
+    from conftest import tiny_cache_config
+
+    from distillkit.cache import run_cache
+    from distillkit.store.finalize import REPAIR_ATTR
+
+    store = tmp_path / "repairing.zarr"
+    shutil.copytree(cached_store, store)
+    g = layout.open_group(str(store), "r+")
+    m = read_manifest(g)
+    want = g[paths.stats(m.teachers[0], "patch_mean")][:].copy()
+    g.attrs[REPAIR_ATTR] = [1]
+    g["progress/shard_done"][1] = 0
+    cfg = tiny_cache_config(read_manifest(g).source, store)
+    res = run_cache(cfg, show_progress=False)
+    g = layout.open_group(str(store), "r")
+    assert res["shards"] == 1 and g["progress/shard_done"][:].all()
+    assert not g.attrs.get(REPAIR_ATTR)
+    assert np.array_equal(g[paths.stats(m.teachers[0], "patch_mean")][:], want)
+    assert summary.read_summary(g)["version"] == read_manifest(g).version
