@@ -79,33 +79,51 @@ def _field(value: Any, name: str, source: str, n: int, required: bool) -> str | 
     return value
 
 
-def _from_manifest(fs, path: str, source: str) -> list[SampleRef]:
-    base = posixpath.dirname(path)
-    text = _manifest_text(fs, path, source)
-    rows: list[tuple[str | None, str]] = []
-    # split on "\n" only: str.splitlines() also splits inside names holding U+2028, \x85, \x1c…
-    lines = [ln.rstrip("\r") for ln in text.split("\n")]
-    if path.endswith(".jsonl"):
-        for n, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
+def _manifest_lines(fs, path: str, source: str):
+    """(line number, line) of a manifest read as a stream (a 20 M-line manifest is never held whole): UTF-8, with
+    or without a byte-order mark, split on "\n" only (str.splitlines() also splits inside names holding U+2028,
+    \x85, \x1c…)."""
+    with fs.open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
             try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                rec = None
-            if not isinstance(rec, dict):
-                raise ValueError(f"manifest {source}, line {n}: expected a JSON object with 'uri' (and 'id')")
-            rows.append((_field(rec.get("id"), "id", source, n, False), _field(rec.get("uri"), "uri", source, n,
-                                                                                True)))
-    elif path.endswith(".csv"):
+                line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"manifest {source}, line {n}: not UTF-8 text (byte 0x{raw[e.start]:02x}); save "
+                                 "the manifest as UTF-8") from None
+            yield n, line.rstrip("\n").rstrip("\r")
+
+
+def _manifest_rows(fs, path: str, source: str):
+    """(id or None, uri) per manifest row, in order."""
+    if path.endswith(".csv"):
+        text = _manifest_text(fs, path, source)
         reader = csv.DictReader(io.StringIO(text, newline=""))  # quoted fields may hold newlines
         if not reader.fieldnames or "uri" not in reader.fieldnames:
             raise ValueError(f"manifest {source}: CSV needs a header with a 'uri' column (and optionally 'id')")
-        rows = [(r.get("id") or None, _field(r["uri"], "uri", source, reader.line_num, True)) for r in reader]
-    else:
-        rows = [(None, ln.strip()) for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+        for r in reader:
+            yield r.get("id") or None, _field(r["uri"], "uri", source, reader.line_num, True)
+        return
+    jsonl = path.endswith(".jsonl")
+    for n, line in _manifest_lines(fs, path, source):
+        if not line.strip():
+            continue
+        if not jsonl:
+            if not line.lstrip().startswith("#"):
+                yield None, line.strip()
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            rec = None
+        if not isinstance(rec, dict):
+            raise ValueError(f"manifest {source}, line {n}: expected a JSON object with 'uri' (and 'id')")
+        yield _field(rec.get("id"), "id", source, n, False), _field(rec.get("uri"), "uri", source, n, True)
+
+
+def _from_manifest(fs, path: str, source: str) -> list[SampleRef]:
+    base = posixpath.dirname(path)
     out = []
-    for sid, uri in rows:
+    for sid, uri in _manifest_rows(fs, path, source):
         full = uri if (_is_url(uri) or posixpath.isabs(uri)) else posixpath.join(base, uri)
         if _is_url(source) and not _is_url(full):
             full = fs.unstrip_protocol(full)
