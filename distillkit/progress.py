@@ -25,11 +25,12 @@ class Progress:
 
             self.bar = tqdm(total=self.total, desc=desc, unit=unit, file=self.stream)
 
-    def advance(self, n: int = 1) -> None:
-        self.update(self.done + n)
+    def advance(self, n: int = 1, note: str = "") -> None:
+        self.update(self.done + n, note=note)
 
-    def update(self, done: int, total: int | None = None) -> None:
-        """`done` of `total` (a total known only once the work starts may come with the first update)."""
+    def update(self, done: int, total: int | None = None, note: str = "") -> None:
+        """`done` of `total` (a total known only once the work starts may come with the first update); `note`
+        is shown after the counts (e.g. the stage that limits a caching run)."""
         self.done = done
         if total is not None:
             self.total = total
@@ -37,6 +38,8 @@ class Progress:
             return
         if self.bar is not None:
             self.bar.total, self.bar.n = self.total, done
+            if note:
+                self.bar.set_postfix_str(note, refresh=False)
             self.bar.refresh()
             return
         now = time.perf_counter()
@@ -49,11 +52,15 @@ class Progress:
             rate = self.done / max(now - self.t0, 1e-9)
             eta = f", ETA {(self.total - self.done) / rate:.0f} s" if self.total and self.done < self.total else ""
             print(f"{self.desc}: {self.done}/{self.total} {self.unit}s ({100 * self.done // max(self.total, 1)}%), "
-                  f"{time.perf_counter() - self.t0:.0f} s{eta}", file=self.stream, flush=True)
+                  f"{rate:.3g} {self.unit}/s, {now - self.t0:.0f} s{eta}{', ' + note if note else ''}",
+                  file=self.stream, flush=True)
 
     def __enter__(self) -> "Progress":
         return self
 
     def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
         if self.bar is not None:
             self.bar.close()

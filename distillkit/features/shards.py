@@ -18,11 +18,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
-from tqdm.auto import tqdm
 
 from distillkit.features.clock import StageClock
 from distillkit.features.finish import HostBuffers, ShardFinish
 from distillkit.features.forward import forward_shard
+from distillkit.progress import Progress
 from distillkit.features.inputs import SharedDecodes, decode_sample, prefetched
 from distillkit.store.writer import ShardResult, ShardWriterPool
 
@@ -92,7 +92,7 @@ def cache_shards(cfg, prepared, shards: list[int] | None = None, on_shard=None, 
     writer = ShardWriterPool(group, writers=WRITERS, depth=1, on_written=on_written,
                              busy=lambda s, cpu: clock.add("write", s, cpu), init=background)
     finisher = _Finisher(prepared.codecs, buffers, clock, writer, stop, rejected)
-    bar = tqdm(total=sum(len(rows_of(s)) for s in shards), unit="img", desc="caching", disable=not show_progress)
+    bar = Progress(sum(len(rows_of(s)) for s in shards), "caching", "img", quiet=not show_progress)
     feeder.start()
     finisher.start()
     try:
@@ -103,8 +103,7 @@ def cache_shards(cfg, prepared, shards: list[int] | None = None, on_shard=None, 
             forward_shard(teachers, job, cfg.batch_size, clock, buffers, finisher.put)
             written["samples"] += len(rows)
             say_rejected()
-            bar.update(len(rows))
-            bar.set_postfix(bottleneck=clock.bottleneck(), refresh=False)
+            bar.advance(len(rows), note=f"bottleneck {clock.bottleneck()}")
         finisher.put(None)
         finisher.join()
         finisher.check()
