@@ -340,3 +340,23 @@ def test_bench_train_pointmap_on_a_scene_store(oracle_scene_store):
     assert r["task"] == "pointmap" and len(r["trainer_ms_all"]) == 3
     assert {"data", "forward_loss", "backward", "optimizer", "log"} <= set(r["phases_ms_per_step"])
     assert 0 < r["trainer_vs_bound"] and r["bound_images_per_s"] > 0
+
+
+def test_unaugmented_batches_equal_apply_view():
+    """SceneTensors.batch's batched path (every view the full frame at its own size) gives `apply_view`'s values."""
+    from types import SimpleNamespace
+
+    from distillkit.training.pointmap.augment import apply_view, full_view
+    from distillkit.training.pointmap.sampling import SceneTensors
+
+    rng = np.random.default_rng(0)
+    n, hw = 5, (12, 16)
+    data = SimpleNamespace(hw=hw, images=rng.integers(0, 255, (n, *hw, 3), dtype=np.uint8),
+                           pts3d=rng.standard_normal((n, *hw, 3)).astype(np.float32),
+                           conf=rng.random((n, *hw)).astype(np.float32), mask=rng.random((n, *hw)) > 0.3)
+    scene = SceneTensors(data, hw)
+    idx = [3, 1, 4]
+    got = scene.batch(idx, [full_view(hw, hw)] * 3)
+    want = [apply_view(scene.images[i], scene.pts[i], scene.conf[i], scene.mask[i], full_view(hw, hw)) for i in idx]
+    for k, v in got.items():
+        assert torch.equal(v, torch.stack([w[k] for w in want])), k

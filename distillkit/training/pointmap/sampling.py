@@ -56,6 +56,12 @@ class SceneTensors:
         self.mask = torch.from_numpy(np.ascontiguousarray(data.mask))
 
     def batch(self, idx, views: list[View]) -> dict[str, torch.Tensor]:
+        if all(v == full_view(self.hw) for v in views):  # no augmentation: `apply_view` is the identity, batched
+            rows = torch.as_tensor(np.asarray(idx, dtype=np.int64))
+            images = self.images.index_select(0, rows).permute(0, 3, 1, 2).float()
+            return {"image": images / 255.0 if self.images.dtype == torch.uint8 else images,
+                    "pts": self.pts.index_select(0, rows), "conf": self.conf.index_select(0, rows),
+                    "mask": self.mask.index_select(0, rows)}
         outs = [apply_view(self.images[i], self.pts[i], self.conf[i], self.mask[i], v) for i, v in zip(idx, views)]
         return {k: torch.stack([o[k] for o in outs]) for k in outs[0]}
 
