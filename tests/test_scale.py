@@ -225,10 +225,18 @@ def test_bench_scale_json(tmp_path):
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout[res.stdout.index("{"):])
     assert out["sizes"] == [32, 64]
-    for name in ("write_per_shard", "noop_rerun", "append_64", "inspect", "inspect_exact", "validate"):
+    for name in ("write_per_shard", "noop_rerun", "append_64", "append_1pct", "inspect", "inspect_exact", "validate",
+                 "train_first_step"):
         op = out["operations"][name]
         assert set(op["seconds"]) == {"32", "64"} and all(s > 0 for s in op["seconds"].values()), name
         assert isinstance(op["exponent"], float) and op["at_20_7M_s"] > 0, name
+    for name in ("noop_rerun", "append_1pct", "train_first_step"):  # run in a child process: its peak RSS
+        op = out["operations"][name]
+        assert all(op["peak_rss_mb"][k] > op["base_rss_mb"][k] > 0 for k in ("32", "64")), name
+        assert isinstance(op["peak_rss_exponent"], float), name
+    assert out["operations"]["append_1pct"]["added"] == {"32": 16, "64": 16}  # at least one shard
+    train = out["operations"]["train_first_step"]
+    assert train["total_s"]["64"] >= train["seconds"]["64"]
     assert out["operations"]["inspect"]["reads"]["32"] == out["operations"]["inspect"]["reads"]["64"]
     assert out["stores"]["64"]["files"] > out["stores"]["32"]["files"]
 

@@ -7,8 +7,17 @@ N real samples at almost no compute. Timed per N, the teacher loaded once (start
 * write_per_shard: caching from scratch, per shard (flat when a shard costs the same in an empty and a full store);
 * noop_rerun: `cache` again over the same source;
 * append_64: `cache` after 64 new ids (a fixed amount of new work: flat when an append costs what it adds);
+* append_1pct: `cache` after N/100 new ids (at least one shard), DUNE's nightly append, in a child process that
+  reports its peak RSS (`peak_rss_mb`; `workers_peak_rss_mb` its largest loader worker's) next to the seconds and
+  reads; the no-op re-run is repeated in a child too, for its peak RSS (issue 20's target at 1 M: both under 60 s
+  and 2 GB);
+* train_first_step: `distillkit.training.dune.trainer.train` in a child (a tiny student, batch 8, no loader workers,
+  one step, on the store): seconds from the call to the first optimiser step, imports excluded (`total_s`: the whole
+  run, the final evaluation and checkpoint included), the RSS growth over the run and to the first step;
 * inspect (from the summary finalize writes) and inspect_exact (listing every object);
 * validate (reads every feature: O(N) by design).
+
+Child processes load the teacher before the clock starts (start-up excluded); `base_rss_mb` is their RSS then.
 
 Each operation's exponent is the least-squares slope of log(seconds) on log(N); the 20.7 M column extrapolates the
 largest N's time with it. Object reads (zarr chunk and metadata GETs of the local store) are counted too: on S3
@@ -21,6 +30,8 @@ import json
 import math
 import resource
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from contextlib import contextmanager
@@ -32,6 +43,10 @@ DUNE = 20_700_000
 TEACHER = {"name": "dinov2_vits14", "overrides": {"depth": 1, "embed_dim": 16, "num_heads": 1}}
 APPEND = 64
 POOL = 16  # distinct pictures the manifest points at
+CHILD_KEYS = ("reads", "peak_rss_mb", "base_rss_mb", "rss_growth_mb", "workers_peak_rss_mb")
+STUDENT = {"preset": "custom", "embed_dim": 32, "depth": 1, "num_heads": 1}
+RSS_KEYS = ("peak_rss_mb", "base_rss_mb", "rss_growth_mb", "workers_peak_rss_mb", "first_step_rss_growth_mb",
+            "total_s", "added")
 
 
 def bench_scale(sizes: list[int], workdir: str | None = None, shard_size: int = 64, keep: bool = False,
@@ -61,6 +76,7 @@ def bench_scale(sizes: list[int], workdir: str | None = None, shard_size: int = 
                                        if isinstance(v, dict)))
             if not keep:
                 shutil.rmtree(store, ignore_errors=True)
+                shutil.rmtree(root / f"train{n}", ignore_errors=True)
     finally:
         if not keep and not workdir:
             shutil.rmtree(root, ignore_errors=True)
@@ -84,6 +100,15 @@ def _measure(cfg, manifest: Path, pool: list[Path], n: int, teachers) -> dict:
     with _timed(out, f"append_{APPEND}"):
         res = run_cache(cfg, show_progress=False, teachers=teachers)
     assert res["shards"] == math.ceil(APPEND / cfg.shard_size), f"append cached {res['shards']} shards"
+    child = _child({"op": "cache", "cfg": cfg.model_dump(mode="json")})  # a no-op again, for its peak RSS
+    assert child["nothing_to_do"], f"re-run of {cfg.store} in a child was not a no-op"
+    out["noop_rerun"].update({k: child[k] for k in CHILD_KEYS if k != "reads"})
+    added = max(n // 100, cfg.shard_size)
+    _manifest(manifest, pool, n + APPEND + added)
+    child = _child({"op": "cache", "cfg": cfg.model_dump(mode="json")})
+    assert child["samples"] == added, f"the 1 % append cached {child['samples']} samples, not {added}"
+    out["append_1pct"] = {"s": child["s"]} | {k: child[k] for k in CHILD_KEYS}
+    out["append_1pct"]["added"] = added
     with _timed(out, "inspect"):
         s = summarize(cfg.store)
     with _timed(out, "inspect_exact"):
@@ -94,10 +119,64 @@ def _measure(cfg, manifest: Path, pool: list[Path], n: int, teachers) -> dict:
     with _timed(out, "validate"):
         problems = validate_store(cfg.store)
     assert not problems, problems[:3]
+    students = Path(cfg.store).parent / f"train{n}"
+    shutil.rmtree(students, ignore_errors=True)  # a fresh run, not a resumed one
+    out["train_first_step"] = _child({"op": "train", "cfg": {
+        "stores": [str(cfg.store)], "out_dir": str(students), "student": STUDENT,
+        "batch_size": 8, "num_workers": 0, "max_steps": 1, "device": "cpu"}})
     out["files"] = sum(1 for p in Path(cfg.store).rglob("*") if p.is_file())
     out["stored_bytes"] = sum(a.get("stored_bytes", 0) for a in s.arrays)
     out["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return out
+
+
+def _child(spec: dict) -> dict:
+    """Run one operation in a fresh Python process (`_child_main`): its result, with its peak RSS in MB."""
+    proc = subprocess.run([sys.executable, "-c", "from distillkit.bench.scale import _child_main; _child_main()"],
+                          input=json.dumps(spec), capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"bench scale child ({spec['op']}) failed:\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _child_main() -> None:
+    """A child's side: the spec on stdin; start-up (imports, the teacher) before the clock; one JSON line out."""
+    import psutil
+
+    spec = json.loads(sys.stdin.read())
+    out: dict = {}
+    if spec["op"] == "cache":
+        from distillkit.config.cache import CacheConfig
+        from distillkit.features.pipeline import load_teachers, run_cache
+
+        cfg = CacheConfig(**spec["cfg"])
+        teachers = load_teachers(cfg)
+        base = psutil.Process().memory_info().rss
+        with _timed(out, "op"):
+            res = run_cache(cfg, show_progress=False, teachers=teachers)
+        out = out["op"] | {k: res[k] for k in ("nothing_to_do", "shards", "samples")}
+    else:  # train: the first optimiser step of the DUNE trainer, then its final evaluation and checkpoint
+        from distillkit.training.dune.config import TrainConfig
+        from distillkit.training.dune.trainer import train
+
+        cfg = TrainConfig(**spec["cfg"])
+        base = psutil.Process().memory_info().rss
+        first: dict = {}
+        t0 = time.perf_counter()
+
+        def on_step(step, total, record):
+            if not first:
+                first.update(s=time.perf_counter() - t0, rss=psutil.Process().memory_info().rss)
+
+        with _timed(out, "op"):
+            train(cfg, on_step=on_step)
+        out = {"s": first["s"], "reads": out["op"]["reads"], "total_s": out["op"]["s"],
+               "first_step_rss_growth_mb": (first["rss"] - base) / 2**20}
+    out["base_rss_mb"] = base / 2**20
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["rss_growth_mb"] = out["peak_rss_mb"] - out["base_rss_mb"]
+    out["workers_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # its largest child
+    print(json.dumps(out))
 
 
 @contextmanager
@@ -134,6 +213,12 @@ def _fit(rows: dict[int, dict], shard_size: int) -> dict:
                      "exponent": exp, "reads_exponent": read_exp,
                      "at_20_7M_s": secs[-1] * (DUNE / sizes[-1]) ** exp if exp is not None else None,
                      "reads_at_20_7M": reads[-1] * (DUNE / sizes[-1]) ** read_exp if read_exp is not None else None}
+        for key in RSS_KEYS:  # the child-process operations' memory (and the train run's whole time)
+            if all(key in rows[n][name] for n in sizes):
+                vals = [rows[n][name][key] for n in sizes]
+                ops[name][key] = dict(zip(map(str, sizes), vals))
+                if key in ("peak_rss_mb", "rss_growth_mb"):
+                    ops[name][key.replace("_mb", "_exponent")] = _slope(sizes, [max(v, 1.0) for v in vals])
     per = {str(n): {k: rows[n][k] for k in ("files", "stored_bytes", "max_rss_mb")} for n in sizes}
     return {"bench": "scale", "sizes": sizes, "shard_size": shard_size, "teacher": TEACHER, "append": APPEND,
             "operations": ops, "stores": per}
@@ -175,14 +260,19 @@ def table(res: dict) -> str:
     """The markdown table of a result (README's benchmark section)."""
     sizes = res["sizes"]
     head = ["operation"] + [f"N={n:,}" for n in sizes] + ["exponent", "at 20.7 M", "reads at largest N",
-                                                         "reads exponent"]
+                                                         "reads exponent", "peak RSS per N (growth)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, op in res["operations"].items():
         secs = [_fmt(op["seconds"][str(n)]) for n in sizes]
         exp = "-" if op["exponent"] is None else f"{op['exponent']:.2f}"
         rexp = "-" if op["reads_exponent"] is None else f"{op['reads_exponent']:.2f}"
         at = "-" if op["at_20_7M_s"] is None else _fmt(op["at_20_7M_s"])
-        lines.append("| " + " | ".join([name, *secs, exp, at, f"{op['reads'][str(sizes[-1])]:,.0f}", rexp]) + " |")
+        rss = "-"
+        if "peak_rss_mb" in op:
+            rss = " / ".join(f"{op['peak_rss_mb'][str(n)]:,.0f} MB ({op['rss_growth_mb'][str(n)]:+,.0f})"
+                             for n in sizes)
+        lines.append("| " + " | ".join([name, *secs, exp, at, f"{op['reads'][str(sizes[-1])]:,.0f}", rexp, rss])
+                     + " |")
     return "\n".join(lines)
 
 

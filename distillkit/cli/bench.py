@@ -230,8 +230,9 @@ def bench_scale_cmd(sizes: str = typer.Option("1000,10000,100000", help="store s
                     workdir: Optional[str] = typer.Option(None, help="where the stores go (default: a temp dir)"),
                     shard_size: int = typer.Option(64), keep: bool = typer.Option(False, help="keep the stores"),
                     as_json: bool = typer.Option(False, "--json")):
-    """How each store operation's cost grows with N (write per shard, no-op re-run, append of 64, inspect,
-    validate): seconds and object reads per N, the log-log exponent and the 20.7 M extrapolation."""
+    """How each store operation's cost grows with N (write per shard, no-op re-run, append of 64 and of 1 %,
+    inspect, validate, training's first step): seconds and object reads per N, peak RSS of the no-op, the 1 % append
+    and training, the log-log exponent and the 20.7 M extrapolation."""
     import sys
 
     setup_logging()
