@@ -213,7 +213,8 @@ def test_incremental_statistics_equal_a_full_merge(photos, tmp_path):
 
 
 def test_bench_scale_json(tmp_path):
-    """`bench scale` on two tiny sizes: every operation timed and counted per size, with its fitted exponent."""
+    """`bench scale --s3` on two tiny sizes: every operation timed and counted per size, with its fitted exponent;
+    the child-process ones with their peak RSS; the S3 ones with the server's requests."""
     import json
 
     from typer.testing import CliRunner
@@ -221,7 +222,7 @@ def test_bench_scale_json(tmp_path):
     from distillkit.cli import app
 
     res = CliRunner().invoke(app, ["bench", "scale", "--sizes", "32,64", "--shard-size", "16", "--workdir",
-                                   str(tmp_path), "--json"])
+                                   str(tmp_path), "--json", "--s3"])
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout[res.stdout.index("{"):])
     assert out["sizes"] == [32, 64]
@@ -235,6 +236,9 @@ def test_bench_scale_json(tmp_path):
         assert all(op["peak_rss_mb"][k] > op["base_rss_mb"][k] > 0 for k in ("32", "64")), name
         assert isinstance(op["peak_rss_exponent"], float), name
     assert out["operations"]["append_1pct"]["added"] == {"32": 16, "64": 16}  # at least one shard
+    for name in ("s3_noop_rerun", "s3_append_1pct"):  # requests the S3 server saw: the same at both sizes
+        op = out["operations"][name]
+        assert op["reads"]["32"] == op["reads"]["64"] > 0, (name, op["requests_by_method"])
     train = out["operations"]["train_first_step"]
     assert train["total_s"]["64"] >= train["seconds"]["64"]
     assert out["operations"]["inspect"]["reads"]["32"] == out["operations"]["inspect"]["reads"]["64"]

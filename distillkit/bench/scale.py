@@ -19,6 +19,10 @@ N real samples at almost no compute. Timed per N, the teacher loaded once (start
 
 Child processes load the teacher before the clock starts (start-up excluded); `base_rss_mb` is their RSS then.
 
+With `s3=True` (`--s3`), each store is then copied into a local S3 API server (moto, 127.0.0.1) and the no-op
+re-run and a 1 % append are run on the copy in a child: `s3_noop_rerun` and `s3_append_1pct`, whose `reads` are the
+HTTP requests the server logged (`requests_by_method` splits them).
+
 Each operation's exponent is the least-squares slope of log(seconds) on log(N); the 20.7 M column extrapolates the
 largest N's time with it. Object reads (zarr chunk and metadata GETs of the local store) are counted too: on S3
 each is a request.
@@ -46,11 +50,11 @@ POOL = 16  # distinct pictures the manifest points at
 CHILD_KEYS = ("reads", "peak_rss_mb", "base_rss_mb", "rss_growth_mb", "workers_peak_rss_mb")
 STUDENT = {"preset": "custom", "embed_dim": 32, "depth": 1, "num_heads": 1}
 RSS_KEYS = ("peak_rss_mb", "base_rss_mb", "rss_growth_mb", "workers_peak_rss_mb", "first_step_rss_growth_mb",
-            "total_s", "added")
+            "total_s", "added", "requests_by_method")
 
 
 def bench_scale(sizes: list[int], workdir: str | None = None, shard_size: int = 64, keep: bool = False,
-                log=print) -> dict:
+                log=print, s3: bool = False) -> dict:
     """Build a store per size, time each operation, fit each operation's growth (see the module docstring)."""
     from distillkit.config.cache import CacheConfig
     from distillkit.features.pipeline import load_teachers
@@ -61,6 +65,7 @@ def bench_scale(sizes: list[int], workdir: str | None = None, shard_size: int = 
     pool = _pictures(root / "pool")
     teachers = None
     rows: dict[int, dict] = {}
+    server = _S3Server(root / "moto.log") if s3 else None
     try:
         for n in sizes:
             manifest = root / f"m{n}.jsonl"
@@ -72,12 +77,17 @@ def bench_scale(sizes: list[int], workdir: str | None = None, shard_size: int = 
                               val_fraction=0.01)
             teachers = teachers or load_teachers(cfg)
             rows[n] = _measure(cfg, manifest, pool, n, teachers)
+            if server:
+                rows[n].update(_measure_s3(server, cfg, manifest, pool, n + APPEND + rows[n]["append_1pct"]["added"],
+                                           rows[n]["append_1pct"]["added"]))
             log(f"N={n}: " + ", ".join(f"{k} {v['s']:.3g} s ({v['reads']} reads)" for k, v in rows[n].items()
                                        if isinstance(v, dict)))
             if not keep:
                 shutil.rmtree(store, ignore_errors=True)
                 shutil.rmtree(root / f"train{n}", ignore_errors=True)
     finally:
+        if server:
+            server.close()
         if not keep and not workdir:
             shutil.rmtree(root, ignore_errors=True)
     return _fit(rows, shard_size)
@@ -130,10 +140,92 @@ def _measure(cfg, manifest: Path, pool: list[Path], n: int, teachers) -> dict:
     return out
 
 
-def _child(spec: dict) -> dict:
+class _S3Server:
+    """moto's S3 API server on a free local port, its request log in `log`; the AWS variables point at it."""
+
+    def __init__(self, log: Path):
+        import socket
+        import urllib.request
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        self.log = log
+        self._out = open(log, "wb")
+        exe = Path(sys.executable).parent / "moto_server"
+        self.proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)], stdout=self._out,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.endpoint = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(self.endpoint + "/moto-api/", timeout=1)
+                break
+            except Exception:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    self.close()
+                    raise RuntimeError("moto_server did not start")
+                time.sleep(0.2)
+        self.env = {"AWS_ACCESS_KEY_ID": "bench-key-id", "AWS_SECRET_ACCESS_KEY": "bench-secret",
+                    "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": self.endpoint,
+                    "AWS_EC2_METADATA_DISABLED": "true"}
+        self.fs = None
+
+    def filesystem(self):
+        import s3fs
+
+        if self.fs is None:
+            self.fs = s3fs.S3FileSystem(endpoint_url=self.endpoint, key=self.env["AWS_ACCESS_KEY_ID"],
+                                        secret=self.env["AWS_SECRET_ACCESS_KEY"], skip_instance_cache=True)
+            self.fs.mkdir("scale")
+        return self.fs
+
+    def requests(self) -> dict[str, int]:
+        """Requests logged so far, by HTTP method."""
+        import re
+
+        self._out.flush()
+        counts: dict[str, int] = {}
+        for m in re.finditer(rb'"([A-Z]+) /[^"]* HTTP/1\.[01]"', self.log.read_bytes()):
+            counts[m.group(1).decode()] = counts.get(m.group(1).decode(), 0) + 1
+        return counts
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self._out.close()
+
+
+def _measure_s3(server: _S3Server, cfg, manifest: Path, pool: list[Path], n: int, added: int) -> dict:
+    """The store (n samples, its manifest's) copied to the S3 server: the no-op re-run and a 1 % append there, each
+    in a child, with the requests the server saw."""
+    url = f"s3://scale/{Path(cfg.store).name}"
+    server.filesystem().put(str(cfg.store), url, recursive=True)
+    s3cfg = cfg.model_copy(update={"store": url})
+    out = {}
+    for name, total in (("s3_noop_rerun", n), ("s3_append_1pct", n + added)):
+        _manifest(manifest, pool, total)
+        before = server.requests()
+        child = _child({"op": "cache", "cfg": s3cfg.model_dump(mode="json")}, env=server.env)
+        after = server.requests()
+        by = {k: after.get(k, 0) - before.get(k, 0) for k in after if after.get(k, 0) != before.get(k, 0)}
+        assert child["nothing_to_do"] == (total == n), f"{name}: {child}"
+        out[name] = {"s": child["s"], "reads": sum(by.values()), "requests_by_method": by,
+                     **{k: child[k] for k in CHILD_KEYS if k != "reads"}}
+    server.filesystem().rm(url, recursive=True)
+    return out
+
+
+def _child(spec: dict, env: dict | None = None) -> dict:
     """Run one operation in a fresh Python process (`_child_main`): its result, with its peak RSS in MB."""
+    import os
+
     proc = subprocess.run([sys.executable, "-c", "from distillkit.bench.scale import _child_main; _child_main()"],
-                          input=json.dumps(spec), capture_output=True, text=True)
+                          input=json.dumps(spec), capture_output=True, text=True, env={**os.environ, **(env or {})})
     if proc.returncode != 0:
         raise RuntimeError(f"bench scale child ({spec['op']}) failed:\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -229,7 +229,9 @@ def bench_train_cmd(task: str = typer.Option("dune", help="dune (ViT student on 
 def bench_scale_cmd(sizes: str = typer.Option("1000,10000,100000", help="store sizes N, comma-separated"),
                     workdir: Optional[str] = typer.Option(None, help="where the stores go (default: a temp dir)"),
                     shard_size: int = typer.Option(64), keep: bool = typer.Option(False, help="keep the stores"),
-                    as_json: bool = typer.Option(False, "--json")):
+                    as_json: bool = typer.Option(False, "--json"),
+                    s3: bool = typer.Option(False, "--s3", help="also run the no-op re-run and a 1 % append on a copy "
+                                            "of each store in a local S3 server (moto) and count its requests")):
     """How each store operation's cost grows with N (write per shard, no-op re-run, append of 64 and of 1 %,
     inspect, validate, training's first step): seconds and object reads per N, peak RSS of the no-op, the 1 % append
     and training, the log-log exponent and the 20.7 M extrapolation."""
@@ -243,7 +245,7 @@ def bench_scale_cmd(sizes: str = typer.Option("1000,10000,100000", help="store s
     except ValueError:
         fail(f"--sizes {sizes!r}: expected comma-separated integers, e.g. 1000,10000")
     res = bench_scale(ns, workdir=workdir, shard_size=shard_size, keep=keep,
-                      log=lambda line: print(line, file=sys.stderr))
+                      log=lambda line: print(line, file=sys.stderr), s3=s3)
     if as_json:
         print_metrics(res, True)
         return
