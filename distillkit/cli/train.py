@@ -78,7 +78,7 @@ def resumed_settings(chosen, data: dict, config: Optional[Path]) -> dict:
     """`data` completed from the checkpoint in --out when the run resumes one (see `distillkit.training.resume`)."""
     from distillkit.training.resume import settings_for_resume
 
-    return settings_for_resume(chosen.name, set(chosen.config.model_fields), data, config)
+    return settings_for_resume(chosen.name, chosen.config, data, config)
 
 
 @contextmanager

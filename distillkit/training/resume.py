@@ -12,6 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 from distillkit.training.checkpoint import CKPT_NAME, load_checkpoint
 
 # Settings a resumed run may change: they do not alter the model, the optimiser or the order of the data.
@@ -34,10 +36,10 @@ def run_checkpoint(out_dir: str | Path) -> Path | None:
     return next(iter(sorted(out.glob(f"*/{CKPT_NAME}"))), None) if out.is_dir() else None
 
 
-def settings_for_resume(kind: str, fields: set[str], data: dict[str, Any], file: str | Path | None = None
+def settings_for_resume(kind: str, model: type[BaseModel], data: dict[str, Any], file: str | Path | None = None
                         ) -> dict[str, Any]:
-    """`data` (a run's config mapping: what the config file and the command line gave) completed from the
-    checkpoint it resumes, if it resumes one; unchanged for a fresh run. ValueError naming every given setting
+    """`data` (a run's config mapping for `model`: what the config file and the command line gave) completed from
+    the checkpoint it resumes, if it resumes one; unchanged for a fresh run. ValueError naming every given setting
     that differs from the checkpoint's (and may not change on resume)."""
     if data.get("resume") is False or not data.get("out_dir"):
         return data
@@ -47,13 +49,11 @@ def settings_for_resume(kind: str, fields: set[str], data: dict[str, Any], file:
     saved = (load_checkpoint(path, kind).get("metrics") or {}).get("config")
     if not isinstance(saved, dict):  # an older checkpoint: the run's own spec check still guards the resume
         return data
-    merged, clashes = dict(data), []
-    for key, was in saved.items():
-        if key not in fields or key in MAY_CHANGE:
-            continue
-        if key in data:
-            clashes += _differences(key, data[key], was)
-        merged[key] = _completed(data.get(key), was)
+    fields = set(model.model_fields)
+    kept = {k: v for k, v in saved.items() if k in fields and k not in MAY_CHANGE}
+    merged = {**data, **{k: _completed(data.get(k), v) for k, v in kept.items()}}
+    given = _canonical(model, merged)
+    clashes = [d for k in kept if k in data for d in _differences(k, data[k], given.get(k, data[k]), kept[k])]
     if clashes:
         where = f" (command line or {file})" if file else ""
         raise ValueError(f"{path} continues a run with its own settings; given{where}: {'; '.join(clashes)}. "
@@ -61,12 +61,22 @@ def settings_for_resume(kind: str, fields: set[str], data: dict[str, Any], file:
     return merged
 
 
-def _differences(key: str, given: Any, was: Any) -> list[str]:
-    if isinstance(given, dict) and isinstance(was, dict):  # e.g. --depth alone: only the keys given are compared
-        return [d for k, v in given.items() for d in _differences(f"{key}.{k}", v, was.get(k))]
+def _canonical(model: type[BaseModel], data: dict[str, Any]) -> dict[str, Any]:
+    """`data` as the model stores it (``24x32`` -> [24, 32], 1 -> 1.0), so a setting given in another spelling is
+    not a difference; as given if it does not validate (the run's own validation names the error)."""
+    try:
+        return model.model_validate(data).model_dump(mode="json")
+    except Exception:  # noqa: BLE001
+        return data
+
+
+def _differences(key: str, raw: Any, given: Any, was: Any) -> list[str]:
+    """The flags whose given value (`raw` as typed, `given` as the model stores it) differs from the checkpoint's."""
+    if isinstance(raw, dict) and isinstance(given, dict) and isinstance(was, dict):  # e.g. --depth alone
+        return [d for k, v in raw.items() for d in _differences(f"{key}.{k}", v, given.get(k, v), was.get(k))]
     if _same(given, was):
         return []
-    return [f"{FLAGS.get(key, '--' + key.split('.')[-1].replace('_', '-'))} {_shown(given)} (checkpoint: "
+    return [f"{FLAGS.get(key, '--' + key.split('.')[-1].replace('_', '-'))} {_shown(raw)} (checkpoint: "
             f"{_shown(was)})"]
 
 
