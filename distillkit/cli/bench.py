@@ -78,7 +78,8 @@ def bench_align(fixture: Optional[Path] = typer.Option(None, help=".npz laid out
                 synthetic: Optional[int] = typer.Option(None, help="generate an N-image scene instead"),
                 size: str = typer.Option("48x64", help="HxW of the synthetic scene"),
                 graph: str = typer.Option("swin-3", help="pair graph of the synthetic scene"),
-                reference: bool = typer.Option(False, help="also time the official-style Adam optimiser (300 its)"),
+                reference: bool = typer.Option(False, "--reference",
+                                               help="also time the official-style Adam optimiser (300 its)"),
                 reference_iters: int = typer.Option(300, help="run the reference this many iterations; fewer than "
                                                     "300: its 300-iteration time is extrapolated"),
                 exact: Optional[str] = typer.Option(None, help="also solve the exact optimum and report the "
@@ -154,17 +155,12 @@ def bench_decouple_cmd(teacher: str = typer.Option("dinov2_vitb14", help="teache
                        device: str = typer.Option("auto"),
                        threads: Optional[int] = typer.Option(None, help="torch threads (default: torch's; 1 is "
                                                              "steadier on a shared machine)"),
-                       quiet: bool = typer.Option(False, help="no progress lines"),
+                       quiet: bool = typer.Option(False, "--quiet", help="no progress lines"),
                        as_json: bool = typer.Option(False, "--json")):
     """Same student trained from the store vs with the teacher online per batch (DUNE/UNIC), same run."""
     import json
 
-    setup_logging()
-    quiet_progress(quiet)
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
+    start_training_bench(quiet, threads)
     from distillkit.bench.decouple import bench_decouple
 
     if student not in ("vit_tiny", "vit_small", "vit_base"):
@@ -202,12 +198,11 @@ def bench_train_cmd(task: str = typer.Option("dune", help="dune (ViT student on 
                     device: str = typer.Option("auto"),
                     threads: Optional[int] = typer.Option(None, help="torch threads (default: torch's; 1 is "
                                                           "steadier on a shared machine)"),
-                    quiet: bool = typer.Option(False, help="no progress lines"),
+                    quiet: bool = typer.Option(False, "--quiet", help="no progress lines"),
                     as_json: bool = typer.Option(False, "--json")):
     """The real trainer's steady-state images/s beside the same model's step on batches already in device memory
     (its compute bound), same run; trainer_vs_bound and where the gap goes (ms per step by phase)."""
-    setup_logging()
-    quiet_progress(quiet)
+    start_training_bench(quiet, None)  # bench_train sets the threads itself
     from distillkit.bench.train import bench_train
 
     kw = dict(store=store, batch_size=batch_size, warmup=warmup, device=device, **({"steps": steps} if steps else {}))
@@ -228,7 +223,8 @@ def bench_train_cmd(task: str = typer.Option("dune", help="dune (ViT student on 
 @bench_app.command("scale")
 def bench_scale_cmd(sizes: str = typer.Option("1000,10000,100000", help="store sizes N, comma-separated"),
                     workdir: Optional[str] = typer.Option(None, help="where the stores go (default: a temp dir)"),
-                    shard_size: int = typer.Option(64), keep: bool = typer.Option(False, help="keep the stores"),
+                    shard_size: int = typer.Option(64),
+                    keep: bool = typer.Option(False, "--keep", help="keep the stores"),
                     as_json: bool = typer.Option(False, "--json"),
                     s3: bool = typer.Option(False, "--s3", help="also run the no-op re-run and a 1 % append on a copy "
                                             "of each store in a local S3 server (moto) and count its requests")):
@@ -252,9 +248,15 @@ def bench_scale_cmd(sizes: str = typer.Option("1000,10000,100000", help="store s
     print(table(res))
 
 
-def quiet_progress(quiet: bool) -> None:
-    """--quiet: the periodic progress lines (logger ``distillkit.progress``) are not shown."""
+def start_training_bench(quiet: bool, threads: int | None) -> None:
+    """What the benches that train do first: logging; --quiet (the periodic progress lines of the logger
+    ``distillkit.progress`` are not shown); --threads (torch's intra-op threads)."""
     import logging
 
+    setup_logging()
     if quiet:
         logging.getLogger("distillkit.progress").setLevel(logging.WARNING)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)

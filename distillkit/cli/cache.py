@@ -58,7 +58,7 @@ def cache(
                                                         "mtime)"),
     repair: bool = typer.Option(False, "--repair", help="verify every checksum of the store and recompute exactly "
                                                         "the damaged shards"),
-    quiet: bool = typer.Option(False, help="no progress bar"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress"),
 ):
     """Run teachers once over a source and write their features to a Zarr v3 store (resumable)."""
     setup_logging()

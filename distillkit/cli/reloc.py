@@ -29,7 +29,8 @@ def eval_reloc(
                                                     "ACE's 8 px at 480 px height, scaled and rounded)"),
     device: str = typer.Option("cpu"),
     as_json: bool = typer.Option(False, "--json", help="print the results as JSON"),
-    per_frame: bool = typer.Option(False, help="with --json: keep the per-frame errors and inlier counts"),
+    per_frame: bool = typer.Option(False, "--per-frame",
+                                   help="with --json: keep the per-frame errors and inlier counts"),
 ):
     """Relocalise every test frame of each checkpoint's scene; ACE's metrics (% within 10cm/5°, 5cm/5°, 2cm/2°,
     1cm/1°, median errors) per scene and averaged, the ground truth used, and the paper's mean L2."""
