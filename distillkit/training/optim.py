@@ -33,8 +33,10 @@ FUSED = {"fused": True}
 
 def fused_ok(params: list[torch.Tensor]) -> bool:
     """Whether torch's fused AdamW takes these parameters (floating, on one device type it has the kernel for)."""
-    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
-
+    try:  # torch's own list; private, so a torch without it gets the foreach kernel instead
+        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+    except ImportError:
+        return False
     kinds = {p.device.type for p in params}
     return (len(kinds) == 1 and kinds <= set(_get_fused_kernels_supported_devices())
             and all(p.is_floating_point() for p in params))
