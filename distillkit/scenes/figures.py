@@ -35,19 +35,6 @@ def world_unit(group, scene: str) -> str:
     return "m" if metric else "world units, DUSt3R scale"
 
 
-def colormap(x: np.ndarray, valid: np.ndarray, name: str, lo=None, hi=None) -> np.ndarray:
-    """A scalar map as uint8 RGB (percentile range unless `lo`/`hi` are given); invalid pixels black."""
-    from matplotlib import colormaps
-
-    vals = x[valid & np.isfinite(x)]
-    lo = float(np.percentile(vals, 2)) if lo is None and vals.size else (lo or 0.0)
-    hi = float(np.percentile(vals, 98)) if hi is None and vals.size else (hi or 1.0)
-    t = np.clip((x - lo) / max(hi - lo, 1e-12), 0, 1)
-    rgb = (colormaps[name](np.nan_to_num(t))[..., :3] * 255).astype(np.uint8)
-    rgb[~valid] = 0
-    return rgb
-
-
 def pointmap_rgb(pts: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """XYZ -> RGB with a scene-wide box (same colour = same place in every frame); non-finite points black."""
     t = np.clip((pts - lo) / np.maximum(hi - lo, 1e-12), 0, 1)
