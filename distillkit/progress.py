@@ -5,8 +5,29 @@ a CI transcript). `quiet` shows nothing. Training has its own lines with loss an
 
 from __future__ import annotations
 
+import math
 import sys
 import time
+
+
+class Cadence:
+    """When a progress report is due: at each tenth (`parts`) of the work, at least every `every_s` seconds, and at
+    the end. Counting starts at `done` (a resumed run starts at its own step). Training's lines use it too."""
+
+    def __init__(self, done: int = 0, total: int = 1, every_s: float = 30.0, parts: int = 10,
+                 now: float | None = None):
+        self.every_s, self.parts = every_s, parts
+        self.last_t = time.perf_counter() if now is None else now
+        self.next_part = math.floor(done * parts / max(total, 1)) + 1
+
+    def due(self, done: int, total: int, now: float) -> bool:
+        part_due = total and done * self.parts >= self.next_part * total
+        if not (part_due or done >= total or now - self.last_t >= self.every_s):
+            return False
+        while total and self.next_part * total <= done * self.parts:
+            self.next_part += 1
+        self.last_t = now
+        return True
 
 
 class Progress:
@@ -14,10 +35,10 @@ class Progress:
 
     def __init__(self, total: int, desc: str, unit: str = "it", quiet: bool = False, every_s: float = 30.0,
                  stream=None):
-        self.total, self.desc, self.unit, self.every_s = max(int(total), 0), desc, unit, every_s
+        self.total, self.desc, self.unit = max(int(total), 0), desc, unit
         self.stream = stream or sys.stderr
-        self.done, self.t0 = 0, time.perf_counter()
-        self.last_t, self.next_part, self.lines = self.t0, 1, 0
+        self.done, self.t0, self.lines = 0, time.perf_counter(), 0
+        self.cadence = Cadence(0, self.total, every_s, now=self.t0)
         self.bar = None
         self.quiet = quiet
         if not quiet and self.stream.isatty():
@@ -43,11 +64,7 @@ class Progress:
             self.bar.refresh()
             return
         now = time.perf_counter()
-        part_due = self.total and self.done * 10 >= self.next_part * self.total
-        if part_due or now - self.last_t >= self.every_s or self.done == self.total:
-            while self.total and self.next_part * self.total <= self.done * 10:
-                self.next_part += 1
-            self.last_t = now
+        if self.cadence.due(self.done, self.total, now):
             self.lines += 1
             rate = self.done / max(now - self.t0, 1e-9)
             eta = f", ETA {(self.total - self.done) / rate:.0f} s" if self.total and self.done < self.total else ""

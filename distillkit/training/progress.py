@@ -7,8 +7,9 @@ command's ``--quiet`` (or a flow) silences them by its level alone.
 from __future__ import annotations
 
 import logging
-import math
 import time
+
+from distillkit.progress import Cadence
 
 log = logging.getLogger("distillkit.progress")
 
@@ -25,21 +26,16 @@ class ProgressLine:
     def __init__(self, name: str, images_per_step: int, every_s: float = 30.0, parts: int = 10):
         self.name, self.images_per_step, self.every_s, self.parts = name, images_per_step, every_s, parts
         self.first: tuple[int, float] | None = None
-        self.last_t = 0.0
-        self.next_part = 1
+        self.cadence: Cadence | None = None
         self.lines = 0
 
     def __call__(self, step: int, total: int, rec: dict) -> None:
         now = time.perf_counter()
         if self.first is None:
-            self.first, self.last_t = (step, now), now
-            self.next_part = math.floor(step * self.parts / max(total, 1)) + 1
-        part_due = step * self.parts >= self.next_part * total
-        if not (part_due or step >= total or now - self.last_t >= self.every_s):
+            self.first = (step, now)
+            self.cadence = Cadence(step, total, self.every_s, self.parts, now)
+        if not self.cadence.due(step, total, now):
             return
-        while self.next_part * total <= step * self.parts:
-            self.next_part += 1
-        self.last_t = now
         self.lines += 1
         done, dt = step - self.first[0], now - self.first[1]
         rate = done / dt if done and dt > 0 else None
