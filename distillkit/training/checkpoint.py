@@ -73,17 +73,17 @@ def save_checkpoint(path: str | Path, kind: str, payload: dict) -> Path:
     return path
 
 
-def load_checkpoint(path: str | Path, kind: str | None = None, map_location: Any = "cpu") -> dict:
+def load_checkpoint(path: str | Path, kind: str | None = None, map_location: Any = "cpu", mmap: bool = False) -> dict:
     """A checkpoint written by `save_checkpoint` (of `kind`, when given), read with ``weights_only=True``.
 
     ValueError naming the file when it does not exist, when it holds objects other than plain data (refused, never
     executed), when it is not a readable torch file, when it has no distillkit format marker, or when it is a
-    checkpoint of another kind."""
+    checkpoint of another kind. `mmap`: tensors are read only when touched (to look at the configs alone)."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: no such checkpoint file")
     try:
-        ck = torch.load(path, map_location=map_location, weights_only=True)
+        ck = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         if "Weights only load failed" not in str(e) or "Unsupported operand" in str(e):  # not a pickle at all
             found = re.search(r"Unsupported operand \d+", str(e))

@@ -46,7 +46,7 @@ def settings_for_resume(kind: str, model: type[BaseModel], data: dict[str, Any],
     path = run_checkpoint(data["out_dir"])
     if path is None:
         return data
-    saved = (load_checkpoint(path, kind).get("metrics") or {}).get("config")
+    saved = (load_checkpoint(path, kind, mmap=True).get("metrics") or {}).get("config")  # the weights stay unread
     if not isinstance(saved, dict):  # an older checkpoint: the run's own spec check still guards the resume
         return data
     fields = set(model.model_fields)
