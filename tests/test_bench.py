@@ -59,3 +59,23 @@ def test_bench_align_fixture_and_synthetic():
     bad = subprocess.run([str(BIN / "distillkit"), "bench", "align", "--fixture", "/nope.npz"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "/nope.npz" in bad.stderr
+
+
+def test_bench_validate_json(cached_store):
+    from pathlib import Path
+
+    res = _run("validate", cached_store, "--rounds", "2")
+    files = [p for p in Path(cached_store).rglob("*") if p.is_file()]
+    assert res["validate_deep"]["files"] == len(files)  # --deep reads every object
+    assert res["validate_deep"]["bytes"] == sum(p.stat().st_size for p in files)
+    assert 0 < res["validate"]["bytes"] < res["validate_deep"]["bytes"]  # the quick check skips e.g. the images
+    for check in ("validate", "validate_deep"):
+        assert len(res[check]["ratio"]) == 2 and res[check]["ratio_median"] > 0
+        assert res[check]["ratio"][0] == res[check]["disk_s"][0] / res[check]["check_s"][0]
+
+
+def test_bench_validate_refuses_a_remote_or_missing_store(tmp_path):
+    for store in ("s3://bucket/store.zarr", tmp_path / "nope.zarr"):
+        bad = subprocess.run([str(BIN / "distillkit"), "bench", "validate", str(store)], capture_output=True,
+                             text=True, timeout=120)
+        assert bad.returncode != 0 and "not a local store folder" in bad.stderr + bad.stdout

@@ -306,3 +306,19 @@ def test_cli_inspect_not_a_store(tmp_path):
     res = _cli("inspect", str(tmp_path / "nothing.zarr"))
     assert res.returncode == 2
     assert "cannot inspect" in res.stderr
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_row_checks_agree_with_numpy_across_scratch_blocks(dtype):
+    from distillkit.store.validation import _SCRATCH, _finite_rows, _nan_rows
+
+    width = _SCRATCH // np.dtype(dtype).itemsize // 3 + 1  # 2 rows per scratch block: 11 rows span 6 blocks
+    x = np.random.default_rng(0).standard_normal((11, width)).astype(dtype)
+    x[1, 0], x[4, -1], x[5, width // 2] = np.nan, np.inf, -np.inf
+    x[7], x[8] = np.nan, -np.nan  # rejected rows (negative NaN too)
+    x[9] = np.nan
+    x[9, 3] = np.inf  # NaN throughout but one Inf: holds data
+    assert (_finite_rows(x) == np.isfinite(x).all(axis=1)).all()
+    assert (_nan_rows(x) == np.isnan(x).all(axis=1)).all()
+    assert list(np.flatnonzero(_nan_rows(x))) == [7, 8]
+    assert _finite_rows(x[:0]).shape == _nan_rows(x[:0]).shape == (0,)

@@ -248,6 +248,30 @@ def bench_scale_cmd(sizes: str = typer.Option("1000,10000,100000", help="store s
     print(table(res))
 
 
+@bench_app.command("validate")
+def bench_validate_cmd(store: str = typer.Argument(..., help="a local feature store"),
+                       rounds: int = typer.Option(3, min=1, help="rounds of (disk, check); the median is reported"),
+                       deep: bool = typer.Option(True, "--deep/--quick", help="also time `validate --deep`"),
+                       quiet: bool = typer.Option(False, "--quiet", help="no per-round lines"),
+                       as_json: bool = typer.Option(False, "--json")):
+    """`validate`'s read speed beside the disk's sequential speed on the same files (page cache dropped before
+    each), same run; ratio = the fraction of the disk's speed the check reaches."""
+    import sys
+
+    setup_logging()
+    from distillkit.bench.validate import bench_validate
+
+    try:
+        res = bench_validate(store, rounds=rounds, deep=deep,
+                             log=(lambda line: None) if quiet else (lambda line: print(line, file=sys.stderr)))
+    except ValueError as e:
+        fail(str(e))
+    if not as_json:
+        res = {f"{check}/{k}": v for check in ("validate", "validate_deep") if check in res
+               for k, v in res[check].items() if not isinstance(v, list)}
+    print_metrics(res, as_json)
+
+
 def start_training_bench(quiet: bool, threads: int | None) -> None:
     """What the benches that train do first: logging; --quiet (the periodic progress lines of the logger
     ``distillkit.progress`` are not shown); --threads (torch's intra-op threads)."""

@@ -18,11 +18,12 @@ import mmap
 import os
 from typing import Any
 
-import google_crc32c
 import numpy as np
 import zarr
 from numcodecs import Zstd
 from zarr.storage import LocalStore
+
+from distillkit.store.checksum import crc32c
 
 try:  # zarr-python's event-loop bridge is internal (zarr.core): present in 3.1-3.4, guarded for later releases
     from zarr.abc.store import OffsetByteRequest
@@ -44,7 +45,7 @@ class ChecksumError(ValueError):
 
 def _crc(buf: np.ndarray) -> int:
     """crc32c (Castagnoli), the checksum of zarr's `crc32c` codec (stored after the bytes, little-endian)."""
-    return google_crc32c.value(buf)
+    return crc32c(buf)
 
 
 def _stored(buf: np.ndarray) -> int:

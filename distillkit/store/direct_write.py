@@ -19,11 +19,11 @@ import threading
 import uuid
 from pathlib import Path
 
-import google_crc32c
 import numpy as np
 import zarr
 from zarr.storage import LocalStore
 
+from distillkit.store.checksum import crc32c_bytes
 from distillkit.store.direct import EMPTY, _chunk_key, _names
 
 try:  # zarr-python's event-loop bridge and buffer type (zarr.core; present in 3.1-3.4)
@@ -80,15 +80,11 @@ class _Layout:
         for i in range(rows):
             out.append(data[i])
             if self.row_crc:
-                out.append(_crc_bytes(data[i]))
+                out.append(crc32c_bytes(data[i]))
         out.append(index.view(np.uint8).reshape(-1))
         if self.index_crc:
-            out.append(_crc_bytes(out[-1]))
+            out.append(crc32c_bytes(out[-1]))
         return out
-
-
-def _crc_bytes(buf: np.ndarray) -> bytes:
-    return int(google_crc32c.value(buf)).to_bytes(4, "little")
 
 
 def _write_local(path: Path, pieces: list) -> None:

