@@ -143,7 +143,7 @@ def test_sample_ids_are_one_buffer_decoded_on_access():
         ids[5]
 
 
-def test_epoch_planning_is_done_once_and_not_shipped_to_workers(cached_store, monkeypatch):
+def test_epoch_planning_builds_each_blocks_rows_when_reached_and_ships_no_plan(cached_store, monkeypatch):
     import pickle
 
     built = []
@@ -152,9 +152,12 @@ def test_epoch_planning_is_done_once_and_not_shipped_to_workers(cached_store, mo
     stream = ShardStream([StoreSource(str(cached_store))], 2, "all", seed=1, shuffle_shards=1)
     for _ in range(4):  # what the trainer asks before its first step: counts and order come from per-shard counts
         stream.batches_per_epoch(0)
-        stream.worker_order(0, 2)
+        stream.position(0, 2, 3)
     assert built == []
-    for _ in range(3):
-        plan = stream.worker_plan(0, 1, 2)
-    assert len(built) == len(plan) == 1  # worker 1 of 2 owns 1 of the 3 one-shard blocks, planned once
+    stream.num_workers = 1
+    batches = iter(stream)
+    next(batches)
+    assert len(built) == 1  # the first block's rows only, not the epoch's
+    rest = list(batches)
+    assert sorted(b for _, b in built) == [0, 1, 2] and 1 + len(rest) == stream.batches_per_epoch(0)
     assert pickle.loads(pickle.dumps(stream))._plans == {}  # a worker plans its own share

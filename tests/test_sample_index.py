@@ -73,11 +73,13 @@ def test_opening_on_s3_reads_the_index_not_every_shard(one_row_shards, s3_bucket
     fs.put(str(one_row_shards), f"{s3_bucket}/new.zarr", recursive=True)
     fs.put(str(old), f"{s3_bucket}/old.zarr", recursive=True)
     got = {}
-    calls = {k: sum(_calls(lambda: got.setdefault(k, StoreSource(f"s3://{s3_bucket}/{k}.zarr"))).values())
-             for k in ("new", "old")}
+    # what a training stream does on opening: the sample table's valid and split columns, streamed into bits
+    calls = {k: sum(_calls(lambda: got.setdefault(k, StoreSource(f"s3://{s3_bucket}/{k}.zarr")).usable_bits(
+        "train")).values()) for k in ("new", "old")}
     print(json.dumps(calls))
     assert got["new"].ids.tolist() == got["old"].ids.tolist()
-    assert calls["old"] >= 3 * 12 and calls["new"] <= 12, calls  # 3 objects per shard vs a bounded handful
+    np.testing.assert_array_equal(got["new"].usable_bits("train"), got["old"].usable_bits("train"))
+    assert calls["old"] >= 2 * 12 and calls["new"] <= 12, calls  # 2 objects per shard vs a bounded handful
 
 
 def test_a_rerun_adds_the_index_to_a_store_finalized_without_one(one_row_shards, photos, tmp_path):

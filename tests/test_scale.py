@@ -239,6 +239,7 @@ def test_bench_scale_json(tmp_path):
     for name in ("s3_noop_rerun", "s3_append_1pct"):  # requests the S3 server saw: the same at both sizes
         op = out["operations"][name]
         assert op["reads"]["32"] == op["reads"]["64"] > 0, (name, op["requests_by_method"])
+    assert all(r > 0 for r in out["operations"]["validate"]["disk_ratio"].values())  # vs the disk, same files
     train = out["operations"]["train_first_step"]
     assert train["total_s"]["64"] >= train["seconds"]["64"]
     assert out["operations"]["inspect"]["reads"]["32"] == out["operations"]["inspect"]["reads"]["64"]
@@ -268,3 +269,46 @@ def test_a_killed_repair_is_finished_by_the_next_run(cached_store, tmp_path):
     assert not g.attrs.get(REPAIR_ATTR)
     assert np.array_equal(g[paths.stats(m.teachers[0], "patch_mean")][:], want)
     assert summary.read_summary(g)["version"] == read_manifest(g).version
+
+
+def test_a_training_stream_holds_bits_per_sample_not_ids_or_rows(photos, tmp_path, monkeypatch):
+    """Opening a store for training and taking the first batch (what the trainer does before its first step)
+    retains and peaks at the same memory for 64 and 4,096 samples, give or take its per-shard counts and one bit
+    per sample: ids travel with the shards read, each block's row order is made when the block is reached, and
+    the sample table is streamed a bounded chunk at a time (shrunk here to 1,024 rows, as 2^20 rows are at scale).
+    Bytes traced by tracemalloc, never seconds. Before: ids, flags and the epoch's row order, ~50 bytes a sample."""
+    import gc
+    import tracemalloc
+
+    from conftest import tiny_cache_config
+
+    from distillkit.cache import run_cache
+    from distillkit.store import reader, rowbits
+
+    monkeypatch.setattr(reader, "TABLE_ROWS", 1024)
+    monkeypatch.setattr(rowbits, "STEP", 1024)
+    stores = {}
+    for n in (64, 4096):
+        src = _manifest(tmp_path / f"m{n}.jsonl", photos, n)
+        cfg = tiny_cache_config(src, tmp_path / f"s{n}.zarr", shard_size=16, batch_size=64, num_workers=1,
+                                image_size=28, val_fraction=0.1)
+        run_cache(cfg, show_progress=False)
+        stores[n] = str(cfg.store)
+
+    def held_by_a_stream(store: str) -> tuple[int, int]:
+        tracemalloc.start()
+        stream = reader.ShardStream([reader.StoreSource(store)], 8, "train", seed=0)
+        stream.batches_per_epoch(0)
+        batch = next(iter(stream))
+        gc.collect()  # the event loop's reference cycles: garbage, not held
+        current, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        assert len(batch["ids"]) == 8 and all(i.startswith("img_") for i in batch["ids"])
+        return current, peak
+
+    held_by_a_stream(stores[64])  # once first: one-time allocations (caches, lazy imports) land outside the count
+    held = {n: held_by_a_stream(store) for n, store in stores.items()}
+    grown = 4096 - 64
+    allowance = 2 * grown + 64 * grown // 16  # the bits (and slack), a few int64 counts and shard numbers per shard
+    assert held[4096][0] - held[64][0] < allowance, held
+    assert held[4096][1] - held[64][1] < allowance, held

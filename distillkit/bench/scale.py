@@ -15,7 +15,10 @@ N real samples at almost no compute. Timed per N, the teacher loaded once (start
   one step, on the store): seconds from the call to the first optimiser step, imports excluded (`total_s`: the whole
   run, the final evaluation and checkpoint included), the RSS growth over the run and to the first step;
 * inspect (from the summary finalize writes) and inspect_exact (listing every object);
-* validate (reads every feature: O(N) by design).
+* validate (reads every feature: O(N) by design), with `disk_ratio`: the fraction of the disk's sequential read
+  speed it reaches on the same files (`distillkit bench validate`, one round). These stores' objects are tiny (a
+  16-wide teacher on 2x2 patches), so per-object costs dominate it; `bench validate` on a store of real-size
+  features measures the streaming speed.
 
 Child processes load the teacher before the clock starts (start-up excluded); `base_rss_mb` is their RSS then.
 
@@ -50,7 +53,7 @@ POOL = 16  # distinct pictures the manifest points at
 CHILD_KEYS = ("reads", "peak_rss_mb", "base_rss_mb", "rss_growth_mb", "workers_peak_rss_mb")
 STUDENT = {"preset": "custom", "embed_dim": 32, "depth": 1, "num_heads": 1}
 RSS_KEYS = ("peak_rss_mb", "base_rss_mb", "rss_growth_mb", "workers_peak_rss_mb", "first_step_rss_growth_mb",
-            "total_s", "added", "requests_by_method")
+            "total_s", "added", "requests_by_method", "disk_ratio")
 
 
 def bench_scale(sizes: list[int], workdir: str | None = None, shard_size: int = 64, keep: bool = False,
@@ -94,6 +97,7 @@ def bench_scale(sizes: list[int], workdir: str | None = None, shard_size: int = 
 
 
 def _measure(cfg, manifest: Path, pool: list[Path], n: int, teachers) -> dict:
+    from distillkit.bench.validate import bench_validate
     from distillkit.cache import run_cache
     from distillkit.stores import summarize, validate_store
 
@@ -129,6 +133,9 @@ def _measure(cfg, manifest: Path, pool: list[Path], n: int, teachers) -> dict:
     with _timed(out, "validate"):
         problems = validate_store(cfg.store)
     assert not problems, problems[:3]
+    # its read speed against the disk's on the same files, page cache dropped (one round of `bench validate`)
+    out["validate"]["disk_ratio"] = bench_validate(str(cfg.store), rounds=1, deep=False,
+                                                   log=lambda _: None)["validate"]["ratio_median"]
     students = Path(cfg.store).parent / f"train{n}"
     shutil.rmtree(students, ignore_errors=True)  # a fresh run, not a resumed one
     out["train_first_step"] = _child({"op": "train", "cfg": {

@@ -2,8 +2,8 @@
 
 Each round drops the store's files from the page cache (`sync`, then `posix_fadvise(DONTNEED)`, which needs no
 root), reads the files a check reads once, sequentially in 1 MiB reads as `cat` does (the disk's sequential read
-speed on exactly those bytes), drops them again and runs the check. Quick `validate` reads the sample columns and
-the teachers' targets; `--deep` reads every file. Rounds repeat (load on a shared machine drifts) and the report
+speed on exactly those files), drops them again and runs the check. Quick `validate` reads every object but those
+of the arrays only `--deep` reads (images, uris, the statistics' per-shard partials, ...); `--deep` reads every file. Rounds repeat (load on a shared machine drifts) and the report
 gives each round's ratio and the median: `ratio` = the disk's time / the check's time, i.e. the fraction of the
 disk's sequential speed the check reaches (issue 20's target: >= 0.70).
 """
@@ -24,8 +24,9 @@ READ = 1 << 20
 
 def bench_validate(store: str, rounds: int = 3, deep: bool = True, log=print) -> dict:
     """Per check (quick, and deep when asked): bytes read, seconds, MB/s of the check and of the disk, ratios."""
-    from distillkit_schemas.validate import read_manifest
+    from distillkit_schemas import validate_feature_structure
 
+    from distillkit.store.integrity import deep_plan
     from distillkit.store.layout import open_group
     from distillkit.stores import validate_store
 
@@ -33,10 +34,19 @@ def bench_validate(store: str, rounds: int = 3, deep: bool = True, log=print) ->
     if "://" in store and not store.startswith("file://") or not root.is_dir():
         raise ValueError(f"bench validate: {store} is not a local store folder (the disk's speed is measured on "
                          "local files)")
-    manifest = read_manifest(open_group(store, "r"))
-    quick = [*COLUMNS, *(paths.target(t, k) for t in manifest.teachers for k in ("patch", "cls"))]
-    checks = {"validate": _files(root, quick)} | ({"validate_deep": _files(root, None)} if deep else {})
-    out: dict = {"store": store, "rounds": rounds, "n_samples": manifest.n_samples}
+    group = open_group(store, "r")
+    manifest, provs, problems = validate_feature_structure(group)
+    if manifest is None or problems:
+        raise ValueError(f"bench validate: {store} is not a feature store"
+                         + (f" ({problems[0].where}: {problems[0].what})" if problems else ""))
+    every = _files(root, None)
+    # the quick check reads every object but those of the arrays only --deep reads (images, uris, partials, ...)
+    quick = {*COLUMNS, "samples/split", *(paths.target(t, k) for t in manifest.teachers for k in ("patch", "cls"))}
+    skipped = [root / a for a in deep_plan(manifest, provs) if a not in quick]
+    checks = {"validate": [p for p in every if not any(p.is_relative_to(a) and p.name != "zarr.json"
+                                                           for a in skipped)]}
+    checks |= {"validate_deep": every} if deep else {}
+    out: dict = {"store": store, "rounds": rounds, "n_samples": manifest.n_samples, "shard_size": manifest.shard_size}
     for name, files in checks.items():
         size = sum(p.stat().st_size for p in files)
         disk, check, warm = [], [], []

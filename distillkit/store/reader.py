@@ -16,13 +16,14 @@ DataLoader's first request lands on the worker whose turn it was. The continued 
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 import os
 import threading
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 import numpy as np
 import torch
@@ -31,11 +32,15 @@ from torch.utils.data import IterableDataset, get_worker_info
 from distillkit_schemas import Manifest, TeacherProvenance, paths
 from distillkit_schemas.validate import read_manifest, read_provenance
 
-from distillkit.store import sample_index
+from distillkit.store import rowbits, sample_index
 from distillkit.store.codecs import Target, read_codec
 from distillkit.store.direct import direct_reader
 from distillkit.store.ids import SampleIds
 from distillkit.store.layout import open_group
+from distillkit.store.sample_index import INDEX_ROWS
+
+log = logging.getLogger("distillkit")
+TABLE_ROWS = INDEX_ROWS  # sample-table rows read at once (one index chunk): bounds what opening a store holds
 
 Split = Literal["train", "val", "all"]
 
@@ -72,17 +77,75 @@ class StoreSource:
             # targets live in the reduced space: the student's projectors predict K coefficients
             self.provenance = {t: p.model_copy(update={"embed_dim": self.codecs[t].storage.width(p.embed_dim)})
                                for t, p in self.provenance.items()}
-        n = self.manifest.n_samples  # the version the manifest describes: rows an append is writing are not served
-        # a few objects, not 3 per shard; a store finalized without an index: the per-shard table
-        table = sample_index.read(group, self.manifest) or sample_index.read_columns(group, "samples", n)
-        ids, valid, split = table["id"], table["valid"], table["split"]
-        self.ids = SampleIds.of(ids)  # one buffer, not a Python str per sample in every process
-        self.valid = valid.astype(bool)
-        self.split = split
+        self.n = self.manifest.n_samples  # the version the manifest describes: rows an append is writing are not served
+        self._bits: dict[str, np.ndarray] = {}  # usable rows per split, one bit each (see usable_bits)
         self._lock = threading.Lock()
         self._arrays: dict[str, Any] | None = None
         self._pid: int | None = None
         self._adopt(group)
+
+    # ---- the sample table, streamed: a reader never holds a per-sample column of the whole store ------------
+    def table_chunks(self, ids: bool = False, rows: int | None = None) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+        """(start, {valid, split[, id]}) for consecutive row ranges of `rows` rows (a multiple of 8): from the sample
+        index (a few large objects), or samples/ (one object per shard) for a store without a readable one."""
+        rows = rows or TABLE_ROWS
+        group = open_group(self.url, "r", self.storage_options)
+        prefix = self.manifest.sample_index or "samples"
+        keys = ("valid", "split", "id") if ids else ("valid", "split")
+        for start in range(0, self.n, rows):
+            stop = min(start + rows, self.n)
+            try:
+                yield start, sample_index.read_columns(group, prefix, stop, start, keys=keys)
+            except (KeyError, ValueError) as e:
+                if prefix == "samples":
+                    raise
+                log.warning("sample index %s unreadable (%s: %s); reading samples/ instead. `distillkit validate "
+                            "--deep` names the damage, `distillkit cache --repair` rewrites the index", prefix,
+                            type(e).__name__, e)
+                prefix = "samples"
+                yield start, sample_index.read_columns(group, prefix, stop, start, keys=keys)
+
+    def usable_bits(self, split: Split) -> np.ndarray:
+        """Valid rows of `split` ("all": every valid row) as bits (`rowbits`), streamed once and kept: N/8 bytes."""
+        if split not in self._bits:
+            parts = []
+            for _, t in self.table_chunks():
+                ok = t["valid"].astype(bool)
+                if split != "all":
+                    ok &= t["split"] == (0 if split == "train" else 1)
+                parts.append(np.packbits(ok))
+            self._bits[split] = np.concatenate(parts) if parts else np.zeros(0, np.uint8)
+        return self._bits[split]
+
+    def ids_at(self, rows) -> list[str]:
+        """The ids of the given rows, read shard by shard (samples/id)."""
+        out: dict[int, str] = {}
+        size = self.manifest.shard_size
+        rows = np.asarray(rows, np.int64)
+        for s in np.unique(rows // size).tolist():
+            ids = self.read("samples/id", s * size, min((s + 1) * size, self.n))
+            out.update({r: str(ids[r - s * size]) for r in rows[rows // size == s].tolist()})
+        return [out[r] for r in rows.tolist()]
+
+    # the whole table at once: for tools and benches; O(N) memory, never used by training
+    @functools.cached_property
+    def _table(self) -> dict[str, Any]:
+        parts = list(self.table_chunks(ids=True))
+        cat = {k: np.concatenate([t[k] for _, t in parts]) if parts else np.zeros(0) for k in ("valid", "split")}
+        ids = SampleIds.of(np.concatenate([t["id"] for _, t in parts]) if parts else [])
+        return {"ids": ids, "valid": cat["valid"].astype(bool), "split": cat["split"]}
+
+    @property
+    def ids(self) -> SampleIds:
+        return self._table["ids"]
+
+    @property
+    def valid(self) -> np.ndarray:
+        return self._table["valid"]
+
+    @property
+    def split(self) -> np.ndarray:
+        return self._table["split"]
 
     def array_names(self, with_image: bool) -> list[str]:
         names = [paths.target(t, k) for t in self.teachers for k in ("patch", "cls")]
@@ -102,7 +165,7 @@ class StoreSource:
         return self._arrays
 
     def _adopt(self, g) -> None:
-        arrays = {n: g[n] for n in self.array_names(True)}
+        arrays = {n: g[n] for n in ["samples/id", *self.array_names(True)]}
         shard = self.manifest.shard_size
         direct = {n: direct_reader(a, self.verify, missing_ok=False) for n, a in arrays.items()}
         self._direct = {n: d if d is not None and d.rows_per_shard == shard else None for n, d in direct.items()}
@@ -115,7 +178,7 @@ class StoreSource:
         direct = self._direct.get(name)
         shard = self.manifest.shard_size
         try:
-            if direct is not None and start % shard == 0 and stop == min(start + shard, len(self.ids)):
+            if direct is not None and start % shard == 0 and stop == min(start + shard, self.n):
                 raw = direct.read_shard(start // shard)[: stop - start]  # the array may have grown since
             else:
                 raw = arr[start:stop]
@@ -140,6 +203,7 @@ class StoreSource:
     def __getstate__(self) -> dict:
         state = {**self.__dict__, "_arrays": None, "_direct": None, "_pid": None}
         state.pop("_lock", None)
+        state.pop("_table", None)  # a tool's whole-table copy never travels to a loader worker
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -153,6 +217,7 @@ class MemmapSource(StoreSource):
     def __init__(self, like: StoreSource, folder: str):
         self.__setstate__(like.__getstate__())
         self.folder = folder
+        self.like = like  # the ids (not features: not part of the comparison) still come from the store
 
     def _open(self) -> dict[str, Any]:
         if self._arrays is None or self._pid != os.getpid():
@@ -162,42 +227,50 @@ class MemmapSource(StoreSource):
         return self._arrays
 
     def read(self, name: str, start: int, stop: int) -> np.ndarray:
+        if name == "samples/id":
+            return self.like.read(name, start, stop)
         return np.array(self._open()[name][start:stop])
 
 
-def zip_sources(sources: list[StoreSource]) -> tuple[SampleIds, np.ndarray, np.ndarray]:
-    """Check that every store has the same sample table; return (ids, valid in all, split)."""
+def zip_sources(sources: list[StoreSource], split: Split) -> np.ndarray:
+    """Check that every store has the same sample table (ids compared a chunk at a time); return the rows usable
+    in all of them (valid, in `split`) as bits."""
     first = sources[0]
     seen: dict[str, str] = {}
     for s in sources:
-        if s.manifest.shard_size != first.manifest.shard_size or len(s.ids) != len(first.ids):
+        if s.manifest.shard_size != first.manifest.shard_size or s.n != first.n:
             raise ValueError(f"stores {first.url} and {s.url} have different sample tables or shard sizes")
-        mismatch = s.ids.differs(first.ids) if s is not first else np.zeros(0, np.int64)
-        if mismatch.size:
-            i = int(mismatch[0])
-            raise ValueError(f"stores {first.url} and {s.url} are not aligned: sample {i} is {first.ids[i]!r} in "
-                             f"one and {s.ids[i]!r} in the other ({mismatch.size} rows differ)")
         for t in s.teachers:
             if t in seen:
                 raise ValueError(f"teacher {t!r} appears in both {seen[t]} and {s.url}; select one with teachers=")
             seen[t] = s.url
-    valid = np.logical_and.reduce([s.valid for s in sources])
-    return first.ids, valid, first.split
+    for s in sources[1:]:
+        for (start, a), (_, b) in zip(first.table_chunks(ids=True), s.table_chunks(ids=True)):
+            mismatch = np.flatnonzero(a["id"] != b["id"])
+            if mismatch.size:
+                i = int(mismatch[0])
+                raise ValueError(f"stores {first.url} and {s.url} are not aligned: sample {start + i} is "
+                                 f"{str(a['id'][i])!r} in one and {str(b['id'][i])!r} in the other "
+                                 f"({mismatch.size} rows differ in rows {start}-{start + len(a['id']) - 1})")
+    bits = first.usable_bits(split)
+    for s in sources[1:]:
+        bits = bits & s.usable_bits(split)
+    return bits
 
 
 class ShardStream(IterableDataset):
-    """Yields whole batches (dicts of tensors). Use with DataLoader(batch_size=None)."""
+    """Yields whole batches (dicts of tensors). Use with DataLoader(batch_size=None).
+
+    What it holds per sample is one bit (usable or not); ids travel with the data, read per shard."""
 
     def __init__(self, sources: list[StoreSource], batch_size: int, split: Split = "train", seed: int = 0,
                  shuffle: bool = True, shuffle_shards: int = 2, rank: int | None = None, world: int | None = None,
                  with_image: bool = True, max_samples: int | None = None):
         self.sources = sources
-        self.ids, valid, split_arr = zip_sources(sources)
-        wanted = {"train": split_arr == 0, "val": split_arr == 1, "all": np.ones_like(valid)}[split]
-        self.usable = valid & wanted
+        self.n = sources[0].n
+        self.usable = zip_sources(sources, split)  # bits (rowbits)
         if max_samples is not None:
-            keep = np.flatnonzero(self.usable)[max_samples:]
-            self.usable[keep] = False
+            self.usable = rowbits.keep_first(self.usable, self.n, max_samples)
         self.batch_size = batch_size
         self.seed, self.shuffle, self.shuffle_shards = seed, shuffle, shuffle_shards
         if rank is None or world is None:
@@ -208,14 +281,17 @@ class ShardStream(IterableDataset):
         self.rank, self.world = rank, world
         self.with_image = with_image
         self.shard_size = sources[0].manifest.shard_size
-        self.n_shards = math.ceil(len(self.ids) / self.shard_size)
+        self.n_shards = math.ceil(self.n / self.shard_size)
         # usable rows per shard: planning works on shards (O(N/S)); a shard without one is never read
-        self.shard_rows = np.add.reduceat(self.usable, np.arange(0, len(self.usable), self.shard_size)) \
-            if len(self.usable) else np.zeros(0, np.int64)
+        self.shard_rows = rowbits.per_shard(self.usable, self.n, self.shard_size)
         self.epoch = 0
         self.start_batch = 0
         self.num_workers = 1  # set by make_loader; the plan depends on it
         self._plans: dict[tuple, Any] = {}  # per-epoch planning, asked for several times before the first step
+
+    @property
+    def n_usable(self) -> int:
+        return int(self.shard_rows.sum())
 
     # ---- planning (cheap, deterministic) -------------------------------------------------------------------
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
@@ -228,58 +304,62 @@ class ShardStream(IterableDataset):
             self._plans[key] = make()
         return self._plans[key]
 
-    def _blocks(self, epoch: int) -> list[np.ndarray]:
-        """This rank's shards with a usable row, cut into blocks of `shuffle_shards` (also in order: evaluation
-        then holds one block of shards at a time, never the whole store)."""
+    def _blocks(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """(this rank's shards with a usable row, in epoch order; usable rows per block of `shuffle_shards` of them).
+        Block b is shards[b*k:(b+1)*k] (also in order: evaluation then holds one block of shards at a time)."""
         def make():
             rng = np.random.default_rng([self.seed, epoch])
             shards = rng.permutation(self.n_shards) if self.shuffle else np.arange(self.n_shards)
             mine = shards[self.rank::self.world]
             mine = mine[self.shard_rows[mine] > 0]
-            k = self.shuffle_shards
-            return [mine[i:i + k] for i in range(0, len(mine), k)]
+            counts = np.add.reduceat(self.shard_rows[mine], np.arange(0, len(mine), self.shuffle_shards)) \
+                if len(mine) else np.zeros(0, np.int64)
+            return mine, counts
         return self._cached(("blocks", epoch), make)
 
+    def _block(self, epoch: int, b: int) -> np.ndarray:
+        mine, _ = self._blocks(epoch)
+        return mine[b * self.shuffle_shards:(b + 1) * self.shuffle_shards]
+
     def _block_rows(self, epoch: int, block_id: int, shards: np.ndarray) -> np.ndarray:
-        rows = np.concatenate([np.arange(s * self.shard_size, min((s + 1) * self.shard_size, len(self.ids)))
-                               for s in shards.tolist()]) if len(shards) else np.zeros(0, np.int64)
-        rows = rows[self.usable[rows]]
+        """The usable rows of a block, in their epoch order: made when the block is reached, never for a whole
+        epoch at once."""
+        rows = np.concatenate([s * self.shard_size + np.flatnonzero(self._shard_usable(s)) for s in shards.tolist()]
+                              ) if len(shards) else np.zeros(0, np.int64)
         if self.shuffle:
             rows = np.random.default_rng([self.seed, epoch, self.rank, block_id]).permutation(rows)
         return rows
 
-    def worker_plan(self, epoch: int, worker: int, num_workers: int) -> list[tuple[list[int], np.ndarray]]:
-        """(shards, rows) of each block of one worker: O(its rows), not O(the store)."""
-        def make():
-            blocks = self._blocks(epoch)
-            return [(blocks[b].tolist(), self._block_rows(epoch, b, blocks[b]))
-                    for b in range(worker, len(blocks), num_workers)]
-        return self._cached(("plan", epoch, worker, num_workers), make)
+    def _shard_usable(self, s: int) -> np.ndarray:
+        return rowbits.rows(self.usable, s * self.shard_size, min((s + 1) * self.shard_size, self.n))
 
     def worker_batch_counts(self, epoch: int, num_workers: int) -> list[int]:
-        """From per-shard row counts alone (no row lists are built)."""
-        def make():
-            blocks = self._blocks(epoch)
-            if not blocks:
-                return [0] * num_workers
-            starts = np.cumsum([0] + [len(b) for b in blocks[:-1]])
-            per_block = np.add.reduceat(self.shard_rows[np.concatenate(blocks)], starts).tolist()
-            return [math.ceil(sum(per_block[w::num_workers]) / self.batch_size) for w in range(num_workers)]
-        return list(self._cached(("counts", epoch, num_workers), make))
+        """Batches of each logical worker, from per-block row counts alone (no row lists are built)."""
+        _, per_block = self._blocks(epoch)
+        return [math.ceil(int(per_block[w::num_workers].sum()) / self.batch_size) for w in range(num_workers)]
 
     def batches_per_epoch(self, epoch: int = 0) -> int:
         return sum(self.worker_batch_counts(epoch, self.num_workers))
 
-    def worker_order(self, epoch: int, num_workers: int) -> list[int]:
-        """Which worker produces each batch of the epoch, as the DataLoader interleaves them."""
-        left = self.worker_batch_counts(epoch, num_workers)
-        order: list[int] = []
-        while any(left):
-            for w in range(num_workers):
-                if left[w]:
-                    order.append(w)
-                    left[w] -= 1
-        return order
+    def position(self, epoch: int, num_workers: int, start_batch: int) -> tuple[list[int], int]:
+        """After `start_batch` batches of the DataLoader's round-robin over the workers (each in turn while it has
+        batches left): (batches each worker has produced, the worker whose turn is next). Arithmetic over the
+        workers' counts, O(workers), not a list of the epoch's batches."""
+        counts = self.worker_batch_counts(epoch, num_workers)
+        done, left, turn = [0] * num_workers, start_batch, 0
+        while True:
+            active = [w for w in range(num_workers) if counts[w] > turn]
+            if not active:
+                return done, 0
+            rounds = min(min(counts[w] for w in active) - turn, left // len(active))  # whole rounds at this level
+            for w in active:
+                done[w] += rounds
+            left -= rounds * len(active)
+            turn += rounds
+            if left < len(active) and turn < min(counts[w] for w in active):
+                for w in active[:left]:
+                    done[w] += 1
+                return done, active[left]
 
     def __getstate__(self) -> dict:
         # workers plan their own share: never ship the main process's cached plans (O(N) rows) to them
@@ -293,17 +373,17 @@ class ShardStream(IterableDataset):
         that what a block holds is bounded by the rows it serves, not by the shards they are spread over."""
         jobs = []
         for si, src in enumerate(self.sources):
-            for name in src.array_names(self.with_image and si == 0):
+            for name in (["samples/id"] if si == 0 else []) + src.array_names(self.with_image and si == 0):
                 for s in shards:
                     jobs.append((si, name, s))
         threads = 8 if any(src.remote for src in self.sources) else 2
         with ThreadPoolExecutor(min(threads, max(len(jobs), 1))) as pool:
             parts = list(pool.map(lambda j: self.sources[j[0]].read(
-                j[1], j[2] * self.shard_size, min((j[2] + 1) * self.shard_size, len(self.ids))), jobs))
+                j[1], j[2] * self.shard_size, min((j[2] + 1) * self.shard_size, self.n)), jobs))
         kept = {}
         for s in shards:
-            keep = np.flatnonzero(self.usable[s * self.shard_size:(s + 1) * self.shard_size])
-            kept[s] = keep if 2 * len(keep) < min(self.shard_size, len(self.ids) - s * self.shard_size) else None
+            keep = np.flatnonzero(self._shard_usable(s))
+            kept[s] = keep if 2 * len(keep) < min(self.shard_size, self.n - s * self.shard_size) else None
         data: dict[str, dict[int, tuple[np.ndarray | None, np.ndarray]]] = {}
         for (_, name, s), arr in zip(jobs, parts):
             keep = kept[s]
@@ -313,12 +393,16 @@ class ShardStream(IterableDataset):
     def _batch(self, rows: np.ndarray, blocks: list[dict], worker: int, index: int) -> dict[str, Any]:
         # a batch is a set: in row order each shard's rows form one run, gathered straight into the output
         rows = np.sort(rows)
-        out: dict[str, Any] = {"ids": [self.ids[r] for r in rows.tolist()], "rows": torch.from_numpy(rows),
-                               "worker": worker, "index": index}
+        out: dict[str, Any] = {"rows": torch.from_numpy(rows), "worker": worker, "index": index}
         shard_of = rows // self.shard_size
         cuts = [0, *(np.flatnonzero(np.diff(shard_of)) + 1).tolist(), len(rows)]
         for name in blocks[0]:
             by_shard = {s: a for block in blocks for s, a in block[name].items()}
+            if name == "samples/id":  # strings: a list, not a tensor
+                out["ids"] = [str(by_shard[s][1][r - s * self.shard_size if by_shard[s][0] is None else
+                                                 np.searchsorted(by_shard[s][0], r - s * self.shard_size)])
+                              for r, s in zip(rows.tolist(), shard_of.tolist())]
+                continue
             like = by_shard[int(shard_of[0])][1]
             tensor = _batch_tensor((len(rows), *like.shape[1:]), like.dtype)
             res = tensor.numpy()
@@ -333,31 +417,33 @@ class ShardStream(IterableDataset):
     def __iter__(self):
         info = get_worker_info()
         physical, num_workers = (info.id, info.num_workers) if info else (0, 1)
-        order = self.worker_order(self.epoch, num_workers)
-        consumed = Counter(order[:self.start_batch])
-        rotation = order[self.start_batch] if self.start_batch < len(order) else 0
+        done, rotation = self.position(self.epoch, num_workers, self.start_batch)
         worker = (physical + rotation) % num_workers
-        plan = self.worker_plan(self.epoch, worker, num_workers)
-        if not plan:
-            return
-        rows_all = np.concatenate([r for _, r in plan])
-        owner = np.concatenate([np.full(len(r), b) for b, (_, r) in enumerate(plan)])
-        n_batches = math.ceil(len(rows_all) / self.batch_size)
+        _, per_block = self._blocks(self.epoch)
+        mine = range(worker, len(per_block), num_workers)  # this worker's blocks; its rows run through them
+        skip, first = done[worker] * self.batch_size, 0
+        while first < len(mine) and per_block[mine[first]] <= skip:  # blocks a resume has consumed whole
+            skip -= int(per_block[mine[first]])
+            first += 1
+        index = done[worker]
+        rows = owner = np.zeros(0, np.int64)  # rows read but not yet batched, and their block
         loaded: dict[int, Any] = {}
         with ThreadPoolExecutor(1) as prefetcher:
-            for bi in range(consumed[worker], n_batches):
-                sl = slice(bi * self.batch_size, (bi + 1) * self.batch_size)
-                rows, need = rows_all[sl], sorted(set(owner[sl].tolist()))
-                for b in list(loaded):
-                    if b < need[0]:
-                        del loaded[b]
-                for b in need:
-                    if b not in loaded:
-                        loaded[b] = prefetcher.submit(self._load_block, plan[b][0])
-                nxt = need[-1] + 1
-                if nxt < len(plan) and nxt not in loaded:
-                    loaded[nxt] = prefetcher.submit(self._load_block, plan[nxt][0])
-                yield self._batch(rows, [loaded[b].result() for b in need], worker, bi)
+            def load(b: int) -> None:
+                if b < len(mine) and b not in loaded:
+                    loaded[b] = prefetcher.submit(self._load_block, self._block(self.epoch, mine[b]).tolist())
+
+            for b in range(first, len(mine)):
+                new = self._block_rows(self.epoch, mine[b], self._block(self.epoch, mine[b]))[skip if b == first else 0:]
+                rows, owner = np.concatenate([rows, new]), np.concatenate([owner, np.full(len(new), b)])
+                load(b)
+                load(b + 1)  # prefetched while this block's batches are made
+                while len(rows) >= self.batch_size or (b == len(mine) - 1 and len(rows)):
+                    need = sorted(set(owner[:self.batch_size].tolist()))
+                    for old in [k for k in loaded if k < need[0]]:
+                        del loaded[old]
+                    yield self._batch(rows[:self.batch_size], [loaded[k].result() for k in need], worker, index)
+                    rows, owner, index = rows[self.batch_size:], owner[self.batch_size:], index + 1
 
 
 def _batch_tensor(shape: tuple[int, ...], dtype: np.dtype) -> torch.Tensor:

@@ -85,12 +85,12 @@ def drop_old(group: zarr.Group, version: int) -> list[str]:
     return dropped
 
 
-def read_columns(group: zarr.Group, prefix: str, n: int, start: int = 0, digests: bool = False
-                 ) -> dict[str, np.ndarray]:
-    """id, valid and split under `prefix` (`samples` or an index group), rows [start, n), fetched concurrently:
-    one round trip on a remote store, not three (KeyError: missing; ValueError: damaged, e.g. a checksum).
-    `digests`: an index's digest column too, where it has one."""
-    arrays = {k: group[f"{prefix}/{k}"] for k in INDEX_ARRAYS}
+def read_columns(group: zarr.Group, prefix: str, n: int, start: int = 0, digests: bool = False,
+                 keys: tuple[str, ...] = tuple(INDEX_ARRAYS)) -> dict[str, np.ndarray]:
+    """`keys` (default id, valid and split) under `prefix` (`samples` or an index group), rows [start, n), fetched
+    concurrently: one round trip on a remote store, not three (KeyError: missing; ValueError: damaged, e.g. a
+    checksum). `digests`: an index's digest column too, where it has one."""
+    arrays = {k: group[f"{prefix}/{k}"] for k in keys}
     if digests and f"{prefix}/{DIGEST}" in group:
         arrays[DIGEST] = group[f"{prefix}/{DIGEST}"]
     with ThreadPoolExecutor(len(arrays)) as pool:

@@ -107,7 +107,7 @@ def val_streams(cfg: TrainConfig, groups: list[Group]) -> list[tuple[ShardStream
     for g in groups:
         s = ShardStream(g.sources, cfg.batch_size, "val", shuffle=False, max_samples=cfg.max_eval_samples,
                         rank=0, world=1)
-        if not s.usable.any():  # no held-out split in this store: the first training samples stand in
+        if not s.n_usable:  # no held-out split in this store: the first training samples stand in
             s = ShardStream(g.sources, cfg.batch_size, "train", shuffle=False, max_samples=cfg.max_eval_samples,
                             rank=0, world=1)
         out.append((s, g.teachers))

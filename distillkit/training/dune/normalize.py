@@ -20,6 +20,7 @@ import torch
 
 from distillkit_schemas import paths
 
+from distillkit.store import rowbits
 from distillkit.store.reader import StoreSource
 
 STD_FLOOR = 1e-3
@@ -66,11 +67,11 @@ def _rotation(c: int, seed: int = 0) -> np.ndarray:
 def _features(src: StoreSource, teacher: str, kind: str, max_samples: int) -> np.ndarray:
     """Raw features [n(, tokens), C] of valid training rows, shard by shard, in store order."""
     size = src.manifest.shard_size
-    usable = src.valid & (src.split == 0)
+    usable = src.usable_bits("train")
     out, taken = [], 0
-    for start in range(0, len(src.ids), size):
-        stop = min(start + size, len(src.ids))
-        rows = usable[start:stop]
+    for start in range(0, src.n, size):
+        stop = min(start + size, src.n)
+        rows = rowbits.rows(usable, start, stop)
         if not rows.any():
             continue
         x = src.read_targets(paths.target(teacher, kind), start, stop)[rows].astype(np.float64)

@@ -93,13 +93,15 @@ def pca_figure(store: str, out: str | Path, checkpoint: str | None = None, n_ima
     """A grid: one row per image; columns = the image, each teacher's PCA, and the student's (if a checkpoint)."""
     import numpy as np
 
+    from distillkit.store import rowbits
     from distillkit.store.reader import StoreSource
 
     src = StoreSource(store, None, storage_options)
-    rows = np.flatnonzero(src.valid & (src.split == 1))
+    rows = rowbits.first(src.usable_bits("val"), src.n, n_images)
     if len(rows) < n_images:  # few held-out samples: fill with training ones
-        rows = np.concatenate([rows, np.flatnonzero(src.valid & (src.split == 0))])
-    rows = np.sort(rows[:n_images])
+        rows = np.concatenate([rows, rowbits.first(src.usable_bits("train"), src.n, n_images - len(rows))])
+    rows = np.sort(rows)
+    ids = src.ids_at(rows)
     images = np.stack([src.read("samples/image", r, r + 1)[0] for r in rows])
     columns = {t: pca_rgb([src.read(paths.patch(t), r, r + 1)[0].astype(np.float32) for r in rows])
                for t in src.teachers}
@@ -109,7 +111,7 @@ def pca_figure(store: str, out: str | Path, checkpoint: str | None = None, n_ima
     fig, axes = plt.subplots(len(rows), ncol, figsize=(2.2 * ncol, 2.2 * len(rows)), squeeze=False)
     for i, r in enumerate(rows):
         axes[i][0].imshow(images[i])
-        axes[i][0].set_ylabel(str(src.ids[r])[:24], fontsize=7)
+        axes[i][0].set_ylabel(ids[i][:24], fontsize=7)
         for j, (name, maps) in enumerate(columns.items(), start=1):
             axes[i][j].imshow(maps[i], interpolation="nearest")
             if i == 0:
