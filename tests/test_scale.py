@@ -312,3 +312,19 @@ def test_a_training_stream_holds_bits_per_sample_not_ids_or_rows(photos, tmp_pat
     allowance = 2 * grown + 64 * grown // 16  # the bits (and slack), a few int64 counts and shard numbers per shard
     assert held[4096][0] - held[64][0] < allowance, held
     assert held[4096][1] - held[64][1] < allowance, held
+
+
+def test_training_never_reads_the_whole_sample_table(cached_store, tmp_path, monkeypatch):
+    """A DUNE run (steps, the final evaluation, the checkpoint) uses the streamed table only: the whole-table view
+    that tools use (ids, valid and split of every sample, O(N) in memory) is never built."""
+    from distillkit.store.reader import StoreSource
+    from distillkit.training.dune.config import TrainConfig
+    from distillkit.training.dune.trainer import train
+
+    def refuse(self):
+        raise AssertionError("training read the whole sample table")
+
+    monkeypatch.setattr(StoreSource, "_table", property(refuse))
+    res = train(TrainConfig(stores=[str(cached_store)], out_dir=str(tmp_path), batch_size=3, max_steps=3,
+                            num_workers=0, student={"preset": "custom", "embed_dim": 32, "depth": 1, "num_heads": 1}))
+    assert res["steps"] == 3 and res["final_eval"]
