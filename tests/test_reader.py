@@ -63,16 +63,27 @@ def test_splits_are_disjoint(cached_store):
     assert train and val and not train & val
 
 
-def test_zipping_stores_checks_sample_ids(cached_store, tmp_path):
+@pytest.mark.parametrize("chunk", [None, 8])
+def test_zipping_stores_checks_sample_ids(cached_store, tmp_path, monkeypatch, chunk):
+    """Ids are compared a chunk of the table at a time (8 rows: the mismatch lies in the second chunk)."""
+    from distillkit.store import reader
+
+    if chunk:
+        monkeypatch.setattr(reader, "TABLE_ROWS", chunk)
     other = tmp_path / "other.zarr"
     shutil.copytree(cached_store, other)
     g = zarr.open_group(str(other), mode="r+", use_consolidated=False)
-    ids = g["samples/id"][:4].tolist()
-    ids[2] = "someone_else.jpg"
-    g["samples/id"][:4] = np.array(ids)
-    g[g.attrs["distillkit"]["sample_index"] + "/id"][:4] = np.array(ids)  # what readers open the table from
-    with pytest.raises(ValueError, match="not aligned: sample 2"):
+    ids = g["samples/id"][:12].tolist()
+    ids[10] = "someone_else.jpg"
+    g["samples/id"][:12] = np.array(ids)
+    g[g.attrs["distillkit"]["sample_index"] + "/id"][:12] = np.array(ids)  # what readers open the table from
+    with pytest.raises(ValueError, match="not aligned: sample 10 is .* and 'someone_else.jpg' in the other"):
         ShardStream([StoreSource(str(cached_store)), StoreSource(str(other), teachers=[])], 2)
+    same = tmp_path / "same.zarr"
+    shutil.copytree(cached_store, same)
+    first = StoreSource(str(cached_store))
+    stream = ShardStream([first, StoreSource(str(same), teachers=[])], 2)
+    assert stream.n_usable > 0 and first.aligned == {str(same)}
 
 
 def test_incomplete_store_is_refused(cached_store, tmp_path):
