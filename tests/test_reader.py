@@ -66,10 +66,10 @@ def test_splits_are_disjoint(cached_store):
 @pytest.mark.parametrize("chunk", [None, 8])
 def test_zipping_stores_checks_sample_ids(cached_store, tmp_path, monkeypatch, chunk):
     """Ids are compared a chunk of the table at a time (8 rows: the mismatch lies in the second chunk)."""
-    from distillkit.store import reader
+    from distillkit.store import source
 
     if chunk:
-        monkeypatch.setattr(reader, "TABLE_ROWS", chunk)
+        monkeypatch.setattr(source, "TABLE_ROWS", chunk)
     other = tmp_path / "other.zarr"
     shutil.copytree(cached_store, other)
     g = zarr.open_group(str(other), mode="r+", use_consolidated=False)

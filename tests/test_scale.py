@@ -283,9 +283,9 @@ def test_a_training_stream_holds_bits_per_sample_not_ids_or_rows(photos, tmp_pat
     from conftest import tiny_cache_config
 
     from distillkit.cache import run_cache
-    from distillkit.store import reader, rowbits
+    from distillkit.store import reader, rowbits, source
 
-    monkeypatch.setattr(reader, "TABLE_ROWS", 1024)
+    monkeypatch.setattr(source, "TABLE_ROWS", 1024)
     monkeypatch.setattr(rowbits, "STEP", 1024)
     stores = {}
     for n in (64, 4096):
