@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-STEP = 1 << 21  # rows unpacked at once (a multiple of 8): bounds every temporary
+STEP = 1 << 16  # rows unpacked at once (a multiple of 8): bounds every temporary (a few hundred KB)
 
 
 def rows(bits: np.ndarray, start: int, stop: int) -> np.ndarray:

@@ -16,7 +16,7 @@ import numpy as np
 from distillkit_schemas import Manifest, TeacherProvenance, paths
 from distillkit_schemas.validate import read_manifest, read_provenance
 
-from distillkit.store import sample_index
+from distillkit.store import rowbits, sample_index
 from distillkit.store.codecs import Target, read_codec
 from distillkit.store.direct import direct_reader
 from distillkit.store.ids import SampleIds
@@ -91,15 +91,17 @@ class StoreSource:
                 yield start, sample_index.read_columns(group, prefix, stop, start, keys=keys)
 
     def usable_bits(self, split: Split) -> np.ndarray:
-        """Valid rows of `split` ("all": every valid row) as bits (`rowbits`), streamed once and kept: N/8 bytes."""
-        if split not in self._bits:
-            parts = []
+        """Valid rows of `split` ("all": every valid row) as bits (`rowbits`): N/8 bytes per split, the three
+        splits made in one pass over the table and kept."""
+        if not self._bits:
+            parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "all": []}
             for _, t in self.table_chunks():
-                ok = t["valid"].astype(bool)
-                if split != "all":
-                    ok &= t["split"] == (0 if split == "train" else 1)
-                parts.append(np.packbits(ok))
-            self._bits[split] = np.concatenate(parts) if parts else np.zeros(0, np.uint8)
+                for a in range(0, len(t["valid"]), rowbits.STEP):  # small temporaries (glibc keeps large ones)
+                    valid, held_out = t["valid"][a:a + rowbits.STEP] != 0, t["split"][a:a + rowbits.STEP]
+                    parts["all"].append(np.packbits(valid))
+                    parts["train"].append(np.packbits(valid & (held_out == 0)))
+                    parts["val"].append(np.packbits(valid & (held_out == 1)))
+            self._bits = {k: np.concatenate(v) if v else np.zeros(0, np.uint8) for k, v in parts.items()}
         return self._bits[split]
 
     def ids_at(self, rows) -> list[str]:
@@ -215,5 +217,4 @@ class MemmapSource(StoreSource):
         if name == "samples/id":
             return self.like.read(name, start, stop)
         return np.array(self._open()[name][start:stop])
-
 
