@@ -3,9 +3,10 @@
 Each round drops the store's files from the page cache (`sync`, then `posix_fadvise(DONTNEED)`, which needs no
 root), reads the files a check reads once, sequentially in 1 MiB reads as `cat` does (the disk's sequential read
 speed on exactly those files), drops them again and runs the check. Quick `validate` reads every object but those
-of the arrays only `--deep` reads (images, uris, the statistics' per-shard partials, ...); `--deep` reads every file. Rounds repeat (load on a shared machine drifts) and the report
-gives each round's ratio and the median: `ratio` = the disk's time / the check's time, i.e. the fraction of the
-disk's sequential speed the check reaches (issue 20's target: >= 0.70).
+of the arrays only `--deep` reads (images, uris, the statistics' per-shard partials, ...); `--deep` reads every
+file. Rounds repeat (load on a shared machine drifts) and the report gives each round's ratio and the median:
+`ratio` = the disk's time / the check's time, i.e. the fraction of the disk's sequential speed the check reaches
+(issue 20's target: >= 0.70).
 """
 
 from __future__ import annotations
@@ -53,10 +54,10 @@ def bench_validate(store: str, rounds: int = 3, deep: bool = True, log=print) ->
         for r in range(rounds):
             disk.append(_cold(files, lambda: _cat(files)))
             warm.append(_timed(lambda: _cat(files)))  # the page cache's speed: shows whether dropping worked
-            problems = []
-            check.append(_cold(files, lambda: problems.extend(validate_store(store, deep=name.endswith("deep")))))
-            if problems:
-                raise ValueError(f"bench validate: {store} is not valid ({problems[0].where}: {problems[0].what})")
+            found = []
+            check.append(_cold(files, lambda: found.extend(validate_store(store, deep=name.endswith("deep")))))
+            if found:
+                raise ValueError(f"bench validate: {store} is not valid ({found[0].where}: {found[0].what})")
             log(f"{name} round {r + 1}: disk {size / disk[-1] / 1e6:,.0f} MB/s, check {size / check[-1] / 1e6:,.0f} "
                 f"MB/s, ratio {disk[-1] / check[-1]:.2f}")
         ratios = [d / c for d, c in zip(disk, check)]

@@ -242,7 +242,8 @@ class ShardStream(IterableDataset):
                     loaded[b] = prefetcher.submit(self._load_block, self._block(self.epoch, mine[b]).tolist())
 
             for b in range(first, len(mine)):
-                new = self._block_rows(self.epoch, mine[b], self._block(self.epoch, mine[b]))[skip if b == first else 0:]
+                block = self._block(self.epoch, mine[b])
+                new = self._block_rows(self.epoch, mine[b], block)[skip if b == first else 0:]
                 rows, owner = np.concatenate([rows, new]), np.concatenate([owner, np.full(len(new), b)])
                 load(b)
                 load(b + 1)  # prefetched while this block's batches are made
