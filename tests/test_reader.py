@@ -172,3 +172,29 @@ def test_epoch_planning_builds_each_blocks_rows_when_reached_and_ships_no_plan(c
     rest = list(batches)
     assert sorted(b for _, b in built) == [0, 1, 2] and 1 + len(rest) == stream.batches_per_epoch(0)
     assert pickle.loads(pickle.dumps(stream))._plans == {}  # a worker plans its own share
+
+def test_resume_position_is_the_round_robins(monkeypatch):
+    """`position` (arithmetic on the workers' batch counts) agrees with playing the DataLoader's round-robin out,
+    batch by batch, for every start of many random epochs."""
+    import random
+    from collections import Counter
+
+    def round_robin(counts):
+        left, order = list(counts), []
+        while any(left):
+            for w in range(len(left)):
+                if left[w]:
+                    order.append(w)
+                    left[w] -= 1
+        return order
+
+    stream = ShardStream.__new__(ShardStream)
+    rng = random.Random(0)
+    for _ in range(500):
+        counts = [rng.randint(0, 6) for _ in range(rng.randint(1, 5))]
+        monkeypatch.setattr(ShardStream, "worker_batch_counts", lambda self, epoch, w, c=counts: list(c))
+        order = round_robin(counts)
+        for start in range(len(order) + 2):
+            seen = Counter(order[:start])
+            want = ([seen[w] for w in range(len(counts))], order[start] if start < len(order) else 0)
+            assert stream.position(0, len(counts), start) == want, (counts, start)
