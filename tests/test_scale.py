@@ -273,7 +273,7 @@ def test_a_killed_repair_is_finished_by_the_next_run(cached_store, tmp_path):
 
 def test_a_training_stream_holds_bits_per_sample_not_ids_or_rows(photos, tmp_path, monkeypatch):
     """Opening a store for training and taking the first batch (what the trainer does before its first step)
-    retains and peaks at the same memory for 64 and 4,096 samples, give or take its per-shard counts and one bit
+    retains and peaks at the same memory for 64 and 2,048 samples, give or take its per-shard counts and one bit
     per sample: ids travel with the shards read, each block's row order is made when the block is reached, and
     the sample table is streamed a bounded chunk at a time (shrunk here to 1,024 rows, as 2^20 rows are at scale).
     Bytes traced by tracemalloc, never seconds. Before: ids, flags and the epoch's row order, ~50 bytes a sample."""
@@ -288,7 +288,7 @@ def test_a_training_stream_holds_bits_per_sample_not_ids_or_rows(photos, tmp_pat
     monkeypatch.setattr(source, "TABLE_ROWS", 1024)
     monkeypatch.setattr(rowbits, "STEP", 1024)
     stores = {}
-    for n in (64, 4096):
+    for n in (64, 2048):
         src = _manifest(tmp_path / f"m{n}.jsonl", photos, n)
         cfg = tiny_cache_config(src, tmp_path / f"s{n}.zarr", shard_size=16, batch_size=64, num_workers=1,
                                 image_size=28, val_fraction=0.1)
@@ -308,10 +308,10 @@ def test_a_training_stream_holds_bits_per_sample_not_ids_or_rows(photos, tmp_pat
 
     held_by_a_stream(stores[64])  # once first: one-time allocations (caches, lazy imports) land outside the count
     held = {n: held_by_a_stream(store) for n, store in stores.items()}
-    grown = 4096 - 64
+    grown = 2048 - 64
     allowance = 2 * grown + 64 * grown // 16  # the bits (and slack), a few int64 counts and shard numbers per shard
-    assert held[4096][0] - held[64][0] < allowance, held
-    assert held[4096][1] - held[64][1] < allowance, held
+    assert held[2048][0] - held[64][0] < allowance, held
+    assert held[2048][1] - held[64][1] < allowance, held
 
 
 def test_training_never_reads_the_whole_sample_table(cached_store, tmp_path, monkeypatch):
