@@ -110,39 +110,20 @@ def _free_port() -> int:
 @pytest.fixture(scope="session")
 def s3_server():
     """A real S3 API server (moto in server mode) on 127.0.0.1; s3fs finds it through the usual AWS variables."""
-    import subprocess
-    import time
-    import urllib.request
+    from distillkit.bench.local_s3 import LocalS3Server
 
-    port = _free_port()
-    exe = BIN / "moto_server"
-    proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(endpoint + "/moto-api/", timeout=1)
-            break
-        except Exception:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                raise RuntimeError("moto_server did not start")
-            time.sleep(0.2)
-    env = {"AWS_ACCESS_KEY_ID": "testing-key-id", "AWS_SECRET_ACCESS_KEY": "testing-secret-DO-NOT-LEAK",
-           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint, "AWS_EC2_METADATA_DISABLED": "true"}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
+    server = LocalS3Server(None, "testing-key-id", "testing-secret-DO-NOT-LEAK")
+    old = {k: os.environ.get(k) for k in server.env}
+    os.environ.update(server.env)
     try:
-        yield endpoint
+        yield server.endpoint
     finally:
         for k, v in old.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-        os.killpg(proc.pid, 15)
-        proc.wait(timeout=10)
+        server.close()
 
 
 @pytest.fixture

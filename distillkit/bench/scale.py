@@ -46,6 +46,8 @@ from pathlib import Path
 
 import numpy as np
 
+from distillkit.bench.local_s3 import LocalS3Server
+
 DUNE = 20_700_000
 TEACHER = {"name": "dinov2_vits14", "overrides": {"depth": 1, "embed_dim": 16, "num_heads": 1}}
 APPEND = 64
@@ -68,7 +70,7 @@ def bench_scale(sizes: list[int], workdir: str | None = None, shard_size: int = 
     pool = _pictures(root / "pool")
     teachers = None
     rows: dict[int, dict] = {}
-    server = _S3Server(root / "moto.log") if s3 else None
+    server = LocalS3Server(root / "moto.log", "bench-key-id", "bench-secret") if s3 else None
     try:
         for n in sizes:
             manifest = root / f"m{n}.jsonl"
@@ -147,70 +149,11 @@ def _measure(cfg, manifest: Path, pool: list[Path], n: int, teachers) -> dict:
     return out
 
 
-class _S3Server:
-    """moto's S3 API server on a free local port, its request log in `log`; the AWS variables point at it."""
-
-    def __init__(self, log: Path):
-        import socket
-        import urllib.request
-
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        self.log = log
-        self._out = open(log, "wb")
-        exe = Path(sys.executable).parent / "moto_server"
-        self.proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)], stdout=self._out,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-        self.endpoint = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(self.endpoint + "/moto-api/", timeout=1)
-                break
-            except Exception:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    self.close()
-                    raise RuntimeError("moto_server did not start")
-                time.sleep(0.2)
-        self.env = {"AWS_ACCESS_KEY_ID": "bench-key-id", "AWS_SECRET_ACCESS_KEY": "bench-secret",
-                    "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": self.endpoint,
-                    "AWS_EC2_METADATA_DISABLED": "true"}
-        self.fs = None
-
-    def filesystem(self):
-        import s3fs
-
-        if self.fs is None:
-            self.fs = s3fs.S3FileSystem(endpoint_url=self.endpoint, key=self.env["AWS_ACCESS_KEY_ID"],
-                                        secret=self.env["AWS_SECRET_ACCESS_KEY"], skip_instance_cache=True)
-            self.fs.mkdir("scale")
-        return self.fs
-
-    def requests(self) -> dict[str, int]:
-        """Requests logged so far, by HTTP method."""
-        import re
-
-        self._out.flush()
-        counts: dict[str, int] = {}
-        for m in re.finditer(rb'"([A-Z]+) /[^"]* HTTP/1\.[01]"', self.log.read_bytes()):
-            counts[m.group(1).decode()] = counts.get(m.group(1).decode(), 0) + 1
-        return counts
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        self._out.close()
-
-
-def _measure_s3(server: _S3Server, cfg, manifest: Path, pool: list[Path], n: int, added: int) -> dict:
+def _measure_s3(server: LocalS3Server, cfg, manifest: Path, pool: list[Path], n: int, added: int) -> dict:
     """The store (n samples, its manifest's) copied to the S3 server: the no-op re-run and a 1 % append there, each
     in a child, with the requests the server saw."""
     url = f"s3://scale/{Path(cfg.store).name}"
+    server.filesystem().makedirs("scale", exist_ok=True)
     server.filesystem().put(str(cfg.store), url, recursive=True)
     s3cfg = cfg.model_copy(update={"store": url})
     out = {}
