@@ -54,8 +54,8 @@ APPEND = 64
 POOL = 16  # distinct pictures the manifest points at
 CHILD_KEYS = ("reads", "peak_rss_mb", "base_rss_mb", "rss_growth_mb", "workers_peak_rss_mb")
 STUDENT = {"preset": "custom", "embed_dim": 32, "depth": 1, "num_heads": 1}
-RSS_KEYS = ("peak_rss_mb", "base_rss_mb", "rss_growth_mb", "workers_peak_rss_mb", "first_step_rss_growth_mb",
-            "total_s", "added", "requests_by_method", "disk_ratio")
+FIGURE_KEYS = ("peak_rss_mb", "base_rss_mb", "rss_growth_mb", "workers_peak_rss_mb", "first_step_rss_growth_mb",
+               "total_s", "added", "requests_by_method", "disk_ratio")
 
 
 def bench_scale(sizes: list[int], workdir: str | None = None, shard_size: int = 64, keep: bool = False,
@@ -268,7 +268,7 @@ def _fit(rows: dict[int, dict], shard_size: int) -> dict:
                      "exponent": exp, "reads_exponent": read_exp,
                      "at_20_7M_s": secs[-1] * (DUNE / sizes[-1]) ** exp if exp is not None else None,
                      "reads_at_20_7M": reads[-1] * (DUNE / sizes[-1]) ** read_exp if read_exp is not None else None}
-        for key in RSS_KEYS:  # the child-process operations' memory (and the train run's whole time)
+        for key in FIGURE_KEYS:  # figures beside seconds and reads: memory, whole-run time, requests, disk ratio
             if all(key in rows[n][name] for n in sizes):
                 vals = [rows[n][name][key] for n in sizes]
                 ops[name][key] = dict(zip(map(str, sizes), vals))
