@@ -14,6 +14,7 @@ import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 from distillkit.store import direct
+from distillkit.store.checksum import crc32c
 from distillkit.store.direct import ChecksumError, DirectShardReader
 
 CODECS = {
@@ -67,8 +68,8 @@ def test_checksum_is_zarr_crc32c(tmp_path):
     arr, values = make(tmp_path, [Crc32cCodec()])
     blob = shard_file(tmp_path, arr.path, 0).read_bytes()
     row = np.frombuffer(blob, np.uint8)[:15 * 4 + 4]
-    assert direct._crc(row[:-4]) == int.from_bytes(row[-4:].tobytes(), "little")
-    assert direct._crc(np.frombuffer(b"123456789", np.uint8)) == 0xE3069283  # the CRC-32C check value
+    assert crc32c(row[:-4]) == int.from_bytes(row[-4:].tobytes(), "little")
+    assert crc32c(np.frombuffer(b"123456789", np.uint8)) == 0xE3069283  # the CRC-32C check value
     np.testing.assert_array_equal(row[:-4].view("<f4"), values[0].reshape(-1))
 
 

@@ -43,11 +43,6 @@ class ChecksumError(ValueError):
     """A crc32c checksum of a shard's index or of one of its rows does not match its bytes."""
 
 
-def _crc(buf: np.ndarray) -> int:
-    """crc32c (Castagnoli), the checksum of zarr's `crc32c` codec (stored after the bytes, little-endian)."""
-    return crc32c(buf)
-
-
 def _stored(buf: np.ndarray) -> int:
     return int(buf[-4:].view("<u4")[0])
 
@@ -139,8 +134,8 @@ class DirectShardReader:
             raise ChecksumError(f"{self.path}: shard {s}: object of {len(data)} bytes is shorter than its index "
                                 f"({self.index_bytes} bytes)")
         raw = data[len(data) - self.index_bytes:]
-        if self.index_crc and self.verify and _crc(raw[:-4]) != _stored(raw):
-            raise self._damaged(s, "shard index", _stored(raw), _crc(raw[:-4]))
+        if self.index_crc and self.verify and crc32c(raw[:-4]) != _stored(raw):
+            raise self._damaged(s, "shard index", _stored(raw), crc32c(raw[:-4]))
         index = np.frombuffer(raw[: self.rows_per_shard * 16], dtype="<u8").reshape(-1, 2)[:rows]
         off, nb = index[:, 0], index[:, 1]
         present = off != EMPTY
@@ -154,7 +149,7 @@ class DirectShardReader:
             return raw
         payload = raw[:-4]
         if self.verify:
-            computed = _crc(payload)
+            computed = crc32c(payload)
             if computed != _stored(raw):
                 raise self._damaged(s, f"row {s * self.rows_per_shard + i} (sample index)", _stored(raw), computed)
         return payload
@@ -282,9 +277,9 @@ class DirectChunkReader:
         if done is not None:
             return done
         if self.crc:
-            if self.verify and _crc(data[:-4]) != _stored(data):
+            if self.verify and crc32c(data[:-4]) != _stored(data):
                 raise ChecksumError(f"{self.path}: chunk {s}: crc32c checksum mismatch (stored {_stored(data):#010x}, "
-                                    f"computed {_crc(data[:-4]):#010x})")
+                                    f"computed {crc32c(data[:-4]):#010x})")
             data = data[:-4]
         full = (self.rows_per_shard, *self.row_shape)
         raw = _ZSTD.decode(data) if self.zstd else data

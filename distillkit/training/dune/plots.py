@@ -109,7 +109,7 @@ def pca_figure(store: str, out: str | Path, checkpoint: str | None = None, n_ima
         columns["student"] = pca_rgb(list(student_features(checkpoint, images)))
     ncol = 1 + len(columns)
     fig, axes = plt.subplots(len(rows), ncol, figsize=(2.2 * ncol, 2.2 * len(rows)), squeeze=False)
-    for i, r in enumerate(rows):
+    for i in range(len(rows)):
         axes[i][0].imshow(images[i])
         axes[i][0].set_ylabel(ids[i][:24], fontsize=7)
         for j, (name, maps) in enumerate(columns.items(), start=1):
