@@ -10,17 +10,14 @@ are deleted.
 from __future__ import annotations
 
 import hashlib
-import logging
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
-from distillkit_schemas import Manifest, Problem
+from distillkit_schemas import Manifest
 from distillkit_schemas.v1 import INDEX_ARRAYS, INDEX_ROWS, index_arrays
-
-log = logging.getLogger("distillkit")
 
 ROOT = "index"
 
@@ -97,34 +94,4 @@ def read_columns(group: zarr.Group, prefix: str, n: int, start: int = 0, digests
         return dict(zip(arrays, pool.map(lambda a: a[start:n], arrays.values())))
 
 
-def read(group: zarr.Group, manifest: Manifest) -> dict[str, np.ndarray] | None:
-    """The index of the manifest's version; None without one, or if it is unreadable (then samples/ serves)."""
-    if manifest.sample_index is None:
-        return None
-    try:
-        return read_columns(group, manifest.sample_index, manifest.n_samples)
-    except (KeyError, ValueError) as e:
-        log.warning("sample index %s unreadable (%s: %s); reading samples/ instead. `distillkit validate --deep` "
-                    "names the damage, `distillkit cache --repair` rewrites the index", manifest.sample_index,
-                    type(e).__name__, e)
-        return None
-
-
-def check(group: zarr.Group, manifest: Manifest) -> list[Problem]:
-    """The index holds exactly what samples/ holds (validate)."""
-    if manifest.sample_index is None:
-        return []
-    try:
-        table = read_columns(group, manifest.sample_index, manifest.n_samples)
-    except (KeyError, ValueError) as e:
-        return [Problem(manifest.sample_index, f"unreadable: {type(e).__name__}: {str(e).split('.')[0]}")]
-    samples = read_columns(group, "samples", manifest.n_samples)
-    out = []
-    for k, values in table.items():
-        got, want = _as_str(values), _as_str(samples[k])
-        rows = np.flatnonzero(got != want) if got.shape == want.shape else np.arange(len(got))
-        if len(rows):
-            out.append(Problem(f"{manifest.sample_index}/{k}", f"differs from samples/{k} at rows {rows[:5].tolist()}"))
-    return out
-
-__all__ = ["DIGEST", "INDEX_ROWS", "check", "digests_of", "entry_digests", "drop_old", "read", "read_columns", "write"]
+__all__ = ["DIGEST", "INDEX_ROWS", "digests_of", "entry_digests", "drop_old", "read_columns", "write"]
