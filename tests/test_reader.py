@@ -198,3 +198,25 @@ def test_resume_position_is_the_round_robins(monkeypatch):
             seen = Counter(order[:start])
             want = ([seen[w] for w in range(len(counts))], order[start] if start < len(order) else 0)
             assert stream.position(0, len(counts), start) == want, (counts, start)
+
+
+def test_row_bits_agree_with_bool_arrays(monkeypatch):
+    """The reader's per-sample flags as bits: ranges, per-shard counts, the first k set and keeping only those,
+    against plain bool arrays, for sizes and shard sizes that do not divide 8 nor the unpacking step."""
+    from distillkit.store import rowbits
+
+    monkeypatch.setattr(rowbits, "STEP", 64)  # many steps even for small n
+    rng = np.random.default_rng(1)
+    for n in (0, 1, 7, 8, 63, 64, 65, 1000, 5003):
+        flags = rng.random(n) < 0.3
+        bits = np.packbits(flags)
+        for a, b in ((0, n), (n // 3, n // 2), (max(n - 5, 0), n)):
+            np.testing.assert_array_equal(rowbits.rows(bits, a, b), flags[a:b])
+        for size in (1, 3, 8, 64, 100):
+            want = np.add.reduceat(flags.astype(int), np.arange(0, n, size)) if n else np.zeros(0, int)
+            np.testing.assert_array_equal(rowbits.per_shard(bits, n, size), want)
+        for k in (0, 1, 5, 10**9):
+            np.testing.assert_array_equal(rowbits.first(bits, n, k), np.flatnonzero(flags)[:k])
+            kept = flags.copy()
+            kept[np.flatnonzero(flags)[k:]] = False
+            np.testing.assert_array_equal(rowbits.rows(rowbits.keep_first(bits, n, k), 0, n), kept)

@@ -31,11 +31,6 @@ def per_shard(bits: np.ndarray, n: int, shard_size: int) -> np.ndarray:
     return out
 
 
-def count(bits: np.ndarray) -> int:
-    """How many flags are set."""
-    return sum(int(np.unpackbits(bits[i:i + STEP // 8]).sum()) for i in range(0, len(bits), STEP // 8))
-
-
 def first(bits: np.ndarray, n: int, k: int) -> np.ndarray:
     """Row numbers of the first k set flags (fewer if fewer are set)."""
     out: list[np.ndarray] = []
