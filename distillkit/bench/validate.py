@@ -16,9 +16,7 @@ import statistics
 import time
 from pathlib import Path
 
-from distillkit_schemas import paths
-
-from distillkit.store.validation import COLUMNS
+from distillkit.store.validation import COLUMNS, target_arrays
 
 READ = 1 << 20
 
@@ -40,9 +38,9 @@ def bench_validate(store: str, rounds: int = 3, deep: bool = True, log=print) ->
     if manifest is None or problems:
         raise ValueError(f"bench validate: {store} is not a feature store"
                          + (f" ({problems[0].where}: {problems[0].what})" if problems else ""))
-    every = _files(root, None)
+    every = sorted(p for p in root.rglob("*") if p.is_file())  # the store's objects, in path order
     # the quick check reads every object but those of the arrays only --deep reads (images, uris, partials, ...)
-    quick = {*COLUMNS, "samples/split", *(paths.target(t, k) for t in manifest.teachers for k in ("patch", "cls"))}
+    quick = {*COLUMNS, "samples/split", *target_arrays(manifest)}
     skipped = [root / a for a in deep_plan(manifest, provs) if a not in quick]
     checks = {"validate": [p for p in every if not any(p.is_relative_to(a) and p.name != "zarr.json"
                                                            for a in skipped)]}
@@ -67,12 +65,6 @@ def bench_validate(store: str, rounds: int = 3, deep: bool = True, log=print) ->
                      "page_cache_mb_s": size / statistics.median(warm) / 1e6,
                      "ratio": ratios, "ratio_median": statistics.median(ratios)}
     return out
-
-
-def _files(root: Path, arrays: list[str] | None) -> list[Path]:
-    """The storage objects of the given arrays (all of the store's files for None), in path order."""
-    folders = [root] if arrays is None else [root / a for a in arrays]
-    return sorted(p for f in folders for p in f.rglob("*") if p.is_file())
 
 
 def _drop(files: list[Path]) -> None:

@@ -105,7 +105,7 @@ def _validate(group, progress: Progress, select: Selection | None, deep: bool,
     if manifest.status != "complete":
         problems.append(Problem("/", f"manifest status is {manifest.status!r}, not 'complete'"))
     picked = picked[done[picked] != 0]
-    targets = [paths.target(t, k) for t in manifest.teachers for k in ("patch", "cls")]
+    targets = target_arrays(manifest)
     index = _index(group, manifest) if every and manifest.status == "complete" else None
     if isinstance(index, Problem):
         problems.append(index)
@@ -151,6 +151,11 @@ def _validate(group, progress: Progress, select: Selection | None, deep: bool,
     if manifest.status == "complete":
         problems += _statistics(group, manifest)
     return _once(problems)
+
+
+def target_arrays(manifest: Manifest) -> list[str]:
+    """The teachers' targets: with COLUMNS (and samples/split beside a sample index), what the quick check reads."""
+    return [paths.target(t, k) for t in manifest.teachers for k in ("patch", "cls")]
 
 
 def _done(group, picked: np.ndarray, every: bool) -> np.ndarray:
