@@ -275,11 +275,7 @@ def bench_validate_cmd(store: str = typer.Argument(..., help="a local feature st
 def start_training_bench(quiet: bool, threads: int | None) -> None:
     """What the benches that train do first: logging; --quiet (the periodic progress lines of the logger
     ``distillkit.progress`` are not shown); --threads (torch's intra-op threads)."""
-    import logging
-
-    setup_logging()
-    if quiet:
-        logging.getLogger("distillkit.progress").setLevel(logging.WARNING)
+    setup_logging(quiet=quiet)
     if threads:
         import torch
 

@@ -70,9 +70,12 @@ console = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
-def setup_logging(verbose: bool = False) -> None:
+def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
+    """Log lines to stderr. `quiet` (a command's --quiet): the periodic progress lines of long work (the logger
+    ``distillkit.progress``: training's step lines) are not shown."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
                         handlers=[RichHandler(console=err, show_path=False, show_time=False)], force=True)
+    logging.getLogger("distillkit.progress").setLevel(logging.WARNING if quiet else logging.NOTSET)
     for noisy in ("matplotlib", "PIL", "fsspec", "s3fs", "botocore", "aiobotocore", "httpx", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")

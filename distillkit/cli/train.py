@@ -3,7 +3,6 @@ config, trains and reports; all of it comes from its entry in `distillkit.traini
 
 from __future__ import annotations
 
-import logging
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, Optional
@@ -49,9 +48,7 @@ def train(
 ):
     """Train a DUNE-style student by streaming cached teacher features, or (--task pointmap) scene-specific
     pointmap students on a DUSt3R scene store."""
-    setup_logging()
-    if quiet:
-        logging.getLogger("distillkit.progress").setLevel(logging.WARNING)
+    setup_logging(quiet=quiet)
     from distillkit.config.common import merged_config_data, read_config_file, validate_config
     from distillkit.training.tasks import get_task
 
