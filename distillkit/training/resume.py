@@ -66,7 +66,7 @@ def _canonical(model: type[BaseModel], data: dict[str, Any]) -> dict[str, Any]:
     not a difference; as given if it does not validate (the run's own validation names the error)."""
     try:
         return model.model_validate(data).model_dump(mode="json")
-    except Exception:  # noqa: BLE001
+    except ValueError:  # pydantic's ValidationError
         return data
 
 
