@@ -38,7 +38,7 @@ ZARR_TESTS := tests/test_direct_reader.py tests/test_interop.py
 
 $(ZSTAMP): pyproject.toml Makefile
 	$(PY_OLDEST) -m venv $(ZVENV)
-	$(ZVENV)/bin/pip install -q --upgrade "zarr>=3.1,<3.2" numcodecs numpy fsspec pydantic pytest pytest-timeout tensorstore xarray
+	$(ZVENV)/bin/pip install -q --upgrade "zarr>=3.1,<3.2" numcodecs numpy fsspec pydantic pytest pytest-timeout tensorstore xarray "crc32c>=2.4"
 	mkdir -p $(ZVENV)/src && ln -sfn $(CURDIR)/storage_schemas $(ZVENV)/src/distillkit_schemas
 	printf '%s\n%s\n' $(CURDIR) $(CURDIR)/$(ZVENV)/src > "$$($(ZVENV)/bin/python -c 'import site; print(site.getsitepackages()[0])')/distillkit-src.pth"
 	touch $(ZSTAMP)
