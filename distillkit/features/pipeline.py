@@ -23,8 +23,10 @@ from distillkit.features.inputs import DecodedSample, decode_sample
 from distillkit.features.shards import cache_shards  # noqa: F401  (the flow caches shard ranges)
 from distillkit.config.cache import CacheConfig
 from distillkit.config.common import safe_url
-from distillkit.sources import SampleRef, content_signatures, list_source, source_fingerprint
+from distillkit.sources import Listing, content_signatures, list_source
 from distillkit.sources.images import split_of
+from distillkit.sources.listing import blocks, per_row
+from distillkit.store.ids import str_column
 from distillkit.store import growth, layout
 from distillkit.store.codecs import Codec, read_codec
 from distillkit.store.finalize import REPAIR_ATTR, finalize_store
@@ -39,7 +41,7 @@ log = logging.getLogger("distillkit")
 
 @dataclass
 class Plan:
-    refs: list[SampleRef]  # one per sample (K per image with K views)
+    refs: Listing  # one row per sample (K per image with K views)
     splits: np.ndarray
     fingerprint: str
     seeds: np.ndarray  # view seed per sample
@@ -61,15 +63,16 @@ def plan_samples(cfg: CacheConfig) -> Plan:
     images = list_source(cfg.source, cfg.storage_options)
     if cfg.rehash:
         images = content_signatures(images, cfg.storage_options, cfg.num_workers)
-    refs, splits, seeds = [], [], []
-    for r in images:
-        split = split_of(r.id, cfg.val_fraction)
-        for k in range(cfg.views):
-            refs.append(r if cfg.views == 1 else SampleRef(id=f"{r.id}#{k}", uri=r.uri, signature=r.signature))
-            splits.append(split)
-            seeds.append(view_seed(cfg.view_seed, r.id, k))
-    return Plan(refs=refs, splits=np.array(splits, np.uint8), fingerprint=source_fingerprint(refs),
-                seeds=np.array(seeds, np.int64))
+    k = cfg.views
+    splits = per_row(images.ids, lambda i: split_of(i, cfg.val_fraction), np.uint8)
+    seeds = np.stack([per_row(images.ids, lambda i: view_seed(cfg.view_seed, i, v), np.int64) for v in range(k)], 1)
+    refs = images
+    if k > 1:  # rows taken by index: numpy 2.1's np.repeat corrupts StringDType values over 15 bytes
+        ids = np.concatenate([str_column([f"{i}#{v}" for i in images.ids[sl].tolist() for v in range(k)])
+                              for sl in blocks(len(images))])
+        each = np.repeat(np.arange(len(images)), k)
+        refs = Listing(ids, images.uris[each], images.signatures[each])
+    return Plan(refs=refs, splits=np.repeat(splits, k), fingerprint=refs.fingerprint(), seeds=seeds.reshape(-1))
 
 
 def load_teachers(cfg: CacheConfig) -> dict[str, Teacher]:
@@ -111,9 +114,9 @@ def prepare_store(cfg: CacheConfig, teachers: dict[str, Teacher] | None = None) 
         log.info("creating store %s: %d samples, %d shards of %d, teachers %s", cfg.store, want.n_samples,
                  want.n_shards, cfg.shard_size, ", ".join(want.teachers))
         extra = {paths.codec(n, k): v for n, c in codecs.items() for k, v in c.arrays().items()}
-        group = layout.create_store(cfg.store, want, provs, [r.id for r in plan.refs], [r.uri for r in plan.refs],
-                                    plan.splits, cfg.codec, cfg.storage_options, view_seeds=plan.seeds,
-                                    codec_arrays=extra, signatures=[r.signature for r in plan.refs])
+        group = layout.create_store(cfg.store, want, provs, plan.refs.ids, plan.refs.uris, plan.splits, cfg.codec,
+                                    cfg.storage_options, view_seeds=plan.seeds, codec_arrays=extra,
+                                    signatures=plan.refs.signatures)
         manifest = want
     wanted = range(manifest.n_shards) if cfg.shards is None else cfg.shards
     bad = [s for s in wanted if not 0 <= s < manifest.n_shards]
@@ -138,7 +141,7 @@ def _done_before(group: zarr.Group) -> int:
 
 def _plan_decoder(cfg: CacheConfig, plan: Plan, teachers: dict[str, Teacher]) -> Callable[[int], "DecodedSample"]:
     hws = {tuple(t.input_hw) for t in teachers.values()}
-    return lambda r: decode_sample(plan.refs[r].uri, cfg.image_size, hws, cfg.storage_options, cfg.view_mode,
+    return lambda r: decode_sample(str(plan.refs.uris[r]), cfg.image_size, hws, cfg.storage_options, cfg.view_mode,
                                    int(plan.seeds[r]))
 
 
@@ -147,13 +150,13 @@ def _grow(group: zarr.Group, have: Manifest, provs: dict, plan: Plan, cfg: Cache
     if growth.pending_intent(group) is None and have.source_fingerprint == plan.fingerprint:
         return have, None
     n0 = have.n_samples
-    new_ids, new_uris, new_sigs = ([getattr(r, k) for r in plan.refs] for k in ("id", "uri", "signature"))
-    changes = growth.diff_from_index(group, have, new_ids, new_uris, new_sigs)
+    changes = growth.diff_from_index(group, have, plan.refs)
     if changes is None:  # a store without index digests: every row's id, uri and signature
         ids = group["samples/id"][:n0]
         live = ~growth.is_padding(ids) & ~growth.is_retired(group["samples/error"][:n0])
-        changes = growth.diff(ids, group["samples/uri"][:n0], new_ids, new_uris,
-                              group["samples/signature"][:n0] if have.signatures else None, new_sigs, live)
+        changes = growth.diff(ids, group["samples/uri"][:n0], plan.refs.ids.tolist(), plan.refs.uris.tolist(),
+                              group["samples/signature"][:n0] if have.signatures else None,
+                              plan.refs.signatures.tolist(), live)
     if changes.changed:
         log.warning("store %s: %d file(s) changed since they were cached, e.g. %s: caching them again (their old "
                     "rows are retired)", cfg.store, len(changes.changed), changes.changed[0])
@@ -168,10 +171,10 @@ def _grow(group: zarr.Group, have: Manifest, provs: dict, plan: Plan, cfg: Cache
     if not changes.added and not prune_rows:
         return have, changes
     log.info("store %s: appending %d sample(s) as version %d", cfg.store, len(changes.added), have.version + 1)
-    add = changes.added
-    manifest = growth.begin(group, have, provs, plan.fingerprint, [plan.refs[k].id for k in add],
-                            [plan.refs[k].uri for k in add], plan.splits[add], plan.seeds[add], prune_rows,
-                            [plan.refs[k].signature for k in add], changes.replaced_rows)
+    add = np.asarray(changes.added, np.intp)
+    new = plan.refs[add]
+    manifest = growth.begin(group, have, provs, plan.fingerprint, new.ids, new.uris, plan.splits[add],
+                            plan.seeds[add], prune_rows, new.signatures, changes.replaced_rows)
     return manifest, changes
 
 

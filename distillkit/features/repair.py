@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import time
 
-import numpy as np
 import zarr
 
 from distillkit_schemas import FEATURES, Manifest
@@ -69,8 +68,7 @@ def _rewrite_sample_table(group: zarr.Group, plan: Plan, shards: list[int], m: M
     """The rows written at creation (ids, uris, split, view seed) of these shards, again from the plan."""
     for s in shards:
         sl = slice(s * m.shard_size, min((s + 1) * m.shard_size, m.n_samples))
-        refs = plan.refs[sl]
-        group["samples/id"][sl] = np.array([r.id for r in refs], dtype=object).astype(str)
-        group["samples/uri"][sl] = np.array([r.uri for r in refs], dtype=object).astype(str)
+        group["samples/id"][sl] = plan.refs.ids[sl]
+        group["samples/uri"][sl] = plan.refs.uris[sl]
         group["samples/split"][sl] = plan.splits[sl]
         group["samples/view_seed"][sl] = plan.seeds[sl]

@@ -1,4 +1,4 @@
-"""Turn a user's `--source` into a sorted, de-duplicated sample table (id, uri)."""
+"""Turn a user's `--source` into a sorted, de-duplicated sample table (id, uri, signature) held as columns."""
 
 from __future__ import annotations
 
@@ -9,25 +9,20 @@ import json
 import logging
 import posixpath
 import time
-from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Iterator
 
 import fsspec
+import numpy as np
 from fsspec.core import url_to_fs
+from fsspec.implementations.local import LocalFileSystem
 
 from distillkit.demo_data import DEMO_SOURCE, demo_photos_folder
+from distillkit.sources.listing import Listing, blocks, str_column
 
 log = logging.getLogger("distillkit")
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".pnm")
 MANIFEST_EXTENSIONS = (".txt", ".csv", ".jsonl", ".lst")
-
-
-@dataclass(frozen=True, slots=True)  # slots: a listing holds one per image (no __dict__ each: ~100 B less)
-class SampleRef:
-    id: str
-    uri: str
-    signature: str = ""  # what the file was when listed (see `signature`); "" = unknown (a manifest row)
 
 
 def signature(info: dict[str, Any]) -> str:
@@ -120,47 +115,66 @@ def _manifest_rows(fs, path: str, source: str):
         yield _field(rec.get("id"), "id", source, n, False), _field(rec.get("uri"), "uri", source, n, True)
 
 
-def _from_manifest(fs, path: str, source: str) -> list[SampleRef]:
+def _from_manifest(fs, path: str, source: str) -> Iterator[tuple[str, str, str]]:
     base = posixpath.dirname(path)
-    out = []
     for sid, uri in _manifest_rows(fs, path, source):
         full = uri if (_is_url(uri) or posixpath.isabs(uri)) else posixpath.join(base, uri)
         if _is_url(source) and not _is_url(full):
             full = fs.unstrip_protocol(full)
-        out.append(SampleRef(id=sid or uri, uri=full))
-    return out
+        yield sid or uri, full, ""
 
 
-def list_source(source: str, storage_options: dict[str, Any] | None = None) -> list[SampleRef]:
-    """List the images of a source. Ids are paths relative to the source root (stable across machines)."""
+def list_source(source: str, storage_options: dict[str, Any] | None = None) -> Listing:
+    """List the images of a source, sorted by id. Ids are paths relative to the source root (stable across
+    machines). Folder listings and manifests are read as a stream into columns (see `Listing`)."""
     if source.startswith(DEMO_SOURCE):
         return list_source(str(demo_photos_folder()), storage_options)
     fs, path = url_to_fs(source, **(storage_options or {}))
     if _has_glob(path) and not fs.exists(path):  # a folder named "shots [2024]" is a folder, not a pattern
-        found = fs.glob(path, detail=True)
         root = path.split("*")[0].split("?")[0].split("[")[0].rsplit("/", 1)[0]
-        files = sorted(m for m, info in found.items()
-                       if info.get("type") != "directory" or m.lower().endswith(IMAGE_EXTENSIONS))
+        found = ((m, info) for m, info in fs.glob(path, detail=True).items()
+                 if info.get("type") != "directory" or m.lower().endswith(IMAGE_EXTENSIONS))
     elif fs.isdir(path):
-        root = path.rstrip("/")
-        # a folder named like an image (x.jpg/) is listed too: the cache rejects it with its reason, not silently
-        found = fs.find(path, withdirs=True, detail=True)
-        files = sorted(p for p, info in found.items() if p.rstrip("/") != root and (
-            info.get("type") != "directory" or p.lower().rstrip("/").endswith(IMAGE_EXTENSIONS)))
+        root, found = path.rstrip("/"), _tree(fs, path)
     elif fs.isfile(path) and path.lower().endswith(MANIFEST_EXTENSIONS):
-        refs = _from_manifest(fs, path, source)
-        return _check(refs, source)
+        return _check(Listing.from_rows(_from_manifest(fs, path, source)), source)
     elif fs.isfile(path):
-        root, files, found = posixpath.dirname(path), [path], {path: fs.info(path)}
+        root, found = posixpath.dirname(path), iter([(path, fs.info(path))])
     else:
         raise ValueError(f"source {source!r} does not exist (expected a folder, glob, URL or manifest file)")
-    images = [f for f in files if f.lower().endswith(IMAGE_EXTENSIONS) and _utf8_name(f, source)]
-    skipped = len(files) - len(images)
+    skipped = 0
+
+    def images():
+        nonlocal skipped
+        for f, info in found:
+            if f.lower().endswith(IMAGE_EXTENSIONS) and _utf8_name(f, source):
+                yield (posixpath.relpath(f, root) if root else f), _join(fs, source, f), signature(info)
+            else:
+                skipped += 1
+
+    listing = Listing.from_rows(images())
     if skipped:
         log.info("source %s: ignoring %d file(s) without an image extension", source, skipped)
-    refs = [SampleRef(id=posixpath.relpath(f, root) if root else f, uri=_join(fs, source, f),
-                      signature=signature(found[f])) for f in images]
-    return _check(refs, source)
+    return _check(listing, source)
+
+
+def _tree(fs, path: str) -> Iterator[tuple[str, dict]]:
+    """(path, info) of every file under `path`, and of every folder named like an image (x.jpg/: the cache rejects
+    it with its reason, not silently). A local tree is walked a folder at a time, so one folder's listing is in
+    memory, not the whole tree's; an object store is listed flat (S3: pages of 1,000 keys, where a walk would
+    cost a request per folder)."""
+    root = path.rstrip("/")
+    if not isinstance(fs, LocalFileSystem):
+        for p, info in fs.find(path, withdirs=True, detail=True).items():
+            if p.rstrip("/") != root and (info.get("type") != "directory"
+                                          or p.lower().rstrip("/").endswith(IMAGE_EXTENSIONS)):
+                yield p, info
+        return
+    for _, dirs, files in fs.walk(path, detail=True):
+        for info in dirs.values():
+            if info["name"].lower().endswith(IMAGE_EXTENSIONS):
+                yield info["name"], info
+        yield from ((info["name"], info) for info in files.values())
 
 
 def _utf8_name(path: str, source: str) -> bool:
@@ -175,34 +189,10 @@ def _utf8_name(path: str, source: str) -> bool:
         return False
 
 
-def _check(refs: list[SampleRef], source: str) -> list[SampleRef]:
-    """Sorted by id. A repeated id (a manifest listing one id twice) keeps its first row; the others are dropped
-    with a warning naming the id and both files, and the run goes on."""
-    if not refs:
+def _check(listing: Listing, source: str) -> Listing:
+    if not len(listing):
         raise ValueError(f"source {source!r} holds no images (extensions: {', '.join(IMAGE_EXTENSIONS)})")
-    # a stable sort keeps each id's rows in listing order: the first of a run of equal ids is its first row (no
-    # dict of every id beside the list)
-    refs = sorted(refs, key=lambda r: r.id)
-    kept = [r for k, r in enumerate(refs) if k == 0 or r.id != refs[k - 1].id]
-    if len(kept) != len(refs):
-        first = None
-        for r in refs:
-            if first is not None and r.id == first.id:
-                log.warning("source %s: skipping %s: sample id %r appears twice (first: %s)", source, r.uri, r.id,
-                            first.uri)
-            else:
-                first = r
-    return kept
-
-
-def source_fingerprint(refs: list[SampleRef]) -> str:
-    """sha256 over the sample table (ids, uris and, where known, file signatures): equal fingerprints let a re-run
-    skip the per-sample comparison."""
-    h = hashlib.sha256()
-    for r in refs:
-        h.update(r.id.encode() + b"\0" + r.uri.encode() + (b"\0" + r.signature.encode() if r.signature else b"")
-                 + b"\n")
-    return h.hexdigest()
+    return listing.sorted_unique(source)
 
 
 def split_of(sample_id: str, val_fraction: float) -> int:
@@ -254,17 +244,21 @@ def read_bytes(uri: str, storage_options: dict[str, Any] | None = None) -> bytes
         attempt += 1
 
 
-def content_signatures(refs: list[SampleRef], storage_options: dict[str, Any] | None = None,
-                       workers: int = 4) -> list[SampleRef]:
+def content_signatures(listing: Listing, storage_options: dict[str, Any] | None = None,
+                       workers: int = 4) -> Listing:
     """`--rehash`: every file read and its content digest recorded as its signature (``sha256:…``), for sources
     whose listing says nothing reliable (a manifest, a file system that keeps the mtime). Reads the whole source."""
     from concurrent.futures import ThreadPoolExecutor
 
-    def digest(r: SampleRef) -> SampleRef:
+    def digest(uri: str, old: str) -> str:
         try:
-            return replace(r, signature="sha256:" + hashlib.sha256(read_bytes(r.uri, storage_options)).hexdigest())
+            return "sha256:" + hashlib.sha256(read_bytes(uri, storage_options)).hexdigest()
         except Exception:  # noqa: BLE001 - an unreadable file is reported by the cache run itself
-            return r
+            return old
 
+    signatures = [listing.signatures[:0]]
     with ThreadPoolExecutor(max(workers, 1), thread_name_prefix="distillkit-rehash") as pool:
-        return list(pool.map(digest, refs))
+        for sl in blocks(len(listing)):
+            signatures.append(str_column(list(pool.map(digest, listing.uris[sl].tolist(),
+                                                       listing.signatures[sl].tolist()))))
+    return Listing(listing.ids, listing.uris, np.concatenate(signatures))

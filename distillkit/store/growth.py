@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import zarr
@@ -27,7 +27,11 @@ import zarr
 from distillkit_schemas import Manifest, TeacherProvenance, expected_arrays, paths
 
 from distillkit.store.codecs import read_codec
+from distillkit.store.ids import sorted_matches, str_column
 from distillkit.store.writer import write_partials
+
+if TYPE_CHECKING:
+    from distillkit.sources.listing import Listing
 
 log = logging.getLogger("distillkit")
 
@@ -73,11 +77,11 @@ def diff(old_ids: np.ndarray, old_uris: np.ndarray, new_ids: list[str], new_uris
     return ch
 
 
-def diff_from_index(group: zarr.Group, have: Manifest, new_ids: list[str], new_uris: list[str],
-                    new_signatures: list[str]) -> Changes | None:
-    """`diff` against the served version's sample index: its ids and per-row digests (a few large objects, not
-    one object per shard and column). Only rows whose digest differs from the listing's (a moved or replaced
-    file) are read from samples/. None: no index with digests (an older store): diff the full columns."""
+def diff_from_index(group: zarr.Group, have: Manifest, listing: Listing) -> Changes | None:
+    """`diff` of a sorted, unique listing (`sources.Listing`) against the served version's sample index: its ids
+    and per-row digests (a few large objects, not one object per shard and column), matched in numpy by one
+    sort, not through a dict and a set of every id. Only rows whose digest differs from the listing's (a moved or
+    replaced file) are read from samples/. None: no index with digests (an older store): diff the full columns."""
     from distillkit.store import sample_index
 
     if have.sample_index is None:
@@ -88,26 +92,38 @@ def diff_from_index(group: zarr.Group, have: Manifest, new_ids: list[str], new_u
         return None
     if sample_index.DIGEST not in index:
         return None
-    old_digest = index[sample_index.DIGEST]
-    last_row = {i: r for r, i in enumerate(index["id"].tolist()) if i}  # a replaced id: its latest row
-    sigs = new_signatures if have.signatures else [""] * len(new_ids)
-    new_digest = sample_index.entry_digests(new_ids, new_uris, sigs)
-    ch = Changes(added=[k for k, i in enumerate(new_ids) if i not in last_row])
-    now = set(new_ids)
-    ch.removed = sorted(i for i in last_row if i not in now)
-    suspects = [(k, last_row[i]) for k, i in enumerate(new_ids) if i in last_row and old_digest[last_row[i]]
-                != new_digest[k]]
+    old_ids, old_rows = _latest_rows(str_column(index["id"]))
+    io, ks = sorted_matches(old_ids, listing.ids)  # listing row ks[j] is the store's id io[j]
+    known, kept = np.zeros(len(listing), bool), np.zeros(len(old_ids), bool)
+    known[ks], kept[io] = True, True
+    ch = Changes(added=np.flatnonzero(~known).tolist(), removed=old_ids[~kept].tolist())
+    sigs = listing.signatures if have.signatures else [""] * len(listing)
+    new_digest = sample_index.entry_digests(listing.ids, listing.uris, sigs)
+    rows = old_rows[io]
+    differ = index[sample_index.DIGEST][rows] != new_digest[ks]
+    suspects = list(zip(ks[differ].tolist(), rows[differ].tolist()))
     old = _rows(group, [r for _, r in suspects], ["uri", "error"] + (["signature"] if have.signatures else []))
     for k, r in suspects:
-        if old["uri"][r] != new_uris[k]:
+        new = listing[k]
+        if old["uri"][r] != new.uri:
             ch.moved += 1
-        if have.signatures and new_signatures[k] and old["signature"][r] and old["signature"][r] != new_signatures[k] \
+        if have.signatures and new.signature and old["signature"][r] and old["signature"][r] != new.signature \
                 and not str(old["error"][r]).startswith(RETIRED):
             ch.added.append(k)
-            ch.changed.append(new_ids[k])
+            ch.changed.append(new.id)
             ch.replaced_rows.append(r)
     ch.added.sort()
     return ch
+
+
+def _latest_rows(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct non-empty ids of an index, sorted, and each one's latest row (a replaced file's id has two)."""
+    order = np.argsort(ids, kind="stable")
+    s = ids[order]
+    last = np.ones(len(s), bool)
+    last[:-1] = s[1:] != s[:-1]
+    last &= s != ""  # padding rows
+    return s[last], order[last]
 
 
 def _rows(group: zarr.Group, rows: list[int], columns: list[str]) -> dict[str, dict[int, str]]:
@@ -147,12 +163,12 @@ def is_retired(errors: np.ndarray) -> np.ndarray:
 
 
 def begin(group: zarr.Group, have: Manifest, provs: dict[str, TeacherProvenance], fingerprint: str,
-          ids: list[str], uris: list[str], splits: np.ndarray, seeds: np.ndarray,
-          prune_rows: list[int] | None = None, signatures: list[str] | None = None,
+          ids: Sequence[str], uris: Sequence[str], splits: np.ndarray, seeds: np.ndarray,
+          prune_rows: list[int] | None = None, signatures: Sequence[str] | None = None,
           replaced_rows: list[int] | None = None) -> Manifest:
     """Steps 1-2 (idempotent): the manifest the new version will have (written to the root only by finalize)."""
     start = padded_start(have)
-    n1 = start + len(ids) if ids else have.n_samples
+    n1 = start + len(ids) if len(ids) else have.n_samples
     target = {"from_samples": have.n_samples, "to_samples": n1, "source_fingerprint": fingerprint,
               "base_version": have.version, "pruned": len(prune_rows or []), "replaced": len(replaced_rows or [])}
     new = have.model_copy(update={"n_samples": n1, "source_fingerprint": fingerprint, "status": "in_progress"})
@@ -168,14 +184,14 @@ def begin(group: zarr.Group, have: Manifest, provs: dict[str, TeacherProvenance]
     if restart:  # an interrupted append of another listing: its new shards are not served; redo them all
         log.warning("an interrupted append (%s) is replaced by this one", intent)
         group["progress/shard_done"][have.n_shards:] = 0
-    if ids:
+    if len(ids):
         sl = slice(start, n1)
-        group["samples/id"][sl] = np.array(ids, dtype=object).astype(str)
-        group["samples/uri"][sl] = np.array(uris, dtype=object).astype(str)
+        group["samples/id"][sl] = str_column(ids)
+        group["samples/uri"][sl] = str_column(uris)
         group["samples/split"][sl] = splits.astype(np.uint8)
         group["samples/view_seed"][sl] = seeds.astype(np.int64)
         if have.signatures:
-            group["samples/signature"][sl] = np.array(signatures or [""] * len(ids), dtype=object).astype(str)
+            group["samples/signature"][sl] = str_column([""] * len(ids) if signatures is None else signatures)
     if prune_rows:
         prune(group, have, provs, prune_rows)
     if replaced_rows:

@@ -12,6 +12,23 @@ from collections.abc import Iterator
 import numpy as np
 
 _CHUNK = 1 << 16  # rows converted at once: bounds the fixed-width temporaries of encode/decode
+STR = np.dtypes.StringDType()  # numpy's variable-width strings: what zarr reads and writes for str arrays
+
+
+def str_column(values) -> np.ndarray:
+    """Any sequence of str (a list, a numpy str / object / StringDType array) as a StringDType array: 16 bytes a
+    cell plus the characters, where a fixed-width str array pads every cell to the longest."""
+    return np.asarray(values, dtype=STR)
+
+
+def sorted_matches(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rows (ia, ib) where two string columns, each without repeats, hold the same value. One stable sort of
+    both together (a's copy lands first, so equal neighbours are an (a, b) pair), not np.searchsorted: numpy's
+    searchsorted compares StringDType values longer than 15 bytes wrongly when they live in different arrays."""
+    both = np.concatenate([str_column(a), str_column(b)])
+    order = np.argsort(both, kind="stable")
+    same = both[order[1:]] == both[order[:-1]]
+    return order[:-1][same], order[1:][same] - len(a)
 
 
 class SampleIds:
@@ -24,7 +41,7 @@ class SampleIds:
     @classmethod
     def of(cls, values) -> SampleIds:
         """From any array or list of str (zarr gives numpy's StringDType)."""
-        values = np.asarray(values, dtype=np.dtypes.StringDType())
+        values = str_column(values)
         parts, lens = [], []
         for lo in range(0, len(values), _CHUNK):
             enc = np.strings.encode(values[lo:lo + _CHUNK], "utf-8")  # fixed width, NUL-padded

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import zarr
@@ -15,6 +15,7 @@ from distillkit_schemas import (
 )
 from distillkit_schemas.validate import read_manifest, read_provenance
 
+from distillkit.store.ids import str_column
 from distillkit.store.metadata import raise_if_damaged, zarr_store
 from distillkit.store.target import NotAStore, inspect_target
 
@@ -98,10 +99,10 @@ def _compressors(codec: str, dtype: str) -> list:
     return [BloscCodec(cname="lz4", clevel=5, shuffle="shuffle", typesize=np.dtype(dtype).itemsize)] + checksum
 
 
-def create_store(url: str, manifest: Manifest, provenances: dict[str, TeacherProvenance], ids: list[str],
-                 uris: list[str], splits: np.ndarray, codec: str = "none",
+def create_store(url: str, manifest: Manifest, provenances: dict[str, TeacherProvenance], ids: Sequence[str],
+                 uris: Sequence[str], splits: np.ndarray, codec: str = "none",
                  storage_options: dict[str, Any] | None = None, view_seeds: np.ndarray | None = None,
-                 codec_arrays: dict[str, np.ndarray] | None = None, signatures: list[str] | None = None
+                 codec_arrays: dict[str, np.ndarray] | None = None, signatures: Sequence[str] | None = None
                  ) -> zarr.Group:
     """Create all arrays and write the sample table. The manifest is written last: it marks a usable store."""
     group = create_group(url, FEATURES, storage_options)
@@ -126,12 +127,12 @@ def create_store(url: str, manifest: Manifest, provenances: dict[str, TeacherPro
             arr.attrs["columns"] = list(VIEW_PARAMS)
     for name, prov in provenances.items():
         group[paths.teacher(name)].attrs[PROVENANCE_ATTR] = prov.model_dump(mode="json")
-    group["samples/id"][:] = np.array(ids, dtype=object).astype(str)
-    group["samples/uri"][:] = np.array(uris, dtype=object).astype(str)
+    group["samples/id"][:] = str_column(ids)
+    group["samples/uri"][:] = str_column(uris)
     group["samples/split"][:] = splits.astype(np.uint8)
     group["samples/view_seed"][:] = np.zeros(len(ids), np.int64) if view_seeds is None else view_seeds
     if manifest.signatures:
-        group["samples/signature"][:] = np.array(signatures or [""] * len(ids), dtype=object).astype(str)
+        group["samples/signature"][:] = str_column([""] * len(ids) if signatures is None else signatures)
     for path, value in (codec_arrays or {}).items():  # compact storage: basis / scale / offset
         group[path][...] = value
     finish_creation(group, manifest.model_dump(mode="json"))
