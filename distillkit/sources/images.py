@@ -160,10 +160,13 @@ def list_source(source: str, storage_options: dict[str, Any] | None = None) -> L
 
 def _tree(fs, path: str) -> Iterator[tuple[str, dict]]:
     """(path, info) of every file under `path`, and of every folder named like an image (x.jpg/: the cache rejects
-    it with its reason, not silently). A local tree is walked a folder at a time, so one folder's listing is in
-    memory, not the whole tree's; an object store is listed flat (S3: pages of 1,000 keys, where a walk would
-    cost a request per folder)."""
+    it with its reason, not silently). A local tree is walked a folder at a time and an S3 prefix is read a page
+    of 1,000 keys at a time, so neither is held whole; other object stores are listed flat with `find`."""
     root = path.rstrip("/")
+    paged = _object_pages(fs, root)
+    if paged is not None:
+        yield from paged
+        return
     if not isinstance(fs, LocalFileSystem):
         for p, info in fs.find(path, withdirs=True, detail=True).items():
             if p.rstrip("/") != root and (info.get("type") != "directory"
@@ -175,6 +178,47 @@ def _tree(fs, path: str) -> Iterator[tuple[str, dict]]:
             if info["name"].lower().endswith(IMAGE_EXTENSIONS):
                 yield info["name"], info
         yield from ((info["name"], info) for info in files.values())
+
+
+PAGE = 1000  # S3's most keys per list request
+
+
+def _object_pages(fs, root: str) -> Iterator[tuple[str, dict]] | None:
+    """Every object under an S3 prefix through s3fs's own pager (the one `find` collects whole), a page at a time;
+    a folder named like an image (a key's parent `x.jpg/`) is yielded once, as `find(withdirs=True)` would.
+    None where the filesystem has no such pager (not s3fs, or a versioned bucket)."""
+    protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
+    pager = getattr(fs, "_iterdir", None)
+    if "s3" not in protocols or pager is None or getattr(fs, "version_aware", True):
+        return None
+    from fsspec.asyn import sync
+
+    bucket, key, _ = fs.split_path(root)
+    objects = pager(bucket, delimiter="", prefix=key + "/" if key else "")
+
+    async def next_page() -> list[dict]:
+        page = []
+        async for info in objects:  # leaving the loop keeps the pager where it is, for the next page
+            page.append(info)
+            if len(page) == PAGE:
+                break
+        return page
+
+    def pages():
+        folders: set[str] = set()  # image-named folders already reported (a handful, not one per object)
+        while page := sync(fs.loop, next_page):
+            for info in page:
+                name = info["name"]
+                parts = name[len(root) + 1:].split("/")[:-1]
+                for k, part in enumerate(parts):
+                    folder = "/".join([root, *parts[:k + 1]])
+                    if part.lower().endswith(IMAGE_EXTENSIONS) and folder not in folders:
+                        folders.add(folder)
+                        yield folder, {"name": folder, "type": "directory", "size": 0}
+                if not name.endswith("/"):  # a zero-byte "folder" marker object is not a file
+                    yield name, info
+
+    return pages()
 
 
 def _utf8_name(path: str, source: str) -> bool:
