@@ -209,3 +209,40 @@ def test_sigkilled_append_rerun_is_byte_identical(grown, tmp_path, moment):
     for k in ref:
         np.testing.assert_array_equal(ref[k], got[k], err_msg=k)
     assert_same_files(_data_files(grown["store"]), _data_files(store))
+
+
+def test_repair_of_a_grown_store_keeps_each_row_its_own_sample(grown, tmp_path):
+    """After an append a row's number is not its place in the sorted listing (new ids sort between old ones, and
+    padding sits between the versions): `cache --repair` must recompute a damaged shard for the samples its rows
+    hold, not for the listing's rows at those numbers, recover a damaged id column from the sample index, and
+    leave a replaced file's old row retired."""
+    store, src = tmp_path / "repair.zarr", tmp_path / "src"
+    shutil.copytree(grown["store"], store)
+    shutil.copytree(grown["src"], src)
+    name, arr = grown["photos"][0]  # replaced in place: version 3 retires its row and caches the new picture
+    Image.fromarray(arr[::-1]).convert("RGB").save(src / f"{name}.png")
+    assert runner.invoke(app, _cache_args(src, store, grown["cfg"])).exit_code == 0
+    want = read_all(store)
+    ids = want["samples/id"].tolist()
+    old_row = ids.index(f"{name}.png")
+    assert want["samples/error"][old_row].startswith("replaced") and ids.count(f"{name}.png") == 2
+    listed = sorted(set(i for i in ids if i))
+    shards = sorted({s for s in range(len(ids) // 2) if ids[2 * s:2 * s + 2] != listed[2 * s:2 * s + 2]}
+                    | {old_row // 2})
+    for s in shards:  # a flipped byte in each such shard's patch tokens and sample ids
+        for array in (f"teachers/{T}/patch", "samples/id"):
+            f = store / array / "c" / str(s)
+            f = f if f.is_file() else next(p for p in f.rglob("*") if p.is_file())
+            data = bytearray(f.read_bytes())
+            data[len(data) // 2] ^= 0x40
+            f.write_bytes(bytes(data))
+    assert runner.invoke(app, ["validate", str(store), "--deep"]).exit_code == 1
+    res = runner.invoke(app, _cache_args(src, store, grown["cfg"], "--repair", "--quiet"))
+    assert res.exit_code == 0, res.output
+    assert runner.invoke(app, ["validate", str(store), "--deep"]).exit_code == 0
+    got = read_all(store)
+    for k in ("samples/id", "samples/uri", "samples/split", "samples/view_seed", "samples/valid", "samples/error"):
+        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+    ok = want["samples/valid"].astype(bool)
+    np.testing.assert_allclose(got[f"teachers/{T}/patch"][ok].astype(np.float32),
+                               want[f"teachers/{T}/patch"][ok].astype(np.float32), rtol=2e-3, atol=2e-3)

@@ -60,7 +60,9 @@ class Prepared:
 def plan_samples(cfg: CacheConfig) -> Plan:
     """The sample table. With K views, image `a.jpg` becomes samples `a.jpg#0` … `a.jpg#K-1` (adjacent rows);
     the split is drawn per image, so no image has views on both sides."""
+    t0 = time.perf_counter()
     images = list_source(cfg.source, cfg.storage_options)
+    log.info("source %s: %d images listed in %.1f s", safe_url(cfg.source), len(images), time.perf_counter() - t0)
     if cfg.rehash:
         images = content_signatures(images, cfg.storage_options, cfg.num_workers)
     k = cfg.views

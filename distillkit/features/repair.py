@@ -5,16 +5,18 @@ from __future__ import annotations
 import logging
 import time
 
+import numpy as np
 import zarr
 
 from distillkit_schemas import FEATURES, Manifest
 
 from distillkit.config.cache import CacheConfig
 from distillkit.features.pipeline import Plan, cache_shards, plan_samples, prepare_store
-from distillkit.store import layout
+from distillkit.store import growth, layout
 from distillkit.store.finalize import (REPAIR_ATTR, finalize_store, merge_statistics, rewrite_summary,
                                        write_sample_index)
-from distillkit.store.integrity import deep_check, delete_shard_object
+from distillkit.store.ids import sorted_matches, str_column
+from distillkit.store.integrity import Damage, deep_check, delete_shard_object
 from distillkit.store.lease import Lease
 from distillkit.store.target import NotAStore, inspect_target
 
@@ -40,7 +42,8 @@ def _repair(cfg: CacheConfig, show_progress: bool) -> dict:
             if d.shard >= 0:
                 delete_shard_object(group[d.array], d.shard)
         manifest = Manifest.model_validate(group.attrs[layout.MANIFEST_ATTR])
-        _rewrite_sample_table(group, plan_samples(cfg), shards, manifest)
+        _rewrite_sample_table(group, plan_samples(cfg), damage, manifest)
+        retired = _retired_rows(group, manifest, shards, damage)
         group.attrs[REPAIR_ATTR] = shards  # a complete store with shards not done: re-runs read every mark
         group["progress/shard_done"][shards] = 0
     prepared = prepare_store(cfg)
@@ -48,6 +51,9 @@ def _repair(cfg: CacheConfig, show_progress: bool) -> dict:
         log.warning("store %s: recomputing damaged shard(s) %s (%s)", cfg.store, shards,
                     ", ".join(sorted({d.array for d in damage})))
         result = cache_shards(cfg, prepared, shards=shards, show_progress=show_progress)
+        provs = {n: t.provenance for n, t in prepared.teachers.items()}
+        for reason in sorted(set(retired.values())):  # caching made every decodable row valid: retire them again
+            growth.prune(group, prepared.manifest, provs, [r for r, why in retired.items() if why == reason], reason)
     else:
         result = {"shards": 0, "samples": 0, "rejected": []}
     if damage:
@@ -64,11 +70,63 @@ def _repair(cfg: CacheConfig, show_progress: bool) -> dict:
     return result
 
 
-def _rewrite_sample_table(group: zarr.Group, plan: Plan, shards: list[int], m: Manifest) -> None:
-    """The rows written at creation (ids, uris, split, view seed) of these shards, again from the plan."""
-    for s in shards:
+CREATION_COLUMNS = ("id", "uri", "signature", "split", "view_seed")  # written when a row is made, not by caching
+
+
+def _rewrite_sample_table(group: zarr.Group, plan: Plan, damage: list[Damage], m: Manifest) -> None:
+    """The damaged columns of the rows' creation-time values, written again: ids from the served version's sample
+    index, the rest from the listing matched by id. Never by position: once a store has grown, a row's number is
+    not its place in the listing (new ids sort between old ones, and padding sits between versions)."""
+    hit: dict[int, set[str]] = {}
+    for d in damage:
+        column = d.array.removeprefix("samples/")
+        if d.shard >= 0 and d.array.startswith("samples/") and column in CREATION_COLUMNS:
+            hit.setdefault(d.shard, set()).add(column)
+    for s, columns in sorted(hit.items()):
         sl = slice(s * m.shard_size, min((s + 1) * m.shard_size, m.n_samples))
-        group["samples/id"][sl] = plan.refs.ids[sl]
-        group["samples/uri"][sl] = plan.refs.uris[sl]
-        group["samples/split"][sl] = plan.splits[sl]
-        group["samples/view_seed"][sl] = plan.seeds[sl]
+        ids = str_column(_index_ids(group, m, s, sl) if "id" in columns else group["samples/id"][sl])
+        live = np.flatnonzero(ids != "")  # padding rows have no id
+        rows, at = sorted_matches(ids[live], plan.refs.ids)
+        rows, found = live[rows], np.zeros(len(ids), bool)
+        found[rows] = True
+        gone = ids[~found & (ids != "")].tolist()
+        if gone:
+            log.warning("store %s: shard %d: %d sample(s) no longer in the source, e.g. %s: recached as rejected",
+                        group.store, s, len(gone), gone[0])
+        values = {"id": ids, "uri": str_column([""] * len(ids)), "signature": str_column([""] * len(ids)),
+                  "split": np.zeros(len(ids), np.uint8), "view_seed": np.zeros(len(ids), np.int64)}
+        for column, planned in (("uri", plan.refs.uris), ("signature", plan.refs.signatures),
+                                ("split", plan.splits), ("view_seed", plan.seeds)):
+            values[column][rows] = planned[at]
+        for column in sorted(columns):
+            if f"samples/{column}" in group:
+                group[f"samples/{column}"][sl] = values[column]
+
+
+def _index_ids(group: zarr.Group, m: Manifest, shard: int, sl: slice) -> np.ndarray:
+    if m.sample_index is None or f"{m.sample_index}/id" not in group:
+        raise ValueError(f"store {group.store}: samples/id of shard {shard} is damaged and the store has no sample "
+                         "index to recover its ids from: cache into a new --store")
+    return group[f"{m.sample_index}/id"][sl]
+
+
+def _retired_rows(group: zarr.Group, m: Manifest, shards: list[int], damage: list[Damage]) -> dict[int, str]:
+    """Rows of the damaged shards that were retired (pruned, or replaced by a later row of the same id), with
+    their reason: re-caching a shard decodes every row, so they are retired again after it. A shard whose error
+    column is itself damaged falls back to what the ids show: an id that recurs at a later row was replaced."""
+    unreadable = {d.shard for d in damage if d.array == "samples/error"}
+    ids = str_column(group["samples/id"][:m.n_samples])
+    _, latest = growth.latest_rows(ids)
+    superseded = np.ones(len(ids), bool)
+    superseded[latest] = False
+    superseded &= ids != ""
+    out = {}
+    for s in shards:
+        lo, hi = s * m.shard_size, min((s + 1) * m.shard_size, m.n_samples)
+        errors = [""] * (hi - lo) if s in unreadable else group["samples/error"][lo:hi].tolist()
+        for r, why in zip(range(lo, hi), errors):
+            if str(why).startswith(growth.RETIRED):
+                out[r] = str(why)
+            elif superseded[r]:
+                out[r] = growth.REPLACED
+    return out

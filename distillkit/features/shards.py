@@ -17,13 +17,14 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import torch
 
 from distillkit.features.clock import StageClock
 from distillkit.features.finish import HostBuffers, ShardFinish
 from distillkit.features.forward import forward_shard
 from distillkit.progress import Progress
-from distillkit.features.inputs import SharedDecodes, decode_sample, prefetched
+from distillkit.features.inputs import DecodedSample, SharedDecodes, decode_sample, prefetched
 from distillkit.store.writer import ShardResult, ShardWriterPool
 
 log = logging.getLogger("distillkit")
@@ -56,6 +57,8 @@ def cache_shards(cfg, prepared, shards: list[int] | None = None, on_shard=None, 
     loader = SharedDecodes(cfg.storage_options) if m.views > 1 else None  # K views: decode each image once
 
     def decode(r: int):
+        if not ids[r]:  # padding between versions: no sample, nothing to report (its error stays "")
+            return DecodedSample(False, "", (0, 0), np.full(5, np.nan, np.float32), None, {})
         with clock.timing("decode"):
             return decode_sample(str(uris[r]), tuple(m.image_hw), teacher_hws, cfg.storage_options, m.view_mode,
                                  int(seeds[r]), loader)
@@ -73,7 +76,7 @@ def cache_shards(cfg, prepared, shards: list[int] | None = None, on_shard=None, 
     unsaid: queue.SimpleQueue = queue.SimpleQueue()
 
     def rejected(job: ShardFinish) -> None:  # on the finish thread
-        for i in (i for i, v in enumerate(job.valid) if not v):
+        for i in (i for i, v in enumerate(job.valid) if not v and job.errors[i]):
             r = job.rows[i]
             written["rejected"].append({"id": str(ids[r]), "uri": str(uris[r]), "reason": job.errors[i]})
             unsaid.put((uris[r], job.errors[i]))

@@ -17,7 +17,8 @@ from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
 from distillkit.demo_data import DEMO_SOURCE, demo_photos_folder
-from distillkit.sources.listing import Listing, blocks, str_column
+from distillkit.sources.listing import Listing, blocks
+from distillkit.store.ids import str_column
 
 log = logging.getLogger("distillkit")
 

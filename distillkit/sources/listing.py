@@ -15,7 +15,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from distillkit.store.ids import STR, str_column
+from distillkit.store.ids import str_column
 
 log = logging.getLogger("distillkit")
 
@@ -112,4 +112,4 @@ def per_row(values: np.ndarray, fn: Callable[[str], int], dtype) -> np.ndarray:
     return out
 
 
-__all__ = ["BLOCK", "Listing", "STR", "SampleRef", "blocks", "per_row", "str_column"]
+__all__ = ["BLOCK", "Listing", "SampleRef", "blocks", "per_row"]

@@ -92,7 +92,7 @@ def diff_from_index(group: zarr.Group, have: Manifest, listing: Listing) -> Chan
         return None
     if sample_index.DIGEST not in index:
         return None
-    old_ids, old_rows = _latest_rows(str_column(index["id"]))
+    old_ids, old_rows = latest_rows(str_column(index["id"]))
     io, ks = sorted_matches(old_ids, listing.ids)  # listing row ks[j] is the store's id io[j]
     known, kept = np.zeros(len(listing), bool), np.zeros(len(old_ids), bool)
     known[ks], kept[io] = True, True
@@ -116,7 +116,7 @@ def diff_from_index(group: zarr.Group, have: Manifest, listing: Listing) -> Chan
     return ch
 
 
-def _latest_rows(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def latest_rows(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The distinct non-empty ids of an index, sorted, and each one's latest row (a replaced file's id has two)."""
     order = np.argsort(ids, kind="stable")
     s = ids[order]
