@@ -42,7 +42,7 @@ def _repair(cfg: CacheConfig, show_progress: bool) -> dict:
             if d.shard >= 0:
                 delete_shard_object(group[d.array], d.shard)
         manifest = Manifest.model_validate(group.attrs[layout.MANIFEST_ATTR])
-        _rewrite_sample_table(group, plan_samples(cfg), damage, manifest)
+        _rewrite_sample_table(group, plan_samples(cfg), damage, manifest, cfg.store)
         retired = _retired_rows(group, manifest, shards, damage)
         group.attrs[REPAIR_ATTR] = shards  # a complete store with shards not done: re-runs read every mark
         group["progress/shard_done"][shards] = 0
@@ -73,7 +73,7 @@ def _repair(cfg: CacheConfig, show_progress: bool) -> dict:
 CREATION_COLUMNS = ("id", "uri", "signature", "split", "view_seed")  # written when a row is made, not by caching
 
 
-def _rewrite_sample_table(group: zarr.Group, plan: Plan, damage: list[Damage], m: Manifest) -> None:
+def _rewrite_sample_table(group: zarr.Group, plan: Plan, damage: list[Damage], m: Manifest, url: str) -> None:
     """The damaged columns of the rows' creation-time values, written again: ids from the served version's sample
     index, the rest from the listing matched by id. Never by position: once a store has grown, a row's number is
     not its place in the listing (new ids sort between old ones, and padding sits between versions)."""
@@ -84,7 +84,7 @@ def _rewrite_sample_table(group: zarr.Group, plan: Plan, damage: list[Damage], m
             hit.setdefault(d.shard, set()).add(column)
     for s, columns in sorted(hit.items()):
         sl = slice(s * m.shard_size, min((s + 1) * m.shard_size, m.n_samples))
-        ids = str_column(_index_ids(group, m, s, sl) if "id" in columns else group["samples/id"][sl])
+        ids = str_column(_index_ids(group, m, s, sl, url) if "id" in columns else group["samples/id"][sl])
         live = np.flatnonzero(ids != "")  # padding rows have no id
         rows, at = sorted_matches(ids[live], plan.refs.ids)
         rows, found = live[rows], np.zeros(len(ids), bool)
@@ -92,7 +92,7 @@ def _rewrite_sample_table(group: zarr.Group, plan: Plan, damage: list[Damage], m
         gone = ids[~found & (ids != "")].tolist()
         if gone:
             log.warning("store %s: shard %d: %d sample(s) no longer in the source, e.g. %s: recached as rejected",
-                        group.store, s, len(gone), gone[0])
+                        url, s, len(gone), gone[0])
         values = {"id": ids, "uri": str_column([""] * len(ids)), "signature": str_column([""] * len(ids)),
                   "split": np.zeros(len(ids), np.uint8), "view_seed": np.zeros(len(ids), np.int64)}
         for column, planned in (("uri", plan.refs.uris), ("signature", plan.refs.signatures),
@@ -103,9 +103,9 @@ def _rewrite_sample_table(group: zarr.Group, plan: Plan, damage: list[Damage], m
                 group[f"samples/{column}"][sl] = values[column]
 
 
-def _index_ids(group: zarr.Group, m: Manifest, shard: int, sl: slice) -> np.ndarray:
+def _index_ids(group: zarr.Group, m: Manifest, shard: int, sl: slice, url: str) -> np.ndarray:
     if m.sample_index is None or f"{m.sample_index}/id" not in group:
-        raise ValueError(f"store {group.store}: samples/id of shard {shard} is damaged and the store has no sample "
+        raise ValueError(f"store {url}: samples/id of shard {shard} is damaged and the store has no sample "
                          "index to recover its ids from: cache into a new --store")
     return group[f"{m.sample_index}/id"][sl]
 
