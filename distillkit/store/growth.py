@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import zarr
@@ -29,9 +29,6 @@ from distillkit_schemas import Manifest, TeacherProvenance, expected_arrays, pat
 from distillkit.store.codecs import read_codec
 from distillkit.store.ids import sorted_matches, str_column
 from distillkit.store.writer import write_partials
-
-if TYPE_CHECKING:
-    from distillkit.sources.listing import Listing
 
 log = logging.getLogger("distillkit")
 
@@ -77,11 +74,12 @@ def diff(old_ids: np.ndarray, old_uris: np.ndarray, new_ids: list[str], new_uris
     return ch
 
 
-def diff_from_index(group: zarr.Group, have: Manifest, listing: Listing) -> Changes | None:
-    """`diff` of a sorted, unique listing (`sources.Listing`) against the served version's sample index: its ids
-    and per-row digests (a few large objects, not one object per shard and column), matched in numpy by one
-    sort, not through a dict and a set of every id. Only rows whose digest differs from the listing's (a moved or
-    replaced file) are read from samples/. None: no index with digests (an older store): diff the full columns."""
+def diff_from_index(group: zarr.Group, have: Manifest, listing) -> Changes | None:
+    """`diff` of a listing without repeated ids (`sources.Listing`: ids, uris and signatures as columns) against
+    the served version's sample index: its ids and per-row digests (a few large objects, not one object per shard
+    and column), matched in numpy by one sort, not through a dict and a set of every id. Only rows whose digest
+    differs from the listing's (a moved or replaced file) are read from samples/. None: no index with digests (an
+    older store): diff the full columns."""
     from distillkit.store import sample_index
 
     if have.sample_index is None:
