@@ -148,3 +148,21 @@ def test_an_s3_prefix_is_read_a_page_at_a_time_and_lists_what_find_does(s3_bucke
     assert len(paged) == 252 and "odd.png" in paged.ids.tolist() and "elsewhere/x.jpg" not in paged.ids.tolist()
     assert paged[0].uri.startswith(f"s3://{s3_bucket}/src/") and paged[0].signature.startswith("etag:")
     assert paged.fingerprint() == whole.fingerprint()
+
+
+@pytest.mark.parametrize("pattern", ["*.png", "**/*.png", "*/*.jpg", "s?b/**", "sub/*/*.JPEG", "[ab]*", "**"])
+def test_a_glob_streams_the_matches_of_fsspecs_glob(tmp_path, monkeypatch, pattern):
+    """The pattern's matches come from a walk filtered by fsspec's own translation of it, never from fs.glob
+    (which lists everything first): the same images as fs.glob finds."""
+    from distillkit.sources.images import IMAGE_EXTENSIONS
+
+    for rel in ("a.png", "b.jpg", "sub/c.png", "sub/d.jpg", "sub/deeper/e.JPEG", "sab/f.png", "x/y/z/g.png",
+                "notes.txt"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    (tmp_path / "sub" / "odd.png").mkdir()
+    fs = LocalFileSystem()
+    want = sorted(p for p in fs.glob(str(tmp_path / pattern)) if p.lower().endswith(IMAGE_EXTENSIONS))
+    monkeypatch.setattr(LocalFileSystem, "glob", lambda *a, **k: pytest.fail("fs.glob() was called"))
+    assert want, "a pattern matching nothing proves nothing"
+    assert sorted(list_source(str(tmp_path / pattern)).uris.tolist()) == want

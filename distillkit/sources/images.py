@@ -8,6 +8,7 @@ import io
 import json
 import logging
 import posixpath
+import re
 import time
 from typing import Any, Iterator
 
@@ -133,8 +134,7 @@ def list_source(source: str, storage_options: dict[str, Any] | None = None) -> L
     fs, path = url_to_fs(source, **(storage_options or {}))
     if _has_glob(path) and not fs.exists(path):  # a folder named "shots [2024]" is a folder, not a pattern
         root = path.split("*")[0].split("?")[0].split("[")[0].rsplit("/", 1)[0]
-        found = ((m, info) for m, info in fs.glob(path, detail=True).items()
-                 if info.get("type") != "directory" or m.lower().endswith(IMAGE_EXTENSIONS))
+        found = _glob(fs, path, root)
     elif fs.isdir(path):
         root, found = path.rstrip("/"), _tree(fs, path)
     elif fs.isfile(path) and path.lower().endswith(MANIFEST_EXTENSIONS):
@@ -159,22 +159,34 @@ def list_source(source: str, storage_options: dict[str, Any] | None = None) -> L
     return _check(listing, source)
 
 
-def _tree(fs, path: str) -> Iterator[tuple[str, dict]]:
-    """(path, info) of every file under `path`, and of every folder named like an image (x.jpg/: the cache rejects
-    it with its reason, not silently). A local tree is walked a folder at a time and an S3 prefix is read a page
-    of 1,000 keys at a time, so neither is held whole; other object stores are listed flat with `find`."""
+def _glob(fs, pattern: str, root: str) -> Iterator[tuple[str, dict]]:
+    """A glob's matches as a stream: the tree under its fixed prefix (`root`), as deep as the pattern reaches,
+    filtered with fsspec's own translation of the pattern (the matches of `fs.glob`, which holds the whole
+    listing first)."""
+    from fsspec.utils import glob_translate
+
+    match = re.compile(glob_translate(pattern)).match
+    depth = None if "**" in pattern else pattern[len(root):].strip("/").count("/") + 1
+    return ((p, info) for p, info in _tree(fs, root, depth) if match(p.rstrip("/")))
+
+
+def _tree(fs, path: str, depth: int | None = None) -> Iterator[tuple[str, dict]]:
+    """(path, info) of every file under `path` (`depth` folders deep at most), and of every folder named like an
+    image (x.jpg/: the cache rejects it with its reason, not silently). A local tree is walked a folder at a time
+    and an S3 prefix is read a page of 1,000 keys at a time, so neither is held whole; other object stores are
+    listed flat with `find`."""
     root = path.rstrip("/")
     paged = _object_pages(fs, root)
     if paged is not None:
         yield from paged
         return
     if not isinstance(fs, LocalFileSystem):
-        for p, info in fs.find(path, withdirs=True, detail=True).items():
+        for p, info in fs.find(path, maxdepth=depth, withdirs=True, detail=True).items():
             if p.rstrip("/") != root and (info.get("type") != "directory"
                                           or p.lower().rstrip("/").endswith(IMAGE_EXTENSIONS)):
                 yield p, info
         return
-    for _, dirs, files in fs.walk(path, detail=True):
+    for _, dirs, files in fs.walk(path, maxdepth=depth, detail=True):
         for info in dirs.values():
             if info["name"].lower().endswith(IMAGE_EXTENSIONS):
                 yield info["name"], info
