@@ -175,7 +175,7 @@ def _cache(cfg: CacheConfig, parts: int, runner: str, fanout: str | None, finali
     if scenes is not None:
         result["scenes"] = _align_scenes(scenes)
     # the last log line: what `prefect deployment run ... --watch` shows of the result
-    log.info("store %s is %s: %s valid samples, %s inputs rejected; next: distillkit inspect %s", cfg.store,
+    log.info("store %s is %s: %s valid samples, %s input(s) rejected; next: distillkit inspect %s", cfg.store,
              fin["status"], fin.get("n_valid", "?"), fin.get("n_rejected", "?"), cfg.store)
     return result
 
