@@ -11,7 +11,7 @@ import zarr
 from distillkit_schemas import FEATURES, Manifest
 
 from distillkit.config.cache import CacheConfig
-from distillkit.features.pipeline import Plan, cache_shards, plan_samples, prepare_store
+from distillkit.features.pipeline import cache_shards, plan_samples, prepare_store
 from distillkit.store import growth, layout
 from distillkit.store.finalize import (REPAIR_ATTR, finalize_store, merge_statistics, rewrite_summary,
                                        write_sample_index)
@@ -42,7 +42,7 @@ def _repair(cfg: CacheConfig, show_progress: bool) -> dict:
             if d.shard >= 0:
                 delete_shard_object(group[d.array], d.shard)
         manifest = Manifest.model_validate(group.attrs[layout.MANIFEST_ATTR])
-        _rewrite_sample_table(group, plan_samples(cfg), damage, manifest, cfg.store)
+        _rewrite_sample_table(group, cfg, damage, manifest)
         retired = _retired_rows(group, manifest, shards, damage)
         group.attrs[REPAIR_ATTR] = shards  # a complete store with shards not done: re-runs read every mark
         group["progress/shard_done"][shards] = 0
@@ -73,15 +73,19 @@ def _repair(cfg: CacheConfig, show_progress: bool) -> dict:
 CREATION_COLUMNS = ("id", "uri", "signature", "split", "view_seed")  # written when a row is made, not by caching
 
 
-def _rewrite_sample_table(group: zarr.Group, plan: Plan, damage: list[Damage], m: Manifest, url: str) -> None:
+def _rewrite_sample_table(group: zarr.Group, cfg: CacheConfig, damage: list[Damage], m: Manifest) -> None:
     """The damaged columns of the rows' creation-time values, written again: ids from the served version's sample
-    index, the rest from the listing matched by id. Never by position: once a store has grown, a row's number is
-    not its place in the listing (new ids sort between old ones, and padding sits between versions)."""
+    index, the rest from the listing (planned only when such a column is damaged) matched by id. Never
+    by position: once a store has grown, a row's number is not its place in the listing (new ids sort between old
+    ones, and padding sits between versions)."""
     hit: dict[int, set[str]] = {}
     for d in damage:
         column = d.array.removeprefix("samples/")
         if d.shard >= 0 and d.array.startswith("samples/") and column in CREATION_COLUMNS:
             hit.setdefault(d.shard, set()).add(column)
+    if not hit:
+        return
+    plan, url = plan_samples(cfg), cfg.store
     for s, columns in sorted(hit.items()):
         sl = slice(s * m.shard_size, min((s + 1) * m.shard_size, m.n_samples))
         ids = str_column(_index_ids(group, m, s, sl, url) if "id" in columns else group["samples/id"][sl])
@@ -95,9 +99,9 @@ def _rewrite_sample_table(group: zarr.Group, plan: Plan, damage: list[Damage], m
                         url, s, len(gone), gone[0])
         values = {"id": ids, "uri": str_column([""] * len(ids)), "signature": str_column([""] * len(ids)),
                   "split": np.zeros(len(ids), np.uint8), "view_seed": np.zeros(len(ids), np.int64)}
-        for column, planned in (("uri", plan.refs.uris), ("signature", plan.refs.signatures),
-                                ("split", plan.splits), ("view_seed", plan.seeds)):
-            values[column][rows] = planned[at]
+        for column, listed in (("uri", plan.refs.uris), ("signature", plan.refs.signatures),
+                               ("split", plan.splits), ("view_seed", plan.seeds)):
+            values[column][rows] = listed[at]
         for column in sorted(columns):
             if f"samples/{column}" in group:
                 group[f"samples/{column}"][sl] = values[column]
