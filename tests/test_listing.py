@@ -14,6 +14,7 @@ from fsspec.implementations.local import LocalFileSystem
 from distillkit.sources import list_source
 from distillkit.sources import listing as listing_module
 from distillkit.sources.listing import Listing
+from distillkit.store import ids as ids_module
 from distillkit.store.ids import sorted_matches, str_column
 
 # ids of 1 to 40 characters, some of them 4 bytes in UTF-8: numpy keeps values over 15 bytes outside the array
@@ -66,7 +67,7 @@ def test_a_manifest_listing_holds_columns_not_an_object_per_image(tmp_path, monk
     """Bytes traced, never seconds. Beyond the text itself, one SampleRef per image held ~147 bytes a row here;
     the columns hold ~66 (16 a cell plus numpy's length prefix). The peak is the table plus one column being
     joined or sorted; rows become Python objects a block at a time only."""
-    monkeypatch.setattr(listing_module, "BLOCK", 1024)  # blocks much smaller than the listing, as at 20.7 M rows
+    monkeypatch.setattr(ids_module, "ROWS_AT_ONCE", 1024)  # blocks much smaller than the listing, as at 20.7 M rows
     n = 40_000
     path = _manifest(tmp_path / "m.jsonl", n)
     list_source(str(path))  # imports and caches warmed outside the measurement

@@ -25,8 +25,8 @@ from distillkit.config.cache import CacheConfig
 from distillkit.config.common import safe_url
 from distillkit.sources import Listing, content_signatures, list_source
 from distillkit.sources.images import split_of
-from distillkit.sources.listing import blocks, per_row
-from distillkit.store.ids import str_column
+from distillkit.sources.listing import per_row
+from distillkit.store.ids import row_blocks, str_column
 from distillkit.store import growth, layout
 from distillkit.store.codecs import Codec, read_codec
 from distillkit.store.finalize import REPAIR_ATTR, finalize_store
@@ -71,7 +71,7 @@ def plan_samples(cfg: CacheConfig) -> Plan:
     refs = images
     if k > 1:  # rows taken by index: numpy 2.1's np.repeat corrupts StringDType values over 15 bytes
         ids = np.concatenate([str_column([f"{i}#{v}" for i in images.ids[sl].tolist() for v in range(k)])
-                              for sl in blocks(len(images))])
+                              for sl in row_blocks(len(images))])
         each = np.repeat(np.arange(len(images)), k)
         refs = Listing(ids, images.uris[each], images.signatures[each])
     return Plan(refs=refs, splits=np.repeat(splits, k), fingerprint=refs.fingerprint(), seeds=seeds.reshape(-1))

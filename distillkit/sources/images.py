@@ -18,8 +18,8 @@ from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
 from distillkit.demo_data import DEMO_SOURCE, demo_photos_folder
-from distillkit.sources.listing import Listing, blocks
-from distillkit.store.ids import str_column
+from distillkit.sources.listing import Listing
+from distillkit.store.ids import row_blocks, str_column
 
 log = logging.getLogger("distillkit")
 
@@ -315,7 +315,7 @@ def content_signatures(listing: Listing, storage_options: dict[str, Any] | None 
 
     signatures = [listing.signatures[:0]]
     with ThreadPoolExecutor(max(workers, 1), thread_name_prefix="distillkit-rehash") as pool:
-        for sl in blocks(len(listing)):
+        for sl in row_blocks(len(listing)):
             signatures.append(str_column(list(pool.map(digest, listing.uris[sl].tolist(),
                                                        listing.signatures[sl].tolist()))))
     return Listing(listing.ids, listing.uris, np.concatenate(signatures))

@@ -15,11 +15,11 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from distillkit.store.ids import str_column
+from distillkit.store import ids as store_ids
+from distillkit.store.ids import row_blocks, str_column
 
 log = logging.getLogger("distillkit")
 
-BLOCK = 65_536  # rows turned into Python objects at once (packing, hashing, per-row digests)
 SHOWN = 20  # repeated ids named one by one; the rest are counted
 
 
@@ -47,7 +47,7 @@ class Listing:
         return SampleRef(str(self.ids[k]), str(self.uris[k]), str(self.signatures[k]))
 
     def __iter__(self) -> Iterator[SampleRef]:
-        for sl in blocks(len(self)):
+        for sl in row_blocks(len(self)):
             yield from map(SampleRef, self.ids[sl].tolist(), self.uris[sl].tolist(), self.signatures[sl].tolist())
 
     @classmethod
@@ -57,7 +57,7 @@ class Listing:
         block: list[tuple[str, str, str]] = []
         for row in rows:
             block.append(row)
-            if len(block) == BLOCK:
+            if len(block) == store_ids.ROWS_AT_ONCE:
                 for column, values in zip(packed, zip(*block)):
                     column.append(str_column(values))
                 block = []
@@ -73,7 +73,7 @@ class Listing:
         """sha256 over the table (ids, uris and, where known, file signatures), row by row as
         `id \\0 uri [\\0 signature] \\n`: equal fingerprints let a re-run skip the per-sample comparison."""
         h = hashlib.sha256()
-        for sl in blocks(len(self)):
+        for sl in row_blocks(len(self)):
             h.update("".join(f"{i}\0{u}\0{s}\n" if s else f"{i}\0{u}\n" for i, u, s in zip(
                 self.ids[sl].tolist(), self.uris[sl].tolist(), self.signatures[sl].tolist())).encode())
         return h.hexdigest()
@@ -100,16 +100,12 @@ class Listing:
         return s
 
 
-def blocks(n: int) -> Iterator[slice]:
-    return (slice(start, min(start + BLOCK, n)) for start in range(0, n, BLOCK))
-
-
 def per_row(values: np.ndarray, fn: Callable[[str], int], dtype) -> np.ndarray:
     """`fn` of each string of a column, into a numpy array (a block of Python str at a time)."""
     out = np.empty(len(values), dtype)
-    for sl in blocks(len(values)):
+    for sl in row_blocks(len(values)):
         out[sl] = [fn(v) for v in values[sl].tolist()]
     return out
 
 
-__all__ = ["BLOCK", "Listing", "SampleRef", "blocks", "per_row"]
+__all__ = ["Listing", "SampleRef", "per_row"]

@@ -11,8 +11,13 @@ from collections.abc import Iterator
 
 import numpy as np
 
-_CHUNK = 1 << 16  # rows converted at once: bounds the fixed-width temporaries of encode/decode
+ROWS_AT_ONCE = 1 << 16  # rows turned into Python objects or fixed-width temporaries at once: bounds them
 STR = np.dtypes.StringDType()  # numpy's variable-width strings: what zarr reads and writes for str arrays
+
+
+def row_blocks(n: int) -> Iterator[slice]:
+    """Consecutive slices of ROWS_AT_ONCE rows covering rows [0, n)."""
+    return (slice(a, min(a + ROWS_AT_ONCE, n)) for a in range(0, n, ROWS_AT_ONCE))
 
 
 def str_column(values) -> np.ndarray:
@@ -43,8 +48,8 @@ class SampleIds:
         """From any array or list of str (zarr gives numpy's StringDType)."""
         values = str_column(values)
         parts, lens = [], []
-        for lo in range(0, len(values), _CHUNK):
-            enc = np.strings.encode(values[lo:lo + _CHUNK], "utf-8")  # fixed width, NUL-padded
+        for lo in range(0, len(values), ROWS_AT_ONCE):
+            enc = np.strings.encode(values[lo:lo + ROWS_AT_ONCE], "utf-8")  # fixed width, NUL-padded
             n = np.strings.str_len(enc)
             width = enc.dtype.itemsize
             grid = enc.view(np.uint8).reshape(len(enc), width) if width else np.zeros((len(enc), 0), np.uint8)
@@ -86,8 +91,8 @@ class SampleIds:
         return np.strings.decode(fixed, "utf-8").astype(np.dtypes.StringDType())
 
     def __iter__(self) -> Iterator[str]:
-        for lo in range(0, len(self), _CHUNK):
-            yield from self.strings(lo, min(lo + _CHUNK, len(self))).tolist()
+        for lo in range(0, len(self), ROWS_AT_ONCE):
+            yield from self.strings(lo, min(lo + ROWS_AT_ONCE, len(self))).tolist()
 
     def tolist(self) -> list[str]:
         return list(self)
@@ -98,8 +103,8 @@ class SampleIds:
         if len(self) == len(other) and np.array_equal(self.offsets, other.offsets) and \
                 np.array_equal(self.buf, other.buf):
             return np.zeros(0, np.int64)
-        out = [lo + np.flatnonzero(self.strings(lo, min(lo + _CHUNK, n)) != other.strings(lo, min(lo + _CHUNK, n)))
-               for lo in range(0, n, _CHUNK)]
+        out = [lo + np.flatnonzero(self.strings(lo, min(lo + ROWS_AT_ONCE, n)) != other.strings(lo, min(lo + ROWS_AT_ONCE, n)))
+               for lo in range(0, n, ROWS_AT_ONCE)]
         return np.concatenate([*out, np.arange(n, max(len(self), len(other)))]).astype(np.int64)
 
     def __repr__(self) -> str:

@@ -19,6 +19,8 @@ from zarr.codecs import Crc32cCodec, ZstdCodec
 from distillkit_schemas import Manifest
 from distillkit_schemas.v1 import INDEX_ARRAYS, INDEX_ROWS, index_arrays
 
+from distillkit.store.ids import row_blocks
+
 ROOT = "index"
 
 
@@ -51,15 +53,11 @@ def entry_digests(ids, uris, signatures) -> np.ndarray:
     """The digest of each listed sample (the signature "" where the store keeps none). Columns (lists or numpy
     string arrays) are turned into Python str a block at a time."""
     out = np.empty(len(ids), np.uint64)
-    for lo in range(0, len(ids), _BLOCK):
-        hi = min(lo + _BLOCK, len(ids))
-        rows = zip(*(_strs(c[lo:hi]) for c in (ids, uris, signatures)))
-        out[lo:hi] = np.fromiter((int.from_bytes(hashlib.blake2b(f"{i}\0{u}\0{s}".encode(), digest_size=8).digest(),
-                                                 "little") for i, u, s in rows), np.uint64, hi - lo)
+    for sl in row_blocks(len(ids)):
+        rows = zip(*(_strs(c[sl]) for c in (ids, uris, signatures)))
+        out[sl] = np.fromiter((int.from_bytes(hashlib.blake2b(f"{i}\0{u}\0{s}".encode(), digest_size=8).digest(),
+                                              "little") for i, u, s in rows), np.uint64, sl.stop - sl.start)
     return out
-
-
-_BLOCK = 1 << 16
 
 
 def _strs(values) -> list:
