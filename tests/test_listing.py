@@ -30,7 +30,7 @@ def test_listing_sorts_and_drops_repeats_like_python_and_keeps_the_fingerprint(c
     ids = _random_ids(rng, 3000, longest=3) + _random_ids(rng, 3000)  # short ones repeat often
     rows = [(i, f"/data/{k}.png", ["", "stat:12:3.5", "etag:abc"][k % 3]) for k, i in enumerate(ids)]
     with caplog.at_level(logging.WARNING, logger="distillkit"):
-        got = Listing.from_rows(iter(rows)).sorted_unique("src")
+        got = Listing.from_rows(iter(rows)).sort_unique("src")
     by_id = sorted(rows, key=lambda r: r[0])  # Python: code point order; a stable sort keeps each id's first row
     want = [r for k, r in enumerate(by_id) if k == 0 or r[0] != by_id[k - 1][0]]
     assert list(zip(got.ids.tolist(), got.uris.tolist(), got.signatures.tolist())) == want

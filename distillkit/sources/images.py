@@ -249,7 +249,7 @@ def _utf8_name(path: str, source: str) -> bool:
 def _check(listing: Listing, source: str) -> Listing:
     if not len(listing):
         raise ValueError(f"source {source!r} holds no images (extensions: {', '.join(IMAGE_EXTENSIONS)})")
-    return listing.sorted_unique(source)
+    return listing.sort_unique(source)
 
 
 def split_of(sample_id: str, val_fraction: float) -> int:

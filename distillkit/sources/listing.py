@@ -33,7 +33,7 @@ class SampleRef:
 
 @dataclass
 class Listing:
-    ids: np.ndarray  # StringDType; sorted and unique once `sorted_unique` ran
+    ids: np.ndarray  # StringDType; sorted and unique once `sort_unique` ran
     uris: np.ndarray
     signatures: np.ndarray
 
@@ -78,26 +78,28 @@ class Listing:
                 self.ids[sl].tolist(), self.uris[sl].tolist(), self.signatures[sl].tolist())).encode())
         return h.hexdigest()
 
-    def sorted_unique(self, source: str) -> Listing:
-        """Sorted by id (code point order, as Python sorts str). A repeated id (a manifest listing one id twice)
-        keeps its first row; the others are dropped with a warning naming the id and both files."""
+    def sort_unique(self, source: str) -> Listing:
+        """Sorts this listing by id in place (code point order, as Python sorts str) and returns it. A repeated id
+        (a manifest listing one id twice) keeps its first row; the others are dropped with a warning naming the id
+        and both files. Column by column: each unsorted column is freed before the next one is sorted."""
         order = np.argsort(self.ids, kind="stable")  # stable: the first of a run of equal ids is its first row
-        s = Listing(self.ids, self.uris, self.signatures)
-        for name in ("ids", "uris", "signatures"):  # a column at a time, the unsorted one dropped (this listing's
-            setattr(s, name, getattr(s, name)[order])  # caller usually holds none of it any more)
-            setattr(self, name, getattr(s, name))
-        repeat = np.zeros(len(s), bool)
-        repeat[1:] = s.ids[1:] == s.ids[:-1]
+        self._take(order)
+        repeat = np.zeros(len(self), bool)
+        repeat[1:] = self.ids[1:] == self.ids[:-1]
         if repeat.any():
-            first = np.maximum.accumulate(np.where(repeat, 0, np.arange(len(s))))
+            first = np.maximum.accumulate(np.where(repeat, 0, np.arange(len(self))))
             dropped = np.flatnonzero(repeat)
             for k in dropped[:SHOWN].tolist():
                 log.warning("source %s: skipping %s: sample id %r appears twice (first: %s)", source,
-                            s.uris[k], s.ids[k], s.uris[first[k]])
+                            self.uris[k], self.ids[k], self.uris[first[k]])
             if len(dropped) > SHOWN:
                 log.warning("source %s: %d more repeated id(s) skipped", source, len(dropped) - SHOWN)
-            s = s[np.flatnonzero(~repeat)]
-        return s
+            self._take(np.flatnonzero(~repeat))
+        return self
+
+    def _take(self, rows: np.ndarray) -> None:
+        for name in ("ids", "uris", "signatures"):
+            setattr(self, name, getattr(self, name)[rows])
 
 
 def per_row(values: np.ndarray, fn: Callable[[str], int], dtype) -> np.ndarray:
